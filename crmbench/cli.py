@@ -1,0 +1,269 @@
+"""The `crmbench` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from crmbench.postgres import DatabaseUnavailable, resolve_database_url
+
+app = typer.Typer(
+    help="crm-bench: a CRM benchmark for tool-calling LLM agents.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database: migrate, reset, snapshot, restore.", no_args_is_help=True)
+serve_app = typer.Typer(help="Run a service.", no_args_is_help=True)
+tools_app = typer.Typer(help="Agent tool definitions.", no_args_is_help=True)
+openapi_app = typer.Typer(help="The CRM API's OpenAPI contract.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(serve_app, name="serve")
+app.add_typer(tools_app, name="tools")
+app.add_typer(openapi_app, name="openapi")
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_OPENAPI = Path("docs/openapi.json")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def friendly_errors(func: F) -> F:
+    """Turns expected failures (no database, bad files) into one-line errors, no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except DatabaseUnavailable as exc:
+            raise fail(str(exc)) from None
+        except (OSError, ValueError) as exc:
+            raise fail(str(exc)) from None
+        except Exception as exc:
+            from sqlalchemy.exc import DBAPIError
+
+            if isinstance(exc, DBAPIError):
+                raise fail(f"database error: {str(exc.orig).splitlines()[0]}") from None
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _settings() -> Any:
+    from crm_api.settings import CrmApiSettings
+
+    return CrmApiSettings()
+
+
+async def _with_engine(url: str, action: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    from crm_api.database import create_engine
+
+    engine = create_engine(url, pool_size=1, max_overflow=0)
+    try:
+        return await action(engine)
+    finally:
+        await engine.dispose()
+
+
+# ---------------------------------------------------------------------------- db
+
+
+@db_app.command("migrate")
+@friendly_errors
+def db_migrate() -> None:
+    """Apply the schema migrations and load the world data set (idempotent)."""
+    from crm_api.migrate import migrate
+
+    url = resolve_database_url()
+    reloaded, version = migrate(url, _settings().world_seed)
+    state = "loaded" if reloaded else "already current"
+    typer.echo(f"schema at head; world {version} {state}")
+
+
+@db_app.command("reset")
+@friendly_errors
+def db_reset(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Drop every episode and snapshot and reload the world data set."""
+    from crm_api.migrate import upgrade_schema
+    from crm_api.world_store import reset_database
+
+    url = resolve_database_url()
+    if not yes and sys.stdin.isatty():
+        typer.confirm("Drop every live episode and reload the world?", abort=True)
+    upgrade_schema(url)
+    seed = _settings().world_seed
+    dropped, version = run(_with_engine(url, lambda e: reset_database(e, seed)))
+    typer.echo(f"dropped {dropped} episode(s); world {version} reloaded")
+
+
+@db_app.command("snapshot")
+@friendly_errors
+def db_snapshot(
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write the dump to.")],
+) -> None:
+    """Write the whole CRM state (world, episodes, change logs, snapshots) as canonical JSON."""
+    from crm_api.episodes import canonical_json
+    from crm_api.world_store import dump_database
+
+    url = resolve_database_url()
+    dump = run(_with_engine(url, dump_database))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(canonical_json(dump) + "\n", encoding="utf-8")
+    typer.echo(f"wrote {out} ({len(dump['episodes'])} episode(s))")
+
+
+@db_app.command("restore")
+@friendly_errors
+def db_restore(
+    file: Annotated[Path, typer.Argument(help="A dump written by `crmbench db snapshot`.")],
+) -> None:
+    """Replace the whole CRM state with a dump written by `crmbench db snapshot`."""
+    from crm_api.migrate import upgrade_schema
+    from crm_api.world_store import restore_database
+
+    try:
+        dump = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise fail(f"{file} is not JSON: {exc}") from None
+    if not isinstance(dump, dict):
+        raise fail(f"{file} is not a crm-bench database dump")
+    url = resolve_database_url()
+    upgrade_schema(url)
+    restored = run(_with_engine(url, lambda e: restore_database(e, dump)))
+    typer.echo(f"restored the world and {restored} episode(s) from {file}")
+
+
+# ---------------------------------------------------------------------------- serve
+
+
+@serve_app.command("crm-api")
+@friendly_errors
+def serve_crm_api(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    migrate_first: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Apply migrations before serving.")
+    ] = True,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve the CRM API (on the embedded Postgres when DATABASE_URL is unset)."""
+    import secrets
+
+    import uvicorn
+
+    url = resolve_database_url()
+    if migrate_first:
+        from crm_api.migrate import migrate
+
+        migrate(url, _settings().world_seed)
+    generated_key = "CRMBENCH_ADMIN_KEY" not in os.environ
+    if generated_key:
+        os.environ["CRMBENCH_ADMIN_KEY"] = secrets.token_urlsafe(24)
+    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    typer.echo(f"crm_api listening on http://{shown}:{port}")
+    typer.echo(f"  API docs:  http://{shown}:{port}/docs")
+    typer.echo(f"  OpenAPI:   http://{shown}:{port}/openapi.json")
+    if generated_key:
+        typer.echo(
+            f"  admin key: {os.environ['CRMBENCH_ADMIN_KEY']} (set CRMBENCH_ADMIN_KEY to fix it)"
+        )
+    sys.stdout.flush()
+    uvicorn.run(
+        "crm_api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+    )
+
+
+# ---------------------------------------------------------------------------- tools, openapi
+
+
+def _openapi_document() -> dict[str, Any]:
+    from crm_api.app import create_app
+    from crm_api.settings import CrmApiSettings
+
+    # Building the document needs no database: the app is never started.
+    document: dict[str, Any] = create_app(CrmApiSettings(database_url=None)).openapi()
+    return document
+
+
+def _write_or_print(text: str, out: Path | None) -> None:
+    if out is None:
+        typer.echo(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n", encoding="utf-8")
+        typer.echo(f"wrote {out}", err=True)
+
+
+@tools_app.command("export")
+@friendly_errors
+def tools_export(
+    format: Annotated[str, typer.Option("--format", "-f", help="openai or anthropic")] = "openai",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="File (default stdout).")] = None,
+) -> None:
+    """Print the agent tool definitions generated from the CRM API's OpenAPI document."""
+    from crm_api.tool_schemas import agent_tools
+
+    if format not in ("openai", "anthropic"):
+        raise fail(f"unknown format {format!r}; use openai or anthropic")
+    tools = agent_tools(_openapi_document(), format)  # type: ignore[arg-type]
+    _write_or_print(json.dumps(tools, indent=2, ensure_ascii=False), out)
+
+
+@openapi_app.command("export")
+@friendly_errors
+def openapi_export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write it.")] = DEFAULT_OPENAPI,
+) -> None:
+    """Write the CRM API's OpenAPI document (commit it: it is the contract)."""
+    _write_or_print(json.dumps(_openapi_document(), indent=2, sort_keys=True), out)
+
+
+@openapi_app.command("check")
+@friendly_errors
+def openapi_check(
+    against: Annotated[Path, typer.Option(help="The committed document.")] = DEFAULT_OPENAPI,
+) -> None:
+    """Compare the current OpenAPI document with the committed one; fail on any difference."""
+    from crm_api.contract import diff_openapi, render_report
+
+    committed = json.loads(against.read_text(encoding="utf-8"))
+    current = _openapi_document()
+    if committed == current:
+        typer.echo(f"OpenAPI document matches {against}")
+        return
+    changes = diff_openapi(committed, current)
+    typer.echo(render_report(changes) if changes else "documents differ (descriptions only)")
+    raise fail(
+        f"the served OpenAPI document differs from {against}; review the changes above "
+        "and run `crmbench openapi export` to accept them"
+    )
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,123 @@
+"""Typed API errors: every refusal carries a stable machine code an agent can act on."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorCode(StrEnum):
+    # schema
+    INVALID_ENUM = "INVALID_ENUM"
+    ENUM_CASE_MISMATCH = "ENUM_CASE_MISMATCH"
+    ENUM_WHITESPACE = "ENUM_WHITESPACE"
+    MISSING_REQUIRED_FIELD = "MISSING_REQUIRED_FIELD"
+    EXTRA_FIELD = "EXTRA_FIELD"
+    TYPE_MISMATCH = "TYPE_MISMATCH"
+    # domain values
+    NEGATIVE_AMOUNT = "NEGATIVE_AMOUNT"
+    ZERO_AMOUNT = "ZERO_AMOUNT"
+    AMOUNT_EXCEEDS_MAX = "AMOUNT_EXCEEDS_MAX"
+    PROBABILITY_OUT_OF_RANGE = "PROBABILITY_OUT_OF_RANGE"
+    PROBABILITY_DECIMAL = "PROBABILITY_DECIMAL"
+    PAST_DATE = "PAST_DATE"
+    INVALID_DATE_FORMAT = "INVALID_DATE_FORMAT"
+    # relations
+    UNKNOWN_FOREIGN_KEY = "UNKNOWN_FOREIGN_KEY"
+    DUPLICATE_UNIQUE_FIELD = "DUPLICATE_UNIQUE_FIELD"
+    CROSS_ENTITY_MISMATCH = "CROSS_ENTITY_MISMATCH"
+    # strings
+    BLANK_STRING = "BLANK_STRING"
+    MALFORMED_EMAIL = "MALFORMED_EMAIL"
+    UNSAFE_FILENAME = "UNSAFE_FILENAME"
+    UNSUPPORTED_FILE_EXTENSION = "UNSUPPORTED_FILE_EXTENSION"
+    MISSING_FILE_EXTENSION = "MISSING_FILE_EXTENSION"
+    # workflow
+    MODIFY_CLOSED_OPPORTUNITY = "MODIFY_CLOSED_OPPORTUNITY"
+    INVALID_STAGE_TRANSITION = "INVALID_STAGE_TRANSITION"
+    UNKNOWN_FIELD_UPDATE = "UNKNOWN_FIELD_UPDATE"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    # outside the customer's taxonomy
+    NOT_FOUND = "NOT_FOUND"
+    INVALID_DATE_RANGE = "INVALID_DATE_RANGE"
+    MODIFY_FINAL_QUOTE = "MODIFY_FINAL_QUOTE"
+    HAS_DEPENDENTS = "HAS_DEPENDENTS"
+    NO_CHANGES = "NO_CHANGES"
+    INVALID_REQUEST = "INVALID_REQUEST"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
+    EPISODE_NOT_FOUND = "EPISODE_NOT_FOUND"
+    SNAPSHOT_NOT_FOUND = "SNAPSHOT_NOT_FOUND"
+    UNKNOWN_TOOL = "UNKNOWN_TOOL"
+    CONFLICT = "CONFLICT"
+
+
+class ErrorDetail(BaseModel):
+    code: ErrorCode = Field(description="Stable machine code of the refusal.")
+    field: str | None = Field(default=None, description="The input field that was wrong.")
+    message: str = Field(description="What was wrong and how to fix it.")
+    allowed: list[Any] | None = Field(
+        default=None, description="Allowed values, where that helps to correct the call."
+    )
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class CrmError(Exception):
+    """A refused request. Raised anywhere below an endpoint; rendered as a 4xx JSON body."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        field: str | None = None,
+        allowed: list[Any] | None = None,
+        status_code: int = 422,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.allowed = allowed
+        self.status_code = status_code
+
+    def to_response(self) -> ErrorResponse:
+        return ErrorResponse(
+            error=ErrorDetail(
+                code=self.code, field=self.field, message=self.message, allowed=self.allowed
+            )
+        )
+
+
+def not_found(entity: str, entity_id: str, field: str) -> CrmError:
+    return CrmError(
+        ErrorCode.NOT_FOUND,
+        f"No {entity} with id {entity_id!r} exists. Use the {entity} search tool to find its id.",
+        field=field,
+        status_code=404,
+    )
+
+
+def unknown_reference(entity: str, entity_id: str, field: str) -> CrmError:
+    return CrmError(
+        ErrorCode.UNKNOWN_FOREIGN_KEY,
+        f"{field} refers to a {entity} that does not exist ({entity_id!r}). "
+        f"Look the {entity} up with its search tool and use the id it returns.",
+        field=field,
+        status_code=422,
+    )
+
+
+# The error responses every tool can return, for the OpenAPI document.
+TOOL_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or unknown episode token."},
+    403: {"model": ErrorResponse, "description": "The episode's actor may not do this."},
+    404: {"model": ErrorResponse, "description": "The record named by an id does not exist."},
+    409: {"model": ErrorResponse, "description": "The request conflicts with the record's state."},
+    422: {"model": ErrorResponse, "description": "The request breaks a field or business rule."},
+}

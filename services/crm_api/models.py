@@ -1,0 +1,205 @@
+"""Table models of the CRM entities and of the episode registry.
+
+Entity tables are declared without a schema: every query runs with a
+`schema_translate_map` that points them at one episode's schema (or the world template).
+The migrations in `migrations/` are the source of truth for DDL; these models must match.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlmodel import Field, SQLModel
+
+META_SCHEMA = "crm_meta"
+WORLD_SCHEMA = "world"
+
+
+def _money(nullable: bool) -> Any:
+    return Field(default=None, sa_column=sa.Column(sa.Numeric(14, 2), nullable=nullable))
+
+
+def _timestamp() -> Any:
+    return Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True), nullable=True))
+
+
+class Client(SQLModel, table=True):
+    __tablename__ = "client"
+    client_id: str = Field(primary_key=True)
+    name: str
+    industry: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    address: str | None = None
+    status: str = "Prospect"
+    created_date: datetime | None = _timestamp()
+    owner: str | None = None
+
+
+class Company(SQLModel, table=True):
+    __tablename__ = "company"
+    company_id: str = Field(primary_key=True)
+    name: str
+    type: str | None = None
+    industry: str | None = None
+    address: str | None = None
+    contacts: list[str] = Field(
+        default_factory=list, sa_column=sa.Column(ARRAY(sa.Text), nullable=False)
+    )
+
+
+class Contact(SQLModel, table=True):
+    __tablename__ = "contact"
+    contact_id: str = Field(primary_key=True)
+    first_name: str
+    last_name: str
+    title: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    client_id: str = Field(foreign_key="client.client_id")
+    notes: str | None = None
+
+
+class Opportunity(SQLModel, table=True):
+    __tablename__ = "opportunity"
+    opportunity_id: str = Field(primary_key=True)
+    name: str
+    client_id: str = Field(foreign_key="client.client_id")
+    stage: str
+    amount: Decimal = _money(nullable=False)
+    close_date: date | None = None
+    owner: str | None = None
+    probability: int | None = None
+    notes: str | None = None
+
+
+class Quote(SQLModel, table=True):
+    __tablename__ = "quote"
+    quote_id: str = Field(primary_key=True)
+    opportunity_id: str = Field(foreign_key="opportunity.opportunity_id")
+    version: str
+    amount: Decimal = _money(nullable=False)
+    status: str = "Draft"
+    valid_until: date | None = None
+    created_date: datetime | None = _timestamp()
+    quote_prefix: str | None = None
+
+
+class Contract(SQLModel, table=True):
+    __tablename__ = "contract"
+    contract_id: str = Field(primary_key=True)
+    client_id: str = Field(foreign_key="client.client_id")
+    opportunity_id: str | None = Field(default=None, foreign_key="opportunity.opportunity_id")
+    start_date: date | None = None
+    end_date: date | None = None
+    value: Decimal | None = _money(nullable=True)
+    status: str | None = None
+    document_url: str | None = None
+
+
+class Document(SQLModel, table=True):
+    __tablename__ = "document"
+    document_id: str = Field(primary_key=True)
+    entity_type: str
+    entity_id: str
+    file_name: str
+    uploaded_by: str | None = None
+    uploaded_at: datetime | None = _timestamp()
+    file_url: str | None = None
+
+
+class Note(SQLModel, table=True):
+    __tablename__ = "note"
+    note_id: str = Field(primary_key=True)
+    entity_type: str
+    entity_id: str
+    content: str
+    created_by: str | None = None
+    created_at: datetime | None = _timestamp()
+
+
+class ChangeLog(SQLModel, table=True):
+    """One row per changed entity row; lives in each episode's schema, filled by triggers."""
+
+    __tablename__ = "change_log"
+    seq: int | None = Field(default=None, primary_key=True)
+    tool_call_id: str | None = None
+    tool: str | None = None
+    table_name: str
+    op: str
+    row_key: str
+    before: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(JSONB))
+    after: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(JSONB))
+
+
+ENTITY_MODELS: dict[str, type[SQLModel]] = {
+    "client": Client,
+    "company": Company,
+    "contact": Contact,
+    "opportunity": Opportunity,
+    "quote": Quote,
+    "contract": Contract,
+    "document": Document,
+    "note": Note,
+}
+
+
+def table_of(name: str) -> sa.Table:
+    """The SQLAlchemy table of an entity (or the change log) by its table name."""
+    table = SQLModel.metadata.tables[name]
+    assert isinstance(table, sa.Table)
+    return table
+
+
+# Registry tables live in crm_meta and are never schema-translated.
+registry_metadata = sa.MetaData(schema=META_SCHEMA)
+
+episode_table = sa.Table(
+    "episode",
+    registry_metadata,
+    sa.Column("episode_id", sa.Text, primary_key=True),
+    sa.Column("schema_name", sa.Text, nullable=False, unique=True),
+    sa.Column("token_hash", sa.Text, nullable=False, unique=True),
+    sa.Column("case_id", sa.Text),
+    sa.Column("today", sa.Date, nullable=False),
+    sa.Column("actor_name", sa.Text, nullable=False),
+    sa.Column("actor_role", sa.Text, nullable=False),
+    sa.Column("seed", JSONB, nullable=False),
+    sa.Column("world_version", sa.Text, nullable=False),
+    sa.Column("call_seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ttl_seconds", sa.Integer, nullable=False),
+)
+
+episode_snapshot_table = sa.Table(
+    "episode_snapshot",
+    registry_metadata,
+    sa.Column("episode_id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("schema_name", sa.Text, nullable=False, unique=True),
+    sa.Column("call_seq", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+pool_table = sa.Table(
+    "episode_pool",
+    registry_metadata,
+    sa.Column("schema_name", sa.Text, primary_key=True),
+    sa.Column("world_version", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+world_info_table = sa.Table(
+    "world_info",
+    registry_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Text, nullable=False),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("row_counts", JSONB, nullable=False),
+    sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,47 @@
+"""Configuration of the CRM API, read from CRMBENCH_* environment variables and DATABASE_URL."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CrmApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CRMBENCH_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "CRMBENCH_DATABASE_URL")
+    )
+    """Postgres URL; the CLI fills it with an embedded server's URL when it is unset."""
+
+    admin_key: str = Field(default_factory=lambda: secrets.token_urlsafe(24))
+    """Bearer key for admin routes (create, list, drop, snapshot episodes)."""
+
+    episode_ttl_seconds: int = Field(default=3600, ge=10)
+    """An episode unused for this long is dropped by the reaper."""
+
+    reaper_interval_seconds: float = Field(default=30.0, gt=0)
+    """How often the reaper looks for expired episodes."""
+
+    pool_size: int = Field(default=4, ge=0, le=64)
+    """Pre-built episode schemas kept ready so that creating an episode is fast."""
+
+    db_pool_size: int = Field(default=10, ge=1)
+    """Connections kept open by the service."""
+
+    db_max_overflow: int = Field(default=20, ge=0)
+    """Extra connections allowed under load."""
+
+    page_size_max: int = Field(default=50, ge=1)
+    """Largest page a search or list tool returns."""
+
+    world_seed: int = 20251112
+    """Seed of the deterministic world data set every episode clones."""
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> CrmApiSettings:
+    return CrmApiSettings()

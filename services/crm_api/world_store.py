@@ -1,0 +1,214 @@
+"""Loads the world template into Postgres and dumps or restores the whole CRM database."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from crm_api.domain import ENTITY_TABLES
+from crm_api.episodes import (
+    _q,
+    change_log_rows,
+    insert_rows,
+    render_tables,
+    truncate_episode_tables,
+)
+from crm_api.models import WORLD_SCHEMA
+from crm_api.world import build_world, world_version
+
+DUMP_FORMAT = "crm-bench-db-dump/1"
+
+
+async def current_world(conn: AsyncConnection) -> dict[str, Any] | None:
+    row = (
+        (await conn.execute(sa.text("SELECT * FROM crm_meta.world_info WHERE id = 1")))
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+async def _write_world(
+    conn: AsyncConnection, tables: dict[str, list[dict[str, Any]]], version: str, seed: int
+) -> dict[str, int]:
+    await conn.execute(
+        sa.text("TRUNCATE " + ", ".join(f"{WORLD_SCHEMA}.{t}" for t in ENTITY_TABLES))
+    )
+    for table in ENTITY_TABLES:
+        await insert_rows(conn, WORLD_SCHEMA, table, tables.get(table, []))
+    counts = {t: len(tables.get(t, [])) for t in ENTITY_TABLES}
+    await conn.execute(
+        sa.text(
+            "INSERT INTO crm_meta.world_info (id, version, seed, row_counts, loaded_at)"
+            " VALUES (1, :v, :s, CAST(:c AS jsonb), :t) ON CONFLICT (id) DO UPDATE SET"
+            " version = EXCLUDED.version, seed = EXCLUDED.seed,"
+            " row_counts = EXCLUDED.row_counts, loaded_at = EXCLUDED.loaded_at"
+        ),
+        {"v": version, "s": seed, "c": json.dumps(counts), "t": datetime.now(UTC)},
+    )
+    return counts
+
+
+async def ensure_world(engine: AsyncEngine, seed: int) -> tuple[bool, str]:
+    """Loads the world for `seed` unless that exact version is loaded; (loaded?, version)."""
+    version = world_version(seed)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('crmbench.world'))"))
+        info = await current_world(conn)
+        if info is not None and info["version"] == version:
+            return False, version
+        await _write_world(conn, build_world(seed), version, seed)
+    return True, version
+
+
+async def _drop_all_episodes(conn: AsyncConnection) -> int:
+    schemas = (
+        await conn.execute(
+            sa.text(
+                "SELECT schema_name FROM crm_meta.episode UNION"
+                " SELECT schema_name FROM crm_meta.episode_snapshot UNION"
+                " SELECT schema_name FROM crm_meta.episode_pool"
+            )
+        )
+    ).scalars()
+    for schema in list(schemas):
+        await conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_q(schema)} CASCADE"))
+    count = (await conn.execute(sa.text("SELECT count(*) FROM crm_meta.episode"))).scalar_one()
+    await conn.execute(sa.text("DELETE FROM crm_meta.episode_pool"))
+    await conn.execute(sa.text("DELETE FROM crm_meta.episode"))  # snapshots cascade
+    return int(count)
+
+
+async def reset_database(engine: AsyncEngine, seed: int) -> tuple[int, str]:
+    """Drops every episode, snapshot and pooled schema and reloads the world."""
+    version = world_version(seed)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('crmbench.world'))"))
+        dropped = await _drop_all_episodes(conn)
+        await _write_world(conn, build_world(seed), version, seed)
+    return dropped, version
+
+
+async def dump_database(engine: AsyncEngine) -> dict[str, Any]:
+    """The whole CRM state (world, live episodes with change logs and snapshots) as JSON data."""
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        info = await current_world(conn)
+        if info is None:
+            raise RuntimeError("the world is not loaded; run `crmbench db migrate` first")
+        episodes = []
+        rows = (
+            await conn.execute(sa.text("SELECT * FROM crm_meta.episode ORDER BY episode_id"))
+        ).mappings()
+        for row in [dict(r) for r in rows]:
+            schema = row["schema_name"]
+            snapshots = []
+            snaps = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT * FROM crm_meta.episode_snapshot WHERE episode_id = :id"
+                        " ORDER BY name"
+                    ),
+                    {"id": row["episode_id"]},
+                )
+            ).mappings()
+            for snap in [dict(s) for s in snaps]:
+                snapshots.append(
+                    {
+                        "name": snap["name"],
+                        "call_seq": snap["call_seq"],
+                        "created_at": snap["created_at"],
+                        "tables": await render_tables(conn, snap["schema_name"]),
+                        "change_log": await change_log_rows(conn, snap["schema_name"]),
+                    }
+                )
+            episodes.append(
+                {
+                    "registry": {k: v for k, v in row.items() if k != "schema_name"},
+                    "tables": await render_tables(conn, schema),
+                    "change_log": await change_log_rows(conn, schema),
+                    "snapshots": snapshots,
+                }
+            )
+        return {
+            "format": DUMP_FORMAT,
+            "world": {
+                "version": info["version"],
+                "seed": info["seed"],
+                "tables": await render_tables(conn, WORLD_SCHEMA),
+            },
+            "episodes": episodes,
+        }
+
+
+async def _fill_schema(
+    conn: AsyncConnection, schema: str, tables: dict[str, Any], change_log: list[Any]
+) -> None:
+    await conn.execute(
+        sa.text("SELECT crm_meta.clone_schema(:src, :dst, true)"),
+        {"src": WORLD_SCHEMA, "dst": schema},
+    )
+    await truncate_episode_tables(conn, schema)
+    await conn.execute(sa.text("SELECT set_config('crm.suppress_log', 'on', true)"))
+    for table in ENTITY_TABLES:
+        await insert_rows(conn, schema, table, tables.get(table, []))
+    await conn.execute(sa.text("SELECT set_config('crm.suppress_log', 'off', true)"))
+    await insert_rows(conn, schema, "change_log", change_log)
+    await conn.execute(
+        sa.text(
+            f"SELECT setval(pg_get_serial_sequence('{_q(schema)}.change_log', 'seq'), "
+            f"coalesce((SELECT max(seq) FROM {_q(schema)}.change_log), 0) + 1, false)"
+        )
+    )
+
+
+async def restore_database(engine: AsyncEngine, dump: dict[str, Any]) -> int:
+    """Replaces the whole CRM state with a dump; returns the number of episodes restored."""
+    if dump.get("format") != DUMP_FORMAT:
+        raise ValueError(f"not a crm-bench database dump (expected format {DUMP_FORMAT!r})")
+    import secrets
+
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('crmbench.world'))"))
+        await _drop_all_episodes(conn)
+        world = dump["world"]
+        await _write_world(conn, world["tables"], world["version"], int(world["seed"]))
+        for episode in dump["episodes"]:
+            registry = dict(episode["registry"])
+            schema = registry["episode_id"]
+            await _fill_schema(conn, schema, episode["tables"], episode["change_log"])
+            registry["schema_name"] = schema
+            registry["seed"] = json.dumps(registry["seed"])
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO crm_meta.episode (episode_id, schema_name, token_hash, case_id,"
+                    " today, actor_name, actor_role, seed, world_version, call_seq, created_at,"
+                    " last_used_at, ttl_seconds) VALUES (:episode_id, :schema_name, :token_hash,"
+                    " :case_id, CAST(:today AS date), :actor_name, :actor_role,"
+                    " CAST(:seed AS jsonb), :world_version, :call_seq,"
+                    " CAST(:created_at AS timestamptz), CAST(:last_used_at AS timestamptz),"
+                    " :ttl_seconds)"
+                ),
+                registry,
+            )
+            for snap in episode["snapshots"]:
+                snapshot_schema = "snap_" + secrets.token_hex(8)
+                await _fill_schema(conn, snapshot_schema, snap["tables"], snap["change_log"])
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO crm_meta.episode_snapshot VALUES"
+                        " (:id, :n, :s, :c, CAST(:t AS timestamptz))"
+                    ),
+                    {
+                        "id": schema,
+                        "n": snap["name"],
+                        "s": snapshot_schema,
+                        "c": snap["call_seq"],
+                        "t": snap["created_at"],
+                    },
+                )
+    return len(dump["episodes"])

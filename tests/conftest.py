@@ -1,0 +1,166 @@
+"""Shared fixtures: a real Postgres database migrated by alembic, and a real crm_api server.
+
+With CRMBENCH_TEST_ADMIN_URL (a Postgres URL allowed to CREATE DATABASE) the session gets
+a fresh database on that server; without it, an embedded Postgres in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy.engine import make_url
+
+from crm_api.app import create_app
+from crm_api.migrate import migrate
+from crm_api.settings import CrmApiSettings
+
+ADMIN_KEY = "test-admin-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _admin_sql(admin_url: str, statement: str) -> None:
+    import asyncpg
+
+    url = make_url(admin_url).set(drivername="postgresql")
+    conn = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database with the world loaded, private to this test session."""
+    admin_url = os.environ.get("CRMBENCH_TEST_ADMIN_URL")
+    if admin_url:
+        name = f"crmbench_test_{secrets.token_hex(4)}"
+        asyncio.run(_admin_sql(admin_url, f'CREATE DATABASE "{name}"'))
+        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        try:
+            migrate(url, CrmApiSettings().world_seed)
+            yield url
+        finally:
+            asyncio.run(_admin_sql(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    else:
+        from crmbench.postgres import start_embedded
+
+        url = start_embedded(tmp_path_factory.mktemp("embedded-pg"))
+        migrate(url, CrmApiSettings().world_seed)
+        yield url
+
+
+@dataclass
+class RunningServer:
+    """A crm_api served by uvicorn on a real port, in a thread of the test process."""
+
+    base_url: str
+    settings: CrmApiSettings
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def start_server(database_url: str, **overrides: Any) -> RunningServer:
+    settings = CrmApiSettings(database_url=database_url, admin_key=ADMIN_KEY, **overrides)
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("crm_api test server did not start")
+        time.sleep(0.02)
+    return RunningServer(f"http://127.0.0.1:{port}", settings, server, thread)
+
+
+@pytest.fixture(scope="session")
+def crm_api(database_url: str) -> Iterator[RunningServer]:
+    running = start_server(database_url, pool_size=2, reaper_interval_seconds=0.5)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def http(crm_api: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=crm_api.base_url, timeout=60) as client:
+        yield client
+
+
+def admin() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@dataclass
+class Episode:
+    """A live episode and a client bound to its token."""
+
+    episode_id: str
+    token: str
+    http: httpx.AsyncClient
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def call(self, tool: str, args: dict[str, Any] | None = None) -> httpx.Response:
+        return await self.http.post(f"/tools/{tool}", json=args or {}, headers=self.auth)
+
+    async def ok(self, tool: str, args: dict[str, Any] | None = None) -> Any:
+        response = await self.call(tool, args)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def state(self) -> bytes:
+        response = await self.http.get(f"/episodes/{self.episode_id}/state", headers=admin())
+        assert response.status_code == 200, response.text
+        return response.content
+
+    async def changes(self) -> dict[str, Any]:
+        response = await self.http.get(f"/episodes/{self.episode_id}/changes", headers=admin())
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+
+async def open_episode(http: httpx.AsyncClient, payload: dict[str, Any] | None = None) -> Episode:
+    response = await http.post("/episodes", json=payload or {}, headers=admin())
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return Episode(body["episode_id"], body["token"], http)
+
+
+@pytest.fixture
+async def episode(http: httpx.AsyncClient) -> AsyncIterator[Episode]:
+    """A fresh episode of the bare world, acting as a sales rep; dropped afterwards."""
+    opened = await open_episode(http)
+    yield opened
+    await http.delete(f"/episodes/{opened.episode_id}", headers=admin())
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
