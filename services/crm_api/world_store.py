@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import secrets
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -170,7 +171,6 @@ async def restore_database(engine: AsyncEngine, dump: dict[str, Any]) -> int:
     """Replaces the whole CRM state with a dump; returns the number of episodes restored."""
     if dump.get("format") != DUMP_FORMAT:
         raise ValueError(f"not a crm-bench database dump (expected format {DUMP_FORMAT!r})")
-    import secrets
 
     async with engine.begin() as conn:
         await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('crmbench.world'))"))
@@ -183,15 +183,16 @@ async def restore_database(engine: AsyncEngine, dump: dict[str, Any]) -> int:
             await _fill_schema(conn, schema, episode["tables"], episode["change_log"])
             registry["schema_name"] = schema
             registry["seed"] = json.dumps(registry["seed"])
+            registry["today"] = date.fromisoformat(registry["today"])
+            for key in ("created_at", "last_used_at"):
+                registry[key] = datetime.fromisoformat(registry[key])
             await conn.execute(
                 sa.text(
                     "INSERT INTO crm_meta.episode (episode_id, schema_name, token_hash, case_id,"
                     " today, actor_name, actor_role, seed, world_version, call_seq, created_at,"
                     " last_used_at, ttl_seconds) VALUES (:episode_id, :schema_name, :token_hash,"
-                    " :case_id, CAST(:today AS date), :actor_name, :actor_role,"
-                    " CAST(:seed AS jsonb), :world_version, :call_seq,"
-                    " CAST(:created_at AS timestamptz), CAST(:last_used_at AS timestamptz),"
-                    " :ttl_seconds)"
+                    " :case_id, :today, :actor_name, :actor_role, CAST(:seed AS jsonb),"
+                    " :world_version, :call_seq, :created_at, :last_used_at, :ttl_seconds)"
                 ),
                 registry,
             )
@@ -199,16 +200,13 @@ async def restore_database(engine: AsyncEngine, dump: dict[str, Any]) -> int:
                 snapshot_schema = "snap_" + secrets.token_hex(8)
                 await _fill_schema(conn, snapshot_schema, snap["tables"], snap["change_log"])
                 await conn.execute(
-                    sa.text(
-                        "INSERT INTO crm_meta.episode_snapshot VALUES"
-                        " (:id, :n, :s, :c, CAST(:t AS timestamptz))"
-                    ),
+                    sa.text("INSERT INTO crm_meta.episode_snapshot VALUES (:id, :n, :s, :c, :t)"),
                     {
                         "id": schema,
                         "n": snap["name"],
                         "s": snapshot_schema,
                         "c": snap["call_seq"],
-                        "t": snap["created_at"],
+                        "t": datetime.fromisoformat(snap["created_at"]),
                     },
                 )
     return len(dump["episodes"])
