@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crm_api import __version__
 from crm_api.context import ToolContext
@@ -220,6 +221,30 @@ def _install_error_handlers(app: FastAPI) -> None:
         error = translate_validation_errors(
             errors, is_update=bool(tool_name and tool_name.startswith("modify_")), known=known
         )
+        return _error_response(error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        path = request.url.path
+        if exc.status_code == 404 and path.startswith("/tools/"):
+            error = CrmError(
+                ErrorCode.UNKNOWN_TOOL,
+                f"There is no tool {path.removeprefix('/tools/')!r}; GET /tools lists them.",
+                allowed=sorted(TOOLS),
+                status_code=404,
+            )
+        elif exc.status_code == 404:
+            error = CrmError(ErrorCode.NOT_FOUND, f"No route {path}; see /docs.", status_code=404)
+        elif exc.status_code == 405:
+            error = CrmError(
+                ErrorCode.INVALID_REQUEST,
+                f"{request.method} is not allowed on {path}; see /docs.",
+                status_code=405,
+            )
+        else:
+            error = CrmError(
+                ErrorCode.INVALID_REQUEST, str(exc.detail), status_code=exc.status_code
+            )
         return _error_response(error)
 
     @app.exception_handler(DBAPIError)

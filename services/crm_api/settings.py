@@ -35,9 +35,6 @@ class CrmApiSettings(BaseSettings):
     db_max_overflow: int = Field(default=20, ge=0)
     """Extra connections allowed under load."""
 
-    page_size_max: int = Field(default=50, ge=1)
-    """Largest page a search or list tool returns."""
-
     world_seed: int = 20251112
     """Seed of the deterministic world data set every episode clones."""
 

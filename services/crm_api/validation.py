@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,8 +32,6 @@ _TYPE_ERRORS = (
     "datetime_from_date_parsing",
     "date_parsing",
     "datetime_parsing",
-    "enum",
-    "literal_error",
 )
 
 
@@ -78,6 +77,19 @@ def translate_validation_errors(
             + suffix,
             field=field,
             allowed=known,
+        )
+    if field is None and kind in ("model_type", "model_attributes_type", "dict_type"):
+        return CrmError(
+            ErrorCode.INVALID_REQUEST,
+            "The request body must be a JSON object ({} when there are no arguments)." + suffix,
+        )
+    if kind in ("enum", "literal_error"):
+        allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        return CrmError(
+            ErrorCode.INVALID_ENUM,
+            f"{field}: {first.get('msg')}{suffix}",
+            field=field,
+            allowed=allowed or None,
         )
     if kind in ("json_invalid", "json_type"):
         return CrmError(ErrorCode.INVALID_REQUEST, "The request body is not valid JSON." + suffix)

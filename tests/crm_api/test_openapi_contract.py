@@ -72,3 +72,11 @@ def test_cli_check_fails_and_reports_on_a_changed_contract(tmp_path: Any) -> Non
     result = runner.invoke(app, ["openapi", "check", "--against", str(stale)])
     assert result.exit_code == 1
     assert "removed-operation: POST /tools/old_tool" in result.output
+
+
+def test_the_docs_list_every_tool() -> None:
+    from crm_api.tools import TOOLS
+
+    text = (REPO_ROOT / "docs" / "crm_api.md").read_text(encoding="utf-8")
+    missing = [name for name in TOOLS if f"| `{name}` |" not in text]
+    assert not missing, f"docs/crm_api.md does not list: {missing}"

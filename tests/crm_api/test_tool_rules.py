@@ -634,3 +634,34 @@ async def test_every_tool_has_a_working_happy_path(manager: Episode) -> None:
     written = {call["tool"] for call in log["tool_calls"]}
     writes = {name for name, t in TOOLS.items() if t.kind.value == "write"}
     assert written == writes
+
+
+async def test_malformed_requests_get_clear_4xx_errors(rep: Episode) -> None:
+    http, auth = rep.http, rep.auth
+    not_object = await http.post("/tools/create_new_client", json=[], headers=auth)
+    assert not_object.status_code == 422
+    assert "JSON object" in not_object.json()["error"]["message"]
+    not_json = await http.post(
+        "/tools/create_new_client",
+        content=b"{oops",
+        headers={**auth, "content-type": "application/json"},
+    )
+    assert not_json.json()["error"]["code"] == "INVALID_REQUEST"
+    unknown = await http.post("/tools/delete_client", json={}, headers=auth)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "UNKNOWN_TOOL"
+    assert "delete_opportunity" in unknown.json()["error"]["allowed"]
+    wrong_method = await http.get("/tools/list_clients", headers=auth)
+    assert wrong_method.status_code == 405
+    bad_format = await http.get("/tools", params={"format": "xml"})
+    assert bad_format.json()["error"] == {
+        "code": "INVALID_ENUM",
+        "field": "format",
+        "message": bad_format.json()["error"]["message"],
+        "allowed": ["openai", "anthropic"],
+    }
+    bad_call_id = await http.post(
+        "/tools/list_clients", json={}, headers={**auth, "X-Tool-Call-Id": "has space"}
+    )
+    assert bad_call_id.status_code == 422
+    assert bad_call_id.json()["error"]["field"] == "X-Tool-Call-Id"

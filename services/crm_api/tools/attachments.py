@@ -20,8 +20,7 @@ from crm_api.tools.registry import ToolKind, tool
     tag="attachments",
 )
 async def upload_document(ctx: ToolContext, args: UploadDocument) -> dict[str, Any]:
-    """Attach a document (by file name and optional URL) to an opportunity, contract, quote
-    or client.
+    """Attach a document to an opportunity, contract, quote or client.
 
     Rules: entity_type is one of Opportunity, Contract, Quote, Client and entity_id must
     exist. file_name is a plain name with an extension: no "/", "\\" or "..", and only office,
