@@ -235,6 +235,13 @@ def _install_error_handlers(app: FastAPI) -> None:
             )
         elif exc.status_code == 404:
             error = CrmError(ErrorCode.NOT_FOUND, f"No route {path}; see /docs.", status_code=404)
+        elif exc.status_code == 400:
+            # FastAPI answers a body it cannot decode (not UTF-8) with 400; like any other
+            # unreadable body it is a 422 here, the status the contract documents.
+            error = CrmError(
+                ErrorCode.INVALID_REQUEST,
+                f"The request body could not be read: {exc.detail}. Send UTF-8 encoded JSON.",
+            )
         elif exc.status_code == 405:
             error = CrmError(
                 ErrorCode.INVALID_REQUEST,

@@ -647,6 +647,13 @@ async def test_malformed_requests_get_clear_4xx_errors(rep: Episode) -> None:
         headers={**auth, "content-type": "application/json"},
     )
     assert not_json.json()["error"]["code"] == "INVALID_REQUEST"
+    not_utf8 = await http.post(
+        "/tools/create_new_client",
+        content=b'{"name": "\xa3"}',
+        headers={**auth, "content-type": "application/json"},
+    )
+    assert not_utf8.status_code == 422
+    assert not_utf8.json()["error"]["code"] == "INVALID_REQUEST"
     unknown = await http.post("/tools/delete_client", json={}, headers=auth)
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "UNKNOWN_TOOL"
