@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from crm_api import __version__
 from crm_api.context import ToolContext
 from crm_api.database import create_engine
+from crm_api.domain import ENTITY_TABLES
 from crm_api.episode_schemas import (
     Deleted,
     EpisodeChanges,
@@ -374,9 +375,31 @@ def _add_episode_routes(app: FastAPI) -> None:
         operation_id="get_episode_state",
         responses=ADMIN_RESPONSES,
     )
-    async def episode_state(episode_id: str, services: ServicesDep, _: OwnerDep) -> Response:
+    async def episode_state(
+        episode_id: str,
+        services: ServicesDep,
+        _: OwnerDep,
+        tables: Annotated[
+            str | None,
+            Query(
+                max_length=200,
+                description="Comma-separated entity tables to include (default: all).",
+            ),
+        ] = None,
+    ) -> Response:
         """Canonical JSON of every entity table, rows ordered by id (byte-stable)."""
-        state = await services.episodes.state(episode_id)
+        selected = None
+        if tables is not None:
+            selected = [t.strip() for t in tables.split(",") if t.strip()]
+            unknown = [t for t in selected if t not in ENTITY_TABLES]
+            if unknown or not selected:
+                raise CrmError(
+                    ErrorCode.INVALID_ENUM,
+                    f"Unknown tables {unknown}; choose from the entity tables.",
+                    field="tables",
+                    allowed=list(ENTITY_TABLES),
+                )
+        state = await services.episodes.state(episode_id, selected)
         return Response(canonical_json(state), media_type="application/json")
 
     @app.get(

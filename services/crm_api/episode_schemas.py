@@ -134,6 +134,11 @@ class Actor(Strict):
 
 
 class EpisodeCreate(Strict):
+    case_id: Annotated[str | None, text(100, optional=True)] = Field(
+        default=None,
+        description="Build the episode from this golden case (its seed, today and actor); "
+        "load the corpus first with `crmbench cases load`.",
+    )
     today: Annotated[date | None, date_field()] = Field(
         default=None, description="The episode clock's date (YYYY-MM-DD); the world date if unset."
     )
@@ -146,6 +151,7 @@ class EpisodeCreate(Strict):
 
 class EpisodeOut(BaseModel):
     episode_id: str
+    case_id: str | None = None
     today: date
     actor: Actor
     call_seq: int = Field(description="Tool calls that changed or read state so far.")

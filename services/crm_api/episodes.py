@@ -80,10 +80,14 @@ async def insert_rows(
     )
 
 
-async def render_tables(conn: AsyncConnection, schema: str) -> dict[str, list[dict[str, Any]]]:
-    """Every entity table of `schema` as JSON rows ordered by primary key (byte order)."""
+async def render_tables(
+    conn: AsyncConnection, schema: str, tables: Sequence[str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The entity tables of `schema` (all by default) as JSON rows ordered by primary key."""
     parts = []
     for table in ENTITY_TABLES:
+        if tables is not None and table not in tables:
+            continue
         pk = PRIMARY_KEYS[table]
         parts.append(
             f"'{table}', (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.{pk} COLLATE \"C\"),"
@@ -182,6 +186,39 @@ class EpisodeManager:
             ) from None
         await _suppress_log(conn, False)
 
+    async def _from_case(self, conn: AsyncConnection, request: EpisodeCreate) -> EpisodeCreate:
+        """The request with the case's seed, today and actor filled in."""
+        explicit = request.model_fields_set & {"today", "actor", "seed"}
+        if explicit:
+            raise CrmError(
+                ErrorCode.INVALID_REQUEST,
+                f"Give case_id or {', '.join(sorted(explicit))}, not both: a case brings its "
+                "own seed, today and actor.",
+                field="case_id",
+            )
+        body = (
+            await conn.execute(
+                sa.text("SELECT body FROM crm_meta.golden_case WHERE case_id = :id"),
+                {"id": request.case_id},
+            )
+        ).scalar_one_or_none()
+        if body is None:
+            raise CrmError(
+                ErrorCode.NOT_FOUND,
+                f"No golden case {request.case_id!r} is loaded; run `crmbench cases load`.",
+                field="case_id",
+                status_code=404,
+            )
+        return EpisodeCreate.model_validate(
+            {
+                "case_id": request.case_id,
+                "today": body["today"],
+                "actor": body["actor"],
+                "seed": body.get("seed") or {},
+                "ttl_seconds": request.ttl_seconds,
+            }
+        )
+
     async def create(self, request: EpisodeCreate) -> tuple[dict[str, Any], str]:
         """Creates an episode; returns its registry row and its bearer token."""
         episode_id = "ep_" + secrets.token_hex(8)
@@ -189,6 +226,8 @@ class EpisodeManager:
         now = datetime.now(UTC)
         ttl = request.ttl_seconds or self.default_ttl
         async with self.engine.begin() as conn:
+            if request.case_id is not None:
+                request = await self._from_case(conn, request)
             version = await self.world_version(conn)
             pooled = await self._claim_pooled_schema(conn, version)
             if pooled is not None:
@@ -203,6 +242,7 @@ class EpisodeManager:
                 "episode_id": episode_id,
                 "schema_name": episode_id,
                 "token_hash": hash_token(token),
+                "case_id": request.case_id,
                 "today": request.today or WORLD_DATE,
                 "actor_name": request.actor.name,
                 "actor_role": request.actor.role.value,
@@ -215,11 +255,11 @@ class EpisodeManager:
             }
             await conn.execute(
                 sa.text(
-                    "INSERT INTO crm_meta.episode (episode_id, schema_name, token_hash, today,"
-                    " actor_name, actor_role, seed, world_version, call_seq, created_at,"
+                    "INSERT INTO crm_meta.episode (episode_id, schema_name, token_hash, case_id,"
+                    " today, actor_name, actor_role, seed, world_version, call_seq, created_at,"
                     " last_used_at, ttl_seconds) VALUES (:episode_id, :schema_name, :token_hash,"
-                    " :today, :actor_name, :actor_role, CAST(:seed AS jsonb), :world_version,"
-                    " :call_seq, :created_at, :last_used_at, :ttl_seconds)"
+                    " :case_id, :today, :actor_name, :actor_role, CAST(:seed AS jsonb),"
+                    " :world_version, :call_seq, :created_at, :last_used_at, :ttl_seconds)"
                 ),
                 {**row, "seed": json.dumps(row["seed"])},
             )
@@ -312,14 +352,14 @@ class EpisodeManager:
 
     # ------------------------------------------------------------------ state
 
-    async def state(self, episode_id: str) -> dict[str, Any]:
+    async def state(self, episode_id: str, tables: Sequence[str] | None = None) -> dict[str, Any]:
         async with self.engine.connect() as conn:
             row = await self._get_row(conn, episode_id)
-            tables = await render_tables(conn, row["schema_name"])
+            rendered = await render_tables(conn, row["schema_name"], tables)
         return {
             "today": row["today"],
             "actor": {"name": row["actor_name"], "role": row["actor_role"]},
-            "tables": tables,
+            "tables": rendered,
         }
 
     async def changes(self, episode_id: str) -> dict[str, Any]:
@@ -560,6 +600,7 @@ def expires_at(row: Any) -> datetime:
 def episode_public(row: Any) -> dict[str, Any]:
     return {
         "episode_id": row["episode_id"],
+        "case_id": row["case_id"],
         "today": row["today"],
         "actor": Actor(name=row["actor_name"], role=ActorRole(row["actor_role"])),
         "call_seq": int(row["call_seq"]),

@@ -210,3 +210,25 @@ async def restore_database(engine: AsyncEngine, dump: dict[str, Any]) -> int:
                     },
                 )
     return len(dump["episodes"])
+
+
+async def load_golden_cases(
+    engine: AsyncEngine, cases: list[tuple[str, dict[str, Any]]], corpus_hash: str
+) -> int:
+    """Replaces the loaded golden cases with `cases` ((case_id, case JSON) pairs)."""
+    loaded_at = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("DELETE FROM crm_meta.golden_case"))
+        for start in range(0, len(cases), 500):
+            batch = cases[start : start + 500]
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO crm_meta.golden_case (case_id, corpus_hash, body, loaded_at)"
+                    " VALUES (:id, :h, CAST(:b AS jsonb), :t)"
+                ),
+                [
+                    {"id": case_id, "h": corpus_hash, "b": json.dumps(body), "t": loaded_at}
+                    for case_id, body in batch
+                ],
+            )
+    return len(cases)

@@ -251,3 +251,48 @@ async def test_episode_listing_and_lookup(http: httpx.AsyncClient) -> None:
         assert malformed.status_code == 404
     finally:
         await http.delete(f"/episodes/{ep.episode_id}", headers=admin())
+
+
+async def test_state_can_be_limited_to_some_tables(http: httpx.AsyncClient) -> None:
+    ep = await open_episode(http, payload())
+    try:
+        some = await http.get(f"/episodes/{ep.episode_id}/state",
+                              params={"tables": "quote,client"}, headers=admin())  # fmt: skip
+        assert sorted(some.json()["tables"]) == ["client", "quote"]
+        full = json.loads(await ep.state())
+        assert some.json()["tables"]["quote"] == full["tables"]["quote"]
+        bad = await http.get(f"/episodes/{ep.episode_id}/state",
+                             params={"tables": "quote,widgets"}, headers=admin())  # fmt: skip
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "INVALID_ENUM"
+        assert "opportunity" in bad.json()["error"]["allowed"]
+    finally:
+        await http.delete(f"/episodes/{ep.episode_id}", headers=admin())
+
+
+async def test_an_episode_is_built_from_a_loaded_case(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    body = {"today": "2026-01-05", "actor": {"name": "Casey", "role": "manager"},
+            "seed": payload()["seed"]}  # fmt: skip
+    await db.execute(
+        "INSERT INTO crm_meta.golden_case VALUES ('T-CASE-1', 'h', $1::jsonb, now())"
+        " ON CONFLICT (case_id) DO NOTHING",
+        json.dumps(body),
+    )
+    made = await http.post("/episodes", json={"case_id": "T-CASE-1"}, headers=admin())
+    assert made.status_code == 201, made.text
+    assert made.json()["case_id"] == "T-CASE-1"
+    assert made.json()["today"] == "2026-01-05"
+    assert made.json()["actor"] == {"name": "Casey", "role": "manager"}
+    from_case = Episode(made.json()["episode_id"], made.json()["token"], http)
+    from_seed = await open_episode(http, body)
+    try:
+        assert await from_case.state() == await from_seed.state()
+        both = await http.post("/episodes", json={"case_id": "T-CASE-1", "today": "2026-01-01"},
+                               headers=admin())  # fmt: skip
+        assert both.status_code == 422 and both.json()["error"]["field"] == "case_id"
+        missing = await http.post("/episodes", json={"case_id": "NOPE"}, headers=admin())
+        assert missing.status_code == 404 and "cases load" in missing.json()["error"]["message"]
+    finally:
+        for e in (from_case, from_seed):
+            await http.delete(f"/episodes/{e.episode_id}", headers=admin())
