@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import sys
@@ -13,7 +12,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from crmbench.postgres import DatabaseUnavailable, resolve_database_url
+from crmbench.cases_cli import cases_app
+from crmbench.errors import fail, friendly_errors
+from crmbench.postgres import resolve_database_url
 
 app = typer.Typer(
     help="crm-bench: a CRM benchmark for tool-calling LLM agents.",
@@ -28,39 +29,12 @@ app.add_typer(db_app, name="db")
 app.add_typer(serve_app, name="serve")
 app.add_typer(tools_app, name="tools")
 app.add_typer(openapi_app, name="openapi")
+app.add_typer(cases_app, name="cases")
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_OPENAPI = Path("docs/openapi.json")
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code)
-
-
-def friendly_errors(func: F) -> F:
-    """Turns expected failures (no database, bad files) into one-line errors, no traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
-        except DatabaseUnavailable as exc:
-            raise fail(str(exc)) from None
-        except (OSError, ValueError) as exc:
-            raise fail(str(exc)) from None
-        except Exception as exc:
-            from sqlalchemy.exc import DBAPIError
-
-            if isinstance(exc, DBAPIError):
-                raise fail(f"database error: {str(exc.orig).splitlines()[0]}") from None
-            raise
-
-    return wrapper  # type: ignore[return-value]
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -263,6 +237,196 @@ def openapi_check(
         f"the served OpenAPI document differs from {against}; review the changes above "
         "and run `crmbench openapi export` to accept them"
     )
+
+
+# ---------------------------------------------------------------------------- verifier
+# `crmbench serve verifier` and `crmbench verify` (offline scoring of a saved state).
+
+
+@serve_app.command("verifier")
+@friendly_errors
+def serve_verifier(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8001,
+    crm_api_url: Annotated[
+        str | None,
+        typer.Option("--crm-api-url", help="The CRM API to read episodes from."),
+    ] = None,
+    corpus_dir: Annotated[
+        Path | None, typer.Option("--corpus-dir", help="Folder with cases.jsonl.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve the verifier (POST /verify scores an episode of the CRM API)."""
+    import uvicorn
+
+    from verifier.settings import VerifierSettings
+
+    # The app reads its settings from the environment, also in uvicorn's workers.
+    if crm_api_url is not None:
+        os.environ["CRMBENCH_CRM_API_URL"] = crm_api_url
+    if corpus_dir is not None:
+        os.environ["CRMBENCH_CORPUS_DIR"] = str(corpus_dir)
+    settings = VerifierSettings()
+    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    typer.echo(f"verifier listening on http://{shown}:{port}")
+    typer.echo(f"  API docs:  http://{shown}:{port}/docs")
+    typer.echo(f"  CRM API:   {settings.crm_api_url}")
+    if not settings.admin_key:
+        typer.echo("  warning: CRMBENCH_ADMIN_KEY is not set; POST /verify cannot read episodes")
+    sys.stdout.flush()
+    uvicorn.run("verifier.app:create_app", factory=True, host=host, port=port, log_level=log_level)
+
+
+def _read_json_file(path: Path, what: str) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise fail(f"the {what} file {path} is not JSON: {exc}") from None
+
+
+def _print_reward(record: Any) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    marks = {True: "[green]pass[/green]", False: "[red]FAIL[/red]"}
+    table = Table(title=f"case {record.case_id}", show_lines=False)
+    for column in ("check", "kind", "result", "weight", "rationale"):
+        table.add_column(column, overflow="fold")
+    for check in record.checks:
+        result = "[yellow]skip[/yellow]" if check.kind == "judge_skipped" else marks[check.passed]
+        table.add_row(
+            escape(check.check_id),
+            escape(check.kind),
+            result,
+            f"{check.weight:g}",
+            escape(check.rationale),
+        )
+    console = Console(highlight=False)
+    console.print(table)
+    for change in record.collateral:
+        console.print(
+            f"[red]collateral[/red] {escape(change.op)} {escape(change.table)} "
+            f"{escape(change.key)} (tool call {escape(str(change.tool_call_id))}): "
+            f"{escape(change.reason)}"
+        )
+    verdicts = "  ".join(f"{k}:{'yes' if v else 'no'}" for k, v in record.verdicts.items())
+    outcome = "PASS" if record.passed else "FAIL"
+    console.print(
+        f"score {record.score:.3f} (structured {record.structured_score:.3f})  "
+        f"{outcome}  verdicts {verdicts}"
+    )
+
+
+@app.command("verify")
+@friendly_errors
+def verify(
+    case_id: Annotated[str, typer.Option("--case", help="The golden case's id.")],
+    state: Annotated[
+        Path, typer.Option("--state", help="The final state (GET /episodes/{id}/state).")
+    ],
+    changes: Annotated[
+        Path | None,
+        typer.Option("--changes", help="The change log (GET /episodes/{id}/changes)."),
+    ] = None,
+    reply: Annotated[str | None, typer.Option("--reply", help="The agent's final reply.")] = None,
+    reply_file: Annotated[
+        Path | None, typer.Option("--reply-file", help="A file holding the final reply.")
+    ] = None,
+    corpus_dir: Annotated[
+        Path | None, typer.Option("--corpus-dir", help="Folder with cases.jsonl.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reward record as JSON.")] = (
+        False
+    ),
+) -> None:
+    """Score a saved state against a case, offline (no services; no LLM judges)."""
+    from crmbench_corpus.store import load_index
+    from verifier.scoring import score_case
+
+    if reply is not None and reply_file is not None:
+        raise fail("give the reply with --reply or --reply-file, not both")
+    final_reply = reply or ""
+    if reply_file is not None:
+        try:
+            final_reply = reply_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise fail(f"cannot read the reply file {reply_file}: {exc.strerror or exc}") from None
+    state_data = _read_json_file(state, "state")
+    changes_data = _read_json_file(changes, "changes") if changes else {"tool_calls": []}
+    cases = load_index(corpus_dir)
+    case = cases.get(case_id)
+    if case is None:
+        raise fail(f"no case {case_id!r} in the corpus ({len(cases)} cases)")
+    record = score_case(case, state_data, changes_data, final_reply)
+    if as_json:
+        typer.echo(record.model_dump_json(indent=2))
+    else:
+        _print_reward(record)
+
+
+# ---------------------------------------------------------------------------- cases: import-clbench
+# `crmbench cases import-clbench`: the customer's CL-Bench conversations as golden cases
+# (crmbench_corpus.clbench). Registered on the `cases_app` of crmbench.cases_cli.
+
+
+@cases_app.command("import-clbench")
+@friendly_errors
+def cases_import_clbench(
+    file: Annotated[Path, typer.Argument(help="CL-Bench conversations, one JSON per line.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Folder for cases.jsonl, manifest.json, import_report.json."),
+    ],
+    crm_api_url: Annotated[
+        str | None,
+        typer.Option(
+            "--crm-api-url",
+            help="A running CRM API to replay against (admin key from CRMBENCH_ADMIN_KEY); "
+            "default: start one for this command.",
+        ),
+    ] = None,
+) -> None:
+    """Import CL-Bench conversations as cases, replaying each against the CRM API."""
+    import httpx
+
+    from crmbench.local_services import running_crm_api
+    from crmbench_corpus.clbench import (
+        REPORT_FILE,
+        CrmApiUnavailable,
+        import_file,
+        render_report,
+        write_import,
+    )
+
+    if not file.is_file():
+        raise fail(f"no CL-Bench file at {file}")
+    try:
+        if crm_api_url:
+            admin_key = os.environ.get("CRMBENCH_ADMIN_KEY")
+            if not admin_key:
+                raise fail("--crm-api-url needs the service's admin key in CRMBENCH_ADMIN_KEY")
+            result = import_file(file, crm_api_url, admin_key)
+        else:
+            with running_crm_api() as (base_url, admin_key):
+                result = import_file(file, base_url, admin_key)
+    except CrmApiUnavailable as exc:
+        raise fail(str(exc)) from None
+    except httpx.HTTPError as exc:
+        raise fail(f"the CRM API at {crm_api_url or 'the local service'} failed: {exc}") from None
+    manifest = write_import(result, out)
+    typer.echo(render_report(result))
+    typer.echo(
+        f"wrote {manifest['total']} case(s) to {out} (hash {manifest['content_hash'][:16]}); "
+        f"report in {out / REPORT_FILE}"
+    )
+    if result.entries and not result.cases:
+        raise fail("no conversation could be imported; see the report")
 
 
 def main() -> None:  # pragma: no cover

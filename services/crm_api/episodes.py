@@ -95,8 +95,8 @@ async def render_tables(
         )
     stmt = sa.text(f"SELECT jsonb_build_object({', '.join(parts)})::text")
     text_value = (await conn.execute(stmt)).scalar_one()
-    tables: dict[str, list[dict[str, Any]]] = json.loads(text_value)
-    return tables
+    rendered: dict[str, list[dict[str, Any]]] = json.loads(text_value)
+    return rendered
 
 
 async def change_log_rows(conn: AsyncConnection, schema: str) -> list[dict[str, Any]]:

@@ -1,0 +1,99 @@
+"""Services a command starts for its own duration: a CRM API on a free local port.
+
+Commands that need the CRM API over HTTP (importing or checking cases) use
+`running_crm_api()` when no running service is given; it serves the same app as
+`crmbench serve crm-api`, in a thread of the calling process, and stops it on exit.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+START_TIMEOUT_SECONDS = 30.0
+
+
+class ServiceDidNotStart(RuntimeError):
+    """The local service did not begin serving in time."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running_crm_api(url: str | None = None) -> Iterator[tuple[str, str]]:
+    """A CRM API on 127.0.0.1 for the duration of the block; yields (base_url, admin_key).
+
+    `url` is the database to serve; by default DATABASE_URL or the embedded Postgres.
+    The schema is migrated and the world loaded first (idempotent). The admin key is
+    generated for this run and never leaves the process.
+    """
+    import uvicorn
+
+    from crm_api.app import create_app
+    from crm_api.migrate import migrate
+    from crm_api.settings import CrmApiSettings
+    from crmbench.postgres import resolve_database_url
+
+    database_url = url or resolve_database_url()
+    admin_key = secrets.token_urlsafe(24)
+    settings = CrmApiSettings(database_url=database_url, admin_key=admin_key)
+    migrate(database_url, settings.world_seed)
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="crm-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise ServiceDidNotStart(f"the local CRM API on port {port} did not start")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}", admin_key
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@contextmanager
+def running_verifier(
+    crm_api_url: str, admin_key: str, corpus_dir: str | None = None
+) -> Iterator[str]:
+    """A verifier on 127.0.0.1 reading episodes from `crm_api_url`; yields its base URL."""
+    import uvicorn
+
+    from verifier.app import create_app
+    from verifier.settings import VerifierSettings
+
+    overrides: dict[str, object] = {"crm_api_url": crm_api_url, "admin_key": admin_key}
+    if corpus_dir is not None:
+        overrides["corpus_dir"] = corpus_dir
+    settings = VerifierSettings(**overrides)  # type: ignore[arg-type]
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="verifier", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise ServiceDidNotStart(f"the local verifier on port {port} did not start")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

@@ -1,0 +1,1 @@
+"""verifier: scores the state an episode leaves behind against its golden case."""

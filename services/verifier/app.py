@@ -1,0 +1,346 @@
+"""The verifier's FastAPI application: scores episodes against their golden cases.
+
+POST /verify reads a live episode's final state and change log from the CRM API (admin
+key, over HTTP) and returns its RewardRecord; POST /verify/state scores a state given
+inline. The service never writes CRM data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from crmbench_contracts.cases import Case
+from crmbench_contracts.rewards import RewardRecord
+from crmbench_corpus.store import CASES_FILE, load_index
+from verifier.crm_client import CrmEpisodeReader
+from verifier.errors import ErrorResponse, VerifierError, VerifierErrorCode
+from verifier.judges import Judge, JudgeFailed, JudgeOutcome, JudgeRequest, run_judges
+from verifier.schemas import (
+    ChangeLog,
+    EpisodeState,
+    Health,
+    InvalidEpisodeData,
+    VerifyRequest,
+    VerifyStateRequest,
+    parse_changes,
+    parse_state,
+)
+from verifier.scoring import change_summary, score_case
+from verifier.settings import VerifierSettings
+
+log = logging.getLogger("verifier")
+
+try:
+    __version__ = version("crm-bench")
+except PackageNotFoundError:  # pragma: no cover (running from a source tree)
+    __version__ = "0.0.0"
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "No such case or episode."},
+    422: {"model": ErrorResponse, "description": "The request is not valid."},
+    502: {"model": ErrorResponse, "description": "The CRM API or a judge failed."},
+    503: {"model": ErrorResponse, "description": "No corpus or no admin key configured."},
+}
+
+
+class CaseCatalog:
+    """The golden cases, loaded once; while no corpus file exists, every lookup retries."""
+
+    def __init__(self, directory: Path, cases: Mapping[str, Case] | None = None) -> None:
+        self.directory = directory
+        self._cases: dict[str, Case] | None = dict(cases) if cases is not None else None
+        self._problem: str | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def count(self) -> int | None:
+        return len(self._cases) if self._cases is not None else None
+
+    async def load(self) -> None:
+        async with self._lock:
+            if self._cases is not None:
+                return
+            try:
+                self._cases = await asyncio.to_thread(load_index, self.directory)
+                self._problem = None
+                log.info("loaded %d cases from %s", len(self._cases), self.directory)
+            except FileNotFoundError:
+                self._problem = (
+                    f"No corpus at {self.directory / CASES_FILE}; generate it with "
+                    "`crmbench cases generate` or set CRMBENCH_CORPUS_DIR."
+                )
+            except ValueError as exc:
+                self._problem = f"The corpus cannot be read: {exc}"
+                log.error("corpus not loaded: %s", exc)
+
+    async def get(self, case_id: str) -> Case:
+        if self._cases is None:
+            await self.load()
+        if self._cases is None:
+            raise VerifierError(
+                VerifierErrorCode.CORPUS_UNAVAILABLE,
+                self._problem or "No corpus is loaded.",
+                status_code=503,
+            )
+        case = self._cases.get(case_id)
+        if case is None:
+            raise VerifierError(
+                VerifierErrorCode.CASE_NOT_FOUND,
+                f"No case {case_id!r} in the corpus ({len(self._cases)} cases).",
+                field="case_id",
+                status_code=404,
+            )
+        return case
+
+
+class VerifierServices:
+    """Process-wide objects, created in the lifespan and shared by every request."""
+
+    def __init__(
+        self,
+        settings: VerifierSettings,
+        catalog: CaseCatalog,
+        http: httpx.AsyncClient,
+        judges: Sequence[Judge],
+        arbiter: Judge | None,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.http = http
+        self.reader = CrmEpisodeReader(http, settings.admin_key)
+        self.judges = list(judges)
+        self.arbiter = arbiter
+
+    async def score(
+        self,
+        case: Case,
+        state: EpisodeState,
+        changes: ChangeLog,
+        final_reply: str,
+        transcript: list[dict[str, Any]] | None,
+        episode_id: str | None,
+    ) -> RewardRecord:
+        outcome: JudgeOutcome | None = None
+        if self.judges:
+            request = JudgeRequest(
+                case=case,
+                final_reply=final_reply,
+                transcript=transcript or [],
+                state_summary={"changes": change_summary(changes)},
+            )
+            try:
+                outcome = await run_judges(
+                    self.judges,
+                    self.arbiter,
+                    request,
+                    max_spread=self.settings.judge_max_spread,
+                    max_uncertainty=self.settings.judge_max_uncertainty,
+                )
+            except JudgeFailed as exc:
+                raise VerifierError(
+                    VerifierErrorCode.JUDGE_FAILED, str(exc), status_code=502
+                ) from exc
+        return score_case(
+            case,
+            state,
+            changes,
+            final_reply,
+            episode_id=episode_id,
+            judges=outcome,
+            judge_weight=self.settings.judge_weight,
+            pass_threshold=self.settings.pass_threshold,
+        )
+
+
+def tables_of(case: Case) -> list[str]:
+    """The entity tables a case's checks read: only those are fetched from the CRM API."""
+    found: set[str] = set()
+
+    def visit(value: Any) -> None:
+        if isinstance(value, dict):
+            if isinstance(value.get("table"), str):
+                found.add(value["table"])
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, list):
+            for item in value:
+                visit(item)
+
+    visit(case.expected.model_dump(mode="json", exclude={"reference_actions"}))
+    return sorted(found)
+
+
+def _services(request: Request) -> VerifierServices:
+    services: VerifierServices = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[VerifierServices, Depends(_services)]
+
+
+def create_app(
+    settings: VerifierSettings | None = None,
+    *,
+    cases: Mapping[str, Case] | None = None,
+    judges: Sequence[Judge] = (),
+    arbiter: Judge | None = None,
+) -> FastAPI:
+    """The verifier app. `cases` replaces the corpus (tests); `judges` and `arbiter` add
+    LLM judges (none by default: judge facts are then skipped, not guessed)."""
+    settings = settings or VerifierSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        catalog = CaseCatalog(settings.cases_dir, cases)
+        await catalog.load()
+        async with httpx.AsyncClient(
+            base_url=settings.crm_api_url, timeout=settings.http_timeout_seconds
+        ) as http:
+            app.state.services = VerifierServices(settings, catalog, http, judges, arbiter)
+            yield
+
+    app = FastAPI(
+        title="crm-bench verifier",
+        version=__version__,
+        description=(
+            "Scores an episode of the CRM API against its golden case: state assertions, "
+            "collateral changes, the facts the final reply must give, and optional LLM "
+            "judges. Returns a reward record with a score in [0, 1], pass/fail verdicts "
+            "and a rationale per check."
+        ),
+        lifespan=lifespan,
+    )
+    _install_error_handlers(app)
+    _add_routes(app)
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/health", response_model=Health, tags=["service"], operation_id="health")
+    async def health(services: ServicesDep) -> Health:
+        """Liveness, and how many cases are loaded (null while no corpus is present)."""
+        return Health(
+            status="ok",
+            version=__version__,
+            cases=services.catalog.count,
+            crm_api_url=services.settings.crm_api_url,
+        )
+
+    @app.post(
+        "/verify",
+        response_model=RewardRecord,
+        tags=["verify"],
+        operation_id="verify_episode",
+        responses=ERROR_RESPONSES,
+    )
+    async def verify(body: VerifyRequest, services: ServicesDep) -> RewardRecord:
+        """Score a live episode: reads its final state and change log from the CRM API."""
+        case = await services.catalog.get(body.case_id)
+        raw_state, raw_changes = await services.reader.read(body.episode_id, tables_of(case))
+        try:
+            state, changes = parse_state(raw_state), parse_changes(raw_changes)
+        except InvalidEpisodeData as exc:
+            raise VerifierError(
+                VerifierErrorCode.CRM_API_ERROR,
+                f"The CRM API returned an episode in an unexpected shape: {exc}",
+                status_code=502,
+            ) from exc
+        return await services.score(
+            case, state, changes, body.final_reply, body.transcript, body.episode_id
+        )
+
+    @app.post(
+        "/verify/state",
+        response_model=RewardRecord,
+        tags=["verify"],
+        operation_id="verify_state",
+        responses=ERROR_RESPONSES,
+    )
+    async def verify_state(body: VerifyStateRequest, services: ServicesDep) -> RewardRecord:
+        """Score a state and change log given inline (a saved episode); no CRM API call."""
+        case = await services.catalog.get(body.case_id)
+        return await services.score(
+            case, body.state, body.changes, body.final_reply, body.transcript, body.episode_id
+        )
+
+
+def _error_response(error: VerifierError) -> JSONResponse:
+    return JSONResponse(
+        status_code=error.status_code, content=error.to_response().model_dump(mode="json")
+    )
+
+
+def translate_validation_errors(errors: Sequence[Any]) -> VerifierError:
+    """The first problem of a refused body as a VerifierError (422); the rest are counted."""
+    if not errors:
+        return VerifierError(
+            VerifierErrorCode.INVALID_REQUEST, "The request is not valid.", status_code=422
+        )
+    first = errors[0]
+    more = len(errors) - 1
+    suffix = f" ({more} more problem{'s' if more > 1 else ''} in this request)" if more else ""
+    kind = str(first.get("type", ""))
+    parts = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    field = ".".join(parts) or None
+    message = f"{field}: {first.get('msg')}{suffix}" if field else f"{first.get('msg')}{suffix}"
+    code = VerifierErrorCode.INVALID_REQUEST
+    if field is None and kind in ("missing", "model_type", "model_attributes_type", "dict_type"):
+        message = "Send a JSON object as the request body." + suffix
+    elif kind in ("json_invalid", "json_type"):
+        message = "The request body is not valid JSON." + suffix
+    elif kind == "missing":
+        code, message = VerifierErrorCode.MISSING_REQUIRED_FIELD, f"{field} is required{suffix}"
+    elif kind == "extra_forbidden":
+        code = VerifierErrorCode.EXTRA_FIELD
+        message = f"{field} is not a field of this request; unknown fields are refused{suffix}"
+    elif kind.endswith(("_type", "_parsing")):
+        code = VerifierErrorCode.TYPE_MISMATCH
+    return VerifierError(code, message, field=field, status_code=422)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(VerifierError)
+    async def verifier_error(request: Request, exc: VerifierError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(translate_validation_errors(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        path = request.url.path
+        if exc.status_code == 404:
+            error = VerifierError(
+                VerifierErrorCode.NOT_FOUND, f"No route {path}; see /docs.", status_code=404
+            )
+        elif exc.status_code == 405:
+            error = VerifierError(
+                VerifierErrorCode.METHOD_NOT_ALLOWED,
+                f"{request.method} is not allowed on {path}; see /docs.",
+                status_code=405,
+            )
+        elif exc.status_code == 400:
+            # A body FastAPI cannot decode (not UTF-8) is as unreadable as invalid JSON.
+            error = VerifierError(
+                VerifierErrorCode.INVALID_REQUEST,
+                f"The request body could not be read: {exc.detail}. Send UTF-8 encoded JSON.",
+                status_code=422,
+            )
+        else:
+            error = VerifierError(
+                VerifierErrorCode.INVALID_REQUEST, str(exc.detail), status_code=exc.status_code
+            )
+        return _error_response(error)

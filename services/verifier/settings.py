@@ -1,0 +1,43 @@
+"""Configuration of the verifier service, read from CRMBENCH_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from crmbench_contracts.rewards import PASS_THRESHOLD
+from crmbench_corpus.store import default_corpus_dir
+
+
+class VerifierSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CRMBENCH_", extra="ignore")
+
+    crm_api_url: str = "http://127.0.0.1:8000"
+    """Base URL of the CRM API whose episodes are scored."""
+
+    admin_key: str | None = None
+    """The CRM API's admin key (CRMBENCH_ADMIN_KEY), needed to read episode state."""
+
+    corpus_dir: Path | None = None
+    """Folder holding cases.jsonl; the corpus committed with the repository when unset."""
+
+    judge_weight: float = Field(default=0.2, ge=0, le=1)
+    """Share of the score given to the LLM judges when they run."""
+
+    judge_max_spread: float = Field(default=0.3, ge=0, le=1)
+    """Judges whose scores spread more than this are settled by the arbiter."""
+
+    judge_max_uncertainty: float = Field(default=0.5, ge=0, le=1)
+    """A judge less sure than this (uncertainty above it) calls in the arbiter."""
+
+    pass_threshold: float = Field(default=PASS_THRESHOLD, gt=0, le=1)
+    """An episode passes when its score reaches this."""
+
+    http_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Timeout of each request to the CRM API."""
+
+    @property
+    def cases_dir(self) -> Path:
+        return self.corpus_dir or default_corpus_dir()
