@@ -115,6 +115,11 @@ async def _load(url: str, folder: Path) -> int:
         await engine.dispose()
 
 
+def load_corpus_into(url: str, directory: Path | None) -> int:
+    """Loads a corpus folder into the (migrated) database at `url`; returns the case count."""
+    return asyncio.run(_load(url, _corpus_dir(directory)))
+
+
 @cases_app.command("load")
 @friendly_errors
 def cases_load(directory: DirOption = None) -> None:
@@ -124,8 +129,7 @@ def cases_load(directory: DirOption = None) -> None:
 
     url = resolve_database_url()
     migrate(url, CrmApiSettings().world_seed)
-    loaded = asyncio.run(_load(url, _corpus_dir(directory)))
-    typer.echo(f"loaded {loaded} cases")
+    typer.echo(f"loaded {load_corpus_into(url, directory)} cases")
 
 
 def _ratio(pair: tuple[int, int]) -> str:

@@ -138,6 +138,10 @@ def serve_crm_api(
     migrate_first: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Apply migrations before serving.")
     ] = True,
+    load_corpus: Annotated[
+        bool,
+        typer.Option("--load-corpus", help="Load the committed golden cases before serving."),
+    ] = False,
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
@@ -151,6 +155,10 @@ def serve_crm_api(
         from crm_api.migrate import migrate
 
         migrate(url, _settings().world_seed)
+    if load_corpus:
+        from crmbench.cases_cli import load_corpus_into
+
+        typer.echo(f"loaded {load_corpus_into(url, None)} golden cases")
     generated_key = "CRMBENCH_ADMIN_KEY" not in os.environ
     if generated_key:
         os.environ["CRMBENCH_ADMIN_KEY"] = secrets.token_urlsafe(24)
