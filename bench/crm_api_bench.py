@@ -422,14 +422,19 @@ def process_tree(pid: int | None) -> list[psutil.Process]:
         return []
 
 
-def tree_cpu(pid: int | None) -> dict[int, float]:
-    """CPU seconds (user + system) of each process of the tree."""
-    seconds: dict[int, float] = {}
+def tree_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) of a process tree, including its exited children.
+
+    A process's children_* times hold the CPU of the children it has reaped, so short-lived
+    processes (e.g. Postgres backends of connections opened and closed during the run) are
+    counted too, and the difference of two samples is the CPU used in between.
+    """
+    total = 0.0
     for process in process_tree(pid):
         with contextlib.suppress(psutil.Error):
             times = process.cpu_times()
-            seconds[process.pid] = times.user + times.system
-    return seconds
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def tree_rss(pid: int | None) -> int:
@@ -438,11 +443,6 @@ def tree_rss(pid: int | None) -> int:
         with contextlib.suppress(psutil.Error):
             total += process.memory_info().rss
     return total
-
-
-def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds used between two tree_cpu samples (new processes count from zero)."""
-    return sum(max(0.0, value - before.get(pid, 0.0)) for pid, value in after.items())
 
 
 def own_cpu() -> float:
@@ -523,9 +523,10 @@ class LevelRun:
     calls_in_window: int = 0
 
     def fail(self, what: str, detail: str) -> None:
-        self.errors[what] += 1
-        if len(self.error_examples) < 5:
+        """Counts a failed request; keeps the first example of each kind (up to 5 kinds)."""
+        if what not in self.errors and len(self.error_examples) < 5:
             self.error_examples.append(f"{what}: {detail[:300]}")
+        self.errors[what] += 1
 
 
 class Bench:
@@ -540,6 +541,8 @@ class Bench:
         seconds: float,
         warmup: float,
         max_calls: int,
+        shared_client: bool,
+        calls_per_episode: int = 20,
     ) -> None:
         self.server = server
         self.database_url = database_url
@@ -548,6 +551,8 @@ class Bench:
         self.seconds = seconds
         self.warmup = warmup
         self.max_calls = max_calls
+        self.shared_client = shared_client
+        self.calls_per_episode = calls_per_episode
         self.postmaster_pid: int | None = None
         self.db: asyncpg.Pool | None = None
 
@@ -557,9 +562,10 @@ class Bench:
             backend = await conn.fetchval("SELECT pg_backend_pid()")
         try:
             parent = psutil.Process(int(backend)).parent()
-            self.postmaster_pid = parent.pid if parent is not None else None
+            if parent is not None and "postgres" in parent.name():
+                self.postmaster_pid = parent.pid
         except psutil.Error:
-            self.postmaster_pid = None  # a remote server: no CPU figures for Postgres
+            pass  # a remote server: no CPU figures for Postgres
 
     async def close(self) -> None:
         if self.db is not None:
@@ -570,8 +576,12 @@ class Bench:
         count = await self.db.fetchval("SELECT count(*) FROM crm_meta.episode_pool")
         return int(count)
 
-    async def wait_for_pool(self, http: httpx.AsyncClient) -> float:
-        """Waits until /health answers and the schema pool is full; returns seconds waited."""
+    async def wait_for_pool(self, http: httpx.AsyncClient) -> tuple[float, float]:
+        """Waits until /health answers and the schema pool is full, then 2 s more.
+
+        Returns the seconds waited and the CPU cores the machine used during the last 2 s,
+        when the benchmark itself was idle (other load on the machine skews the figures).
+        """
         timeout = 180.0
         started = time.perf_counter()
         deadline = started + timeout
@@ -584,8 +594,10 @@ class Bench:
                 log(f"pool has {ready}/{self.pool_size} schemas after {timeout:.0f} s; going on")
                 break
             await asyncio.sleep(0.25)
+        busy, quiet_start = machine_busy(), time.perf_counter()
         await asyncio.sleep(2)  # let the refill's last commit and autovacuum settle
-        return time.perf_counter() - started
+        quiet = time.perf_counter() - quiet_start
+        return time.perf_counter() - started, (machine_busy() - busy) / quiet
 
     async def created_from_pool(self, episode_id: str) -> bool | None:
         """True if the episode's schema was a pre-built pool schema (renamed), False if cloned.
@@ -643,7 +655,8 @@ class Bench:
             created = response.json()
             episode_id: str = created["episode_id"]
             auth = {"Authorization": f"Bearer {created['token']}"}
-            for tool, write, args in tool_mix():
+            calls = [c for _ in range(-(-self.calls_per_episode // 20)) for c in tool_mix()]
+            for tool, write, args in calls[: self.calls_per_episode]:
                 if stop.is_set():
                     break
                 start, latency, response = await self._request(
@@ -663,8 +676,29 @@ class Bench:
                 Sample("drop", "delete_episode", start, latency, response is not None)
             )
 
+    async def usage(self) -> dict[str, Any]:
+        """Cumulative CPU seconds of each party, and Postgres sessions opened so far."""
+        assert self.db is not None
+        try:  # the sessions counter exists from PostgreSQL 14 on
+            sessions = await self.db.fetchval(
+                "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+            )
+        except asyncpg.UndefinedColumnError:
+            sessions = 0
+        return {
+            "server": tree_cpu(self.server.process.pid),
+            "postgres": None if self.postmaster_pid is None else tree_cpu(self.postmaster_pid),
+            "loadgen": own_cpu(),
+            "machine": machine_busy(),
+            "pg_sessions": int(sessions or 0),
+        }
+
+    def http_client(self, connections: int) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return httpx.AsyncClient(base_url=self.server.base_url, limits=limits, timeout=60)
+
     async def run_level(self, http: httpx.AsyncClient, concurrency: int) -> dict[str, Any]:
-        waited = await self.wait_for_pool(http)
+        waited, idle_cores = await self.wait_for_pool(http)
         log(
             f"{concurrency} client(s): pool full ({self.pool_size}) after {waited:.1f} s; "
             f"{self.warmup:g} s warm-up + {self.seconds:g} s"
@@ -676,55 +710,54 @@ class Bench:
         watcher.sample()
         rss_before = watcher.peak()
         watcher.start()
-        clients = [
-            asyncio.create_task(self.client_loop(run, http, stop, counter))
-            for _ in range(concurrency)
-        ]
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.warmup)
-            run.window_start = time.perf_counter()
-            cpu_before = (
-                tree_cpu(self.server.process.pid),
-                tree_cpu(self.postmaster_pid),
-                own_cpu(),
-                machine_busy(),
-            )
-            counter[0] = 0  # the call bound counts measured calls only
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.seconds)
-            run.window_end = time.perf_counter()
-            cpu_after = (
-                tree_cpu(self.server.process.pid),
-                tree_cpu(self.postmaster_pid),
-                own_cpu(),
-                machine_busy(),
-            )
-            stop.set()
-            await asyncio.gather(*clients)
-        finally:
-            stop.set()
-            for task in clients:
-                task.cancel()
-            await asyncio.gather(*clients, return_exceptions=True)
-            watcher.stop()
-            watcher.join(timeout=2)
+        async with contextlib.AsyncExitStack() as connections:
+            # By default every simulated client has its own client and keep-alive connection,
+            # as separate agent processes would; one shared pool of C connections costs the
+            # load generator about three times more CPU per request (httpcore scans its pool).
+            https = [
+                http
+                if self.shared_client
+                else await connections.enter_async_context(self.http_client(1))
+                for _ in range(concurrency)
+            ]
+            clients = [
+                asyncio.create_task(self.client_loop(run, client_http, stop, counter))
+                for client_http in https
+            ]
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.warmup)
+                run.window_start = time.perf_counter()
+                before = await self.usage()
+                counter[0] = 0  # the call bound counts measured calls only
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.seconds)
+                run.window_end = time.perf_counter()
+                after = await self.usage()
+                stop.set()
+                await asyncio.gather(*clients)
+            finally:
+                stop.set()
+                for task in clients:
+                    task.cancel()
+                await asyncio.gather(*clients, return_exceptions=True)
+                watcher.stop()
+                watcher.join(timeout=2)
         elapsed = run.window_end - run.window_start
-        cpu = {
-            "server_cores": cpu_delta(cpu_before[0], cpu_after[0]) / elapsed,
-            "postgres_cores": (
-                cpu_delta(cpu_before[1], cpu_after[1]) / elapsed
-                if self.postmaster_pid is not None
-                else None
-            ),
-            "loadgen_cores": (cpu_after[2] - cpu_before[2]) / elapsed,
-            "machine_busy_cores": (cpu_after[3] - cpu_before[3]) / elapsed,
+        cpu: dict[str, float | None] = {
+            name: None if after[name] is None else (after[name] - before[name]) / elapsed
+            for name in ("server", "postgres", "loadgen", "machine")
         }
-        return summarize(run, cpu, watcher.peak(), rss_before)
+        sessions = after["pg_sessions"] - before["pg_sessions"]
+        cpu["other"] = (cpu["machine"] or 0.0) - sum(
+            cpu[name] or 0.0 for name in ("server", "postgres", "loadgen")
+        )
+        cpu["machine_before_level"] = idle_cores
+        return summarize(run, cpu, int(sessions), watcher.peak(), rss_before)
 
 
 def summarize(
-    run: LevelRun, cpu: dict[str, float | None], peak_rss: int, rss_before: int
+    run: LevelRun, cpu: dict[str, float | None], sessions: int, peak_rss: int, rss_before: int
 ) -> dict[str, Any]:
     start, end = run.window_start, run.window_end
     measured = [s for s in run.samples if start <= s.start < end and s.ok]
@@ -739,6 +772,7 @@ def summarize(
     for s in tools:
         by_tool.setdefault(s.name, []).append(s.latency)
     elapsed = end - start
+    requests = len(creates) + len(tools) + len(drops)
     return {
         "concurrency": run.concurrency,
         "seconds": round(elapsed, 3),
@@ -763,12 +797,21 @@ def summarize(
         "drop_p50_ms": ms(percentile([s.latency for s in drops], 50)),
         "drop_p95_ms": ms(percentile([s.latency for s in drops], 95)),
         "calls_per_s": round(len(tools) / elapsed, 1) if elapsed > 0 else None,
-        "requests_per_s": (
-            round((len(creates) + len(tools) + len(drops)) / elapsed, 1) if elapsed > 0 else None
-        ),
+        "requests_per_s": round(requests / elapsed, 1) if elapsed > 0 else None,
         "peak_rss_mb": round(peak_rss / 2**20, 1),
         "idle_rss_mb": round(rss_before / 2**20, 1),
         "cpu_cores": {k: None if v is None else round(v, 2) for k, v in cpu.items()},
+        "server_cpu_ms_per_request": (
+            round(1000 * cpu["server"] * elapsed / requests, 2)
+            if requests and cpu["server"] is not None
+            else None
+        ),
+        "postgres_cpu_ms_per_request": (
+            round(1000 * cpu["postgres"] * elapsed / requests, 2)
+            if requests and cpu["postgres"] is not None
+            else None
+        ),
+        "pg_sessions_opened": sessions,
     }
 
 
@@ -776,12 +819,8 @@ async def run_all(bench: Bench, levels: list[int]) -> list[dict[str, Any]]:
     await bench.open()
     results = []
     try:
-        limits = httpx.Limits(
-            max_connections=max(levels) + 4, max_keepalive_connections=max(levels) + 4
-        )
-        async with httpx.AsyncClient(
-            base_url=bench.server.base_url, limits=limits, timeout=60
-        ) as http:
+        connections = max(levels) + 4 if bench.shared_client else 2
+        async with bench.http_client(connections) as http:
             for concurrency in levels:
                 result = await bench.run_level(http, concurrency)
                 log(
@@ -877,7 +916,8 @@ def render(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
         f"  commit {header['commit'] or 'unknown'}, {header['cpu_count']} CPU(s), "
         f"database: {header['database']}",
         f"  server: {header['workers']} worker(s), episode pool {header['pool_size']}, "
-        f"{header['seconds']:g} s per level after {header['warmup']:g} s warm-up",
+        f"{header['seconds']:g} s per level after {header['warmup']:g} s warm-up; "
+        f"httpx clients: {header['http_clients']}",
         "",
     ]
     for i, row in enumerate(rows):
@@ -888,19 +928,32 @@ def render(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
     lines.append("")
     for level in results:
         cpu = level["cpu_cores"]
-        pg = "n/a" if cpu["postgres_cores"] is None else f"{cpu['postgres_cores']:.2f}"
+        pg = "n/a" if cpu["postgres"] is None else f"{cpu['postgres']:.2f}"
         lines.append(
             f"  C={level['concurrency']}: {level['episodes']} episodes, "
             f"{level['tool_calls']} tool calls in {level['seconds']:.1f} s; "
-            f"read p50 {level['read_p50_ms']} ms, write p50 {level['write_p50_ms']} ms; "
-            f"creates from pool {level['creates_from_pool']} "
-            f"(p50 {level['create_pooled_p50_ms']} ms), pool empty "
+            f"read p50 {level['read_p50_ms']} ms, write p50 {level['write_p50_ms']} ms"
+        )
+        lines.append(
+            f"        creates from the pool {level['creates_from_pool']} "
+            f"(p50 {level['create_pooled_p50_ms']} ms), with the pool empty "
             f"{level['creates_pool_empty']} (p50 {level['create_cloned_p50_ms']} ms)"
         )
         lines.append(
-            f"        CPU cores used: server {cpu['server_cores']:.2f}, postgres {pg}, "
-            f"load generator {cpu['loadgen_cores']:.2f}, whole machine "
-            f"{cpu['machine_busy_cores']:.2f} of {header['cpu_count']}"
+            f"        CPU cores used: server {cpu['server']:.2f}, postgres {pg}, "
+            f"load generator {cpu['loadgen']:.2f}, other {cpu['other']:.2f}; whole machine "
+            f"{cpu['machine']:.2f} of {header['cpu_count']} "
+            f"(before the level, bench idle: {cpu['machine_before_level']:.2f})"
+        )
+        if cpu["machine_before_level"] > 0.2 or cpu["other"] > 0.2:
+            lines.append(
+                "        WARNING: other processes used CPU during this level; "
+                "the figures are pessimistic"
+            )
+        lines.append(
+            f"        CPU per request: server {level['server_cpu_ms_per_request']} ms, "
+            f"postgres {level['postgres_cpu_ms_per_request']} ms; "
+            f"Postgres sessions opened: {level['pg_sessions_opened']}"
         )
         by_tool = level["tool_p50_by_tool_ms"]
         slowest = sorted(by_tool.items(), key=lambda kv: -(kv[1] or 0))[:4]
@@ -908,8 +961,10 @@ def render(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
             "        slowest tools (p50): "
             + ", ".join(f"{name} {value} ms" for name, value in slowest)
         )
+        for kind, count in sorted(level["error_counts"].items()):
+            lines.append(f"        FAILED: {count} x {kind}")
         for example in level["error_examples"]:
-            lines.append(f"        error: {example}")
+            lines.append(f"        first of its kind: {example}")
     lines.append(
         "  Latency targets are judged at 1 client (at C clients the p50 is about C / throughput);"
     )
@@ -933,8 +988,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-calls", type=int, default=200_000, help="stop a level after this many tool calls"
     )
     parser.add_argument("--pool-size", type=int, default=8, help="CRMBENCH_POOL_SIZE")
+    parser.add_argument(
+        "--calls-per-episode",
+        type=int,
+        default=20,
+        help="tool calls each client makes in an episode before dropping it (20 = the mix once;"
+        " a long agent session is 100-200)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     parser.add_argument("--json", type=Path, help="also write the JSON line to this file")
+    parser.add_argument(
+        "--shared-client",
+        action="store_true",
+        help="one httpx.AsyncClient (pool of C connections) for all clients, instead of one each",
+    )
     parser.add_argument(
         "--no-uvloop", action="store_true", help="use the default asyncio loop for the load"
     )
@@ -951,6 +1018,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     admin_key = secrets.token_urlsafe(24)
     try:
         with contextlib.ExitStack() as cleanup:
@@ -967,6 +1035,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.seconds,
                 args.warmup,
                 args.max_calls,
+                args.shared_client,
+                args.calls_per_episode,
             )
             results = run_async(lambda: run_all(bench, args.levels), not args.no_uvloop)
             header = {
@@ -977,6 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
                 "pool_size": args.pool_size,
                 "seconds": args.seconds,
                 "warmup": args.warmup,
+                "http_clients": "shared pool" if args.shared_client else "one per client",
             }
             errors = sum(level["errors"] for level in results)
             record = {

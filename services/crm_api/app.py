@@ -355,6 +355,7 @@ def _add_episode_routes(app: FastAPI) -> None:
     async def delete_episode(episode_id: str, services: ServicesDep, _: AdminDep) -> dict[str, Any]:
         """Drop an episode, its schema and its snapshots (admin key)."""
         await services.episodes.delete(episode_id)
+        services.pool_wanted.set()  # its schema waits to be recycled into the pool
         return {"episode_id": episode_id, "deleted": True}
 
     @app.post(
@@ -484,17 +485,14 @@ def _add_tool_route(app: FastAPI, registered: Tool) -> None:
                 field="X-Tool-Call-Id",
             )
         async with services.engine.begin() as conn:
-            episode = await services.episodes.authenticate(conn, token)
-            await conn.execution_options(schema_translate_map={None: episode.schema_name})
+            write = registered.kind == ToolKind.WRITE
+            episode = await services.episodes.authenticate(
+                conn,
+                token,
+                tool=registered.name if write else None,
+                tool_call_id=tool_call_id,
+            )
             call_id = tool_call_id or f"{episode.episode_id}:{episode.call_seq}"
-            if registered.kind == ToolKind.WRITE:
-                await conn.execute(
-                    sa.text(
-                        "SELECT set_config('crm.tool_call_id', :c, true),"
-                        " set_config('crm.tool', :t, true)"
-                    ),
-                    {"c": call_id, "t": registered.name},
-                )
             context = ToolContext(conn, episode, registered.name, call_id)
             result = await registered.handler(context, args)
         return JSONResponse(result, headers={"X-Tool-Call-Id": call_id})

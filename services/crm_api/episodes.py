@@ -156,18 +156,30 @@ class EpisodeManager:
         return str(version)
 
     async def _claim_pooled_schema(self, conn: AsyncConnection, version: str) -> str | None:
+        """A pool schema at the world's starting state: a ready one, else a recycled one
+        reset here (cheaper than a new clone), else None."""
         claimed = (
-            await conn.execute(
-                sa.text(
-                    "DELETE FROM crm_meta.episode_pool WHERE schema_name = ("
-                    " SELECT schema_name FROM crm_meta.episode_pool WHERE world_version = :v"
-                    " ORDER BY created_at, schema_name LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                    " RETURNING schema_name"
-                ),
-                {"v": version},
+            (
+                await conn.execute(
+                    sa.text(
+                        "DELETE FROM crm_meta.episode_pool WHERE schema_name = ("
+                        " SELECT schema_name FROM crm_meta.episode_pool WHERE world_version = :v"
+                        " ORDER BY ready DESC, created_at, schema_name LIMIT 1"
+                        " FOR UPDATE SKIP LOCKED) RETURNING schema_name, ready"
+                    ),
+                    {"v": version},
+                )
             )
-        ).scalar_one_or_none()
-        return None if claimed is None else str(claimed)
+            .mappings()
+            .first()
+        )
+        if claimed is None:
+            return None
+        schema = str(claimed["schema_name"])
+        if not claimed["ready"]:
+            await truncate_episode_tables(conn, schema)
+            await copy_tables(conn, WORLD_SCHEMA, schema, with_log=False)
+        return schema
 
     async def _apply_seed(self, conn: AsyncConnection, schema: str, seed: SeedRows) -> None:
         await _suppress_log(conn, True)
@@ -267,11 +279,22 @@ class EpisodeManager:
 
     # ------------------------------------------------------------------ lookup
 
-    async def authenticate(self, conn: AsyncConnection, token: str) -> EpisodeRef:
-        """Finds the episode of a token inside the caller's transaction and advances its clock.
+    async def authenticate(
+        self,
+        conn: AsyncConnection,
+        token: str,
+        *,
+        tool: str | None = None,
+        tool_call_id: str | None = None,
+    ) -> EpisodeRef:
+        """Finds the episode of a token inside the caller's transaction and binds to it.
 
-        The registry row stays locked until the transaction ends, so the calls of one
-        episode run one after another while different episodes never wait on each other.
+        One statement advances the episode clock and, for the rest of the transaction,
+        points `search_path` at the episode's schema (so every SQL text is the same for all
+        episodes and prepared statements are reused) and, for writes (`tool` given), tags
+        the change log with the call's id. The registry row stays locked until the
+        transaction ends, so the calls of one episode run one after another while
+        different episodes never wait on each other.
         """
         row = (
             (
@@ -279,9 +302,15 @@ class EpisodeManager:
                     sa.text(
                         "UPDATE crm_meta.episode SET call_seq = call_seq + 1, last_used_at = now()"
                         " WHERE token_hash = :h RETURNING episode_id, schema_name, today,"
-                        " actor_name, actor_role, call_seq"
+                        " actor_name, actor_role, call_seq,"
+                        " set_config('search_path', quote_ident(schema_name), true) AS bound,"
+                        " CASE WHEN CAST(:tool AS text) IS NULL THEN NULL ELSE"
+                        "  set_config('crm.tool_call_id', coalesce(CAST(:call AS text),"
+                        "   episode_id || ':' || call_seq), true) END AS call_id,"
+                        " CASE WHEN CAST(:tool AS text) IS NULL THEN NULL ELSE"
+                        "  set_config('crm.tool', CAST(:tool AS text), true) END AS tool"
                     ),
-                    {"h": hash_token(token)},
+                    {"h": hash_token(token), "tool": tool, "call": tool_call_id},
                 )
             )
             .mappings()
@@ -508,6 +537,11 @@ class EpisodeManager:
     # ------------------------------------------------------------------ dropping
 
     async def _drop(self, conn: AsyncConnection, episode_id: str, schema: str) -> None:
+        """Removes an episode: snapshots dropped, its schema recycled into the pool or dropped.
+
+        Recycling (a rename now, a reset to the world later in the background) costs
+        Postgres far less than dropping the schema and cloning the world anew.
+        """
         snaps = (
             await conn.execute(
                 sa.text("SELECT schema_name FROM crm_meta.episode_snapshot WHERE episode_id = :id"),
@@ -516,7 +550,30 @@ class EpisodeManager:
         ).scalars()
         for snapshot_schema in list(snaps):
             await conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_q(snapshot_schema)} CASCADE"))
-        await conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_q(schema)} CASCADE"))
+        recyclable = (
+            await conn.execute(
+                sa.text(
+                    "SELECT e.world_version FROM crm_meta.episode e JOIN crm_meta.world_info w"
+                    " ON w.version = e.world_version WHERE e.episode_id = :id AND"
+                    " (SELECT count(*) FROM crm_meta.episode_pool) < :cap"
+                ),
+                {"id": episode_id, "cap": self.pool_size * 4},
+            )
+        ).scalar_one_or_none()
+        exists = (
+            await conn.execute(
+                sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}
+            )
+        ).first()
+        if recyclable is not None and exists:
+            recycled = "pool_" + secrets.token_hex(8)
+            await conn.execute(sa.text(f"ALTER SCHEMA {_q(schema)} RENAME TO {_q(recycled)}"))
+            await conn.execute(
+                sa.text("INSERT INTO crm_meta.episode_pool VALUES (:s, :v, now(), false)"),
+                {"s": recycled, "v": recyclable},
+            )
+        else:
+            await conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_q(schema)} CASCADE"))
         await conn.execute(
             sa.text("DELETE FROM crm_meta.episode WHERE episode_id = :id"), {"id": episode_id}
         )
@@ -568,6 +625,8 @@ class EpisodeManager:
             ).scalars()
             for schema in list(stale):
                 await conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_q(schema)} CASCADE"))
+        while await self._recycle_one(version):
+            built += 1
         while True:
             async with self.engine.begin() as conn:
                 ready = (
@@ -586,10 +645,33 @@ class EpisodeManager:
                     {"src": WORLD_SCHEMA, "dst": schema},
                 )
                 await conn.execute(
-                    sa.text("INSERT INTO crm_meta.episode_pool VALUES (:s, :v, now())"),
+                    sa.text("INSERT INTO crm_meta.episode_pool VALUES (:s, :v, now(), true)"),
                     {"s": schema, "v": version},
                 )
                 built += 1
+
+    async def _recycle_one(self, version: str) -> bool:
+        """Resets one recycled schema to the world and marks it ready; False if none waits."""
+        async with self.engine.begin() as conn:
+            schema = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT schema_name FROM crm_meta.episode_pool WHERE NOT ready"
+                        " AND world_version = :v ORDER BY created_at, schema_name LIMIT 1"
+                        " FOR UPDATE SKIP LOCKED"
+                    ),
+                    {"v": version},
+                )
+            ).scalar_one_or_none()
+            if schema is None:
+                return False
+            await truncate_episode_tables(conn, schema)
+            await copy_tables(conn, WORLD_SCHEMA, schema, with_log=False)
+            await conn.execute(
+                sa.text("UPDATE crm_meta.episode_pool SET ready = true WHERE schema_name = :s"),
+                {"s": schema},
+            )
+        return True
 
 
 def expires_at(row: Any) -> datetime:

@@ -1,7 +1,7 @@
 """Table models of the CRM entities and of the episode registry.
 
-Entity tables are declared without a schema: every query runs with a
-`schema_translate_map` that points them at one episode's schema (or the world template).
+Entity tables are declared without a schema: a tool call's transaction sets `search_path`
+to its episode's schema, so one SQL text serves every episode.
 The migrations in `migrations/` are the source of truth for DDL; these models must match.
 """
 
@@ -192,6 +192,7 @@ pool_table = sa.Table(
     sa.Column("schema_name", sa.Text, primary_key=True),
     sa.Column("world_version", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ready", sa.Boolean, nullable=False, server_default=sa.true()),
 )
 
 world_info_table = sa.Table(

@@ -29,10 +29,10 @@ class CrmApiSettings(BaseSettings):
     pool_size: int = Field(default=4, ge=0, le=64)
     """Pre-built episode schemas kept ready so that creating an episode is fast."""
 
-    db_pool_size: int = Field(default=10, ge=1)
+    db_pool_size: int = Field(default=32, ge=1)
     """Connections kept open by the service."""
 
-    db_max_overflow: int = Field(default=20, ge=0)
+    db_max_overflow: int = Field(default=8, ge=0)
     """Extra connections allowed under load."""
 
     world_seed: int = 20251112

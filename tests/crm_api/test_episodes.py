@@ -296,3 +296,37 @@ async def test_an_episode_is_built_from_a_loaded_case(
     finally:
         for e in (from_case, from_seed):
             await http.delete(f"/episodes/{e.episode_id}", headers=admin())
+
+
+async def test_a_recycled_schema_starts_exactly_like_a_fresh_clone(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    reference = await open_episode(http, payload())
+    expected = await reference.state()
+    used = await open_episode(http, payload())
+    await used.ok("create_new_client", {"name": "Left Behind", "email": "lb@left.example.com"})
+    await used.ok("modify_opportunity", {"opportunity_id": "o-open", "stage": "Proposal"})
+    await used.ok("add_note", {"entity_type": "Client", "entity_id": "c-acme", "content": "x"})
+    await http.delete(f"/episodes/{used.episode_id}", headers=admin())
+    recycled = await db.fetchval(
+        "SELECT schema_name FROM crm_meta.episode_pool WHERE NOT ready ORDER BY created_at DESC"
+    )
+    assert recycled is not None, "a deleted episode's schema should wait to be recycled"
+    for _ in range(200):
+        if await db.fetchval("SELECT ready FROM crm_meta.episode_pool WHERE schema_name = $1",
+                             recycled):  # fmt: skip
+            break
+        await asyncio.sleep(0.05)
+    opened = []
+    try:
+        while await db.fetchval(
+            "SELECT 1 FROM crm_meta.episode_pool WHERE schema_name = $1", recycled
+        ):
+            opened.append(await open_episode(http, payload()))
+            assert len(opened) < 20
+        for episode in opened:
+            assert await episode.state() == expected
+            assert (await episode.changes())["total_changes"] == 0
+    finally:
+        for episode in [reference, *opened]:
+            await http.delete(f"/episodes/{episode.episode_id}", headers=admin())
