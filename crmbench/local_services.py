@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 START_TIMEOUT_SECONDS = 30.0
 
@@ -21,11 +22,33 @@ class ServiceDidNotStart(RuntimeError):
     """The local service did not begin serving in time."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextmanager
+def serving_in_thread(app: Any, name: str) -> Iterator[str]:
+    """Serves an ASGI app with uvicorn on a free 127.0.0.1 port; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise ServiceDidNotStart(f"the local {name} on port {port} did not start")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
 
 
 @contextmanager
@@ -36,8 +59,6 @@ def running_crm_api(url: str | None = None) -> Iterator[tuple[str, str]]:
     The schema is migrated and the world loaded first (idempotent). The admin key is
     generated for this run and never leaves the process.
     """
-    import uvicorn
-
     from crm_api.app import create_app
     from crm_api.migrate import migrate
     from crm_api.settings import CrmApiSettings
@@ -47,23 +68,8 @@ def running_crm_api(url: str | None = None) -> Iterator[tuple[str, str]]:
     admin_key = secrets.token_urlsafe(24)
     settings = CrmApiSettings(database_url=database_url, admin_key=admin_key)
     migrate(database_url, settings.world_seed)
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="crm-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    try:
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise ServiceDidNotStart(f"the local CRM API on port {port} did not start")
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}", admin_key
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serving_in_thread(create_app(settings), "CRM API") as base_url:
+        yield base_url, admin_key
 
 
 @contextmanager
@@ -71,8 +77,6 @@ def running_verifier(
     crm_api_url: str, admin_key: str, corpus_dir: str | None = None
 ) -> Iterator[str]:
     """A verifier on 127.0.0.1 reading episodes from `crm_api_url`; yields its base URL."""
-    import uvicorn
-
     from verifier.app import create_app
     from verifier.settings import VerifierSettings
 
@@ -80,20 +84,5 @@ def running_verifier(
     if corpus_dir is not None:
         overrides["corpus_dir"] = corpus_dir
     settings = VerifierSettings(**overrides)  # type: ignore[arg-type]
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="verifier", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    try:
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise ServiceDidNotStart(f"the local verifier on port {port} did not start")
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serving_in_thread(create_app(settings), "verifier") as base_url:
+        yield base_url

@@ -7,11 +7,9 @@ a fresh database on that server; without it, an embedded Postgres in a temporary
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,21 +17,14 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy.engine import make_url
 
 from crm_api.app import create_app
 from crm_api.migrate import migrate
 from crm_api.settings import CrmApiSettings
+from crmbench.local_services import serving_in_thread
 
 ADMIN_KEY = "test-admin-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _admin_sql(admin_url: str, statement: str) -> None:
@@ -74,29 +65,17 @@ class RunningServer:
 
     base_url: str
     settings: CrmApiSettings
-    server: uvicorn.Server
-    thread: threading.Thread
+    stack: contextlib.ExitStack
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
+        self.stack.close()
 
 
 def start_server(database_url: str, **overrides: Any) -> RunningServer:
     settings = CrmApiSettings(database_url=database_url, admin_key=ADMIN_KEY, **overrides)
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("crm_api test server did not start")
-        time.sleep(0.02)
-    return RunningServer(f"http://127.0.0.1:{port}", settings, server, thread)
+    stack = contextlib.ExitStack()
+    base_url = stack.enter_context(serving_in_thread(create_app(settings), "CRM API"))
+    return RunningServer(base_url, settings, stack)
 
 
 @pytest.fixture(scope="session")

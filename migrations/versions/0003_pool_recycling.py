@@ -16,9 +16,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.execute(
-        "ALTER TABLE crm_meta.episode_pool ADD COLUMN ready boolean NOT NULL DEFAULT true"
-    )
+    op.execute("ALTER TABLE crm_meta.episode_pool ADD COLUMN ready boolean NOT NULL DEFAULT true")
 
 
 def downgrade() -> None:

@@ -9,11 +9,12 @@ from typing import Any
 import httpx
 import pytest
 
+from crmbench.local_services import free_port
 from crmbench_contracts.cases import Case
 from crmbench_contracts.rewards import JudgeScore, RewardRecord
 from crmbench_corpus.store import case_line
 from tests.conftest import ADMIN_KEY, Episode, RunningServer, admin, open_episode
-from tests.verifier.conftest import Served, free_port
+from tests.verifier.conftest import Served
 from tests.verifier.factories import (
     allow,
     assertion,
