@@ -27,7 +27,7 @@ def _tasks_csv() -> Path:
     configured = os.environ.get("CRMBENCH_AGENT_TASKS_CSV")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[1] / "corpus" / "agent_tasks.csv"
+    return Path(__file__).resolve().parents[1] / "corpus" / "reference" / "agent_tasks.csv"
 
 
 def _corpus_dir(directory: Path | None) -> Path:

@@ -38,7 +38,7 @@ try:
 except ImportError:  # pragma: no cover - the verifier is optional for this test
     score_case = None
 
-SAMPLE = REPO_ROOT.parent / "shared" / "reference" / "clbench_sample.jsonl"
+SAMPLE = REPO_ROOT / "corpus" / "reference" / "clbench_sample.jsonl"
 SAMPLE_LINES = [line for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
 SAMPLE_IDS = [json.loads(line)["conversation_id"] for line in SAMPLE_LINES]
 

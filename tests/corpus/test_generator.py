@@ -22,7 +22,7 @@ from crmbench_corpus.store import case_line, default_corpus_dir, load_cases, loa
 from crmbench_corpus.success import SUCCESS_BLUEPRINTS
 from tests.conftest import REPO_ROOT
 
-TASKS_CSV = REPO_ROOT / "corpus" / "agent_tasks.csv"
+TASKS_CSV = REPO_ROOT / "corpus" / "reference" / "agent_tasks.csv"
 
 
 @pytest.fixture(scope="module")
