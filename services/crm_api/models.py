@@ -3,6 +3,7 @@
 Entity tables are declared without a schema: a tool call's transaction sets `search_path`
 to its episode's schema, so one SQL text serves every episode.
 The migrations in `migrations/` are the source of truth for DDL; these models must match.
+The episode registry (schema crm_meta) is queried with plain SQL in `episodes.py`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Field, SQLModel
 
-META_SCHEMA = "crm_meta"
 WORLD_SCHEMA = "world"
 
 
@@ -122,85 +122,8 @@ class Note(SQLModel, table=True):
     created_at: datetime | None = _timestamp()
 
 
-class ChangeLog(SQLModel, table=True):
-    """One row per changed entity row; lives in each episode's schema, filled by triggers."""
-
-    __tablename__ = "change_log"
-    seq: int | None = Field(default=None, primary_key=True)
-    tool_call_id: str | None = None
-    tool: str | None = None
-    table_name: str
-    op: str
-    row_key: str
-    before: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(JSONB))
-    after: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(JSONB))
-
-
-ENTITY_MODELS: dict[str, type[SQLModel]] = {
-    "client": Client,
-    "company": Company,
-    "contact": Contact,
-    "opportunity": Opportunity,
-    "quote": Quote,
-    "contract": Contract,
-    "document": Document,
-    "note": Note,
-}
-
-
 def table_of(name: str) -> sa.Table:
-    """The SQLAlchemy table of an entity (or the change log) by its table name."""
+    """The SQLAlchemy table of an entity by its table name."""
     table = SQLModel.metadata.tables[name]
     assert isinstance(table, sa.Table)
     return table
-
-
-# Registry tables live in crm_meta and are never schema-translated.
-registry_metadata = sa.MetaData(schema=META_SCHEMA)
-
-episode_table = sa.Table(
-    "episode",
-    registry_metadata,
-    sa.Column("episode_id", sa.Text, primary_key=True),
-    sa.Column("schema_name", sa.Text, nullable=False, unique=True),
-    sa.Column("token_hash", sa.Text, nullable=False, unique=True),
-    sa.Column("case_id", sa.Text),
-    sa.Column("today", sa.Date, nullable=False),
-    sa.Column("actor_name", sa.Text, nullable=False),
-    sa.Column("actor_role", sa.Text, nullable=False),
-    sa.Column("seed", JSONB, nullable=False),
-    sa.Column("world_version", sa.Text, nullable=False),
-    sa.Column("call_seq", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("ttl_seconds", sa.Integer, nullable=False),
-)
-
-episode_snapshot_table = sa.Table(
-    "episode_snapshot",
-    registry_metadata,
-    sa.Column("episode_id", sa.Text, primary_key=True),
-    sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("schema_name", sa.Text, nullable=False, unique=True),
-    sa.Column("call_seq", sa.BigInteger, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-pool_table = sa.Table(
-    "episode_pool",
-    registry_metadata,
-    sa.Column("schema_name", sa.Text, primary_key=True),
-    sa.Column("world_version", sa.Text, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("ready", sa.Boolean, nullable=False, server_default=sa.true()),
-)
-
-world_info_table = sa.Table(
-    "world_info",
-    registry_metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("version", sa.Text, nullable=False),
-    sa.Column("seed", sa.Integer, nullable=False),
-    sa.Column("row_counts", JSONB, nullable=False),
-    sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
-)
