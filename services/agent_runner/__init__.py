@@ -1,0 +1,1 @@
+"""The agent runner: drives agents (LLM-backed or not) through benchmark episodes."""

@@ -1,0 +1,42 @@
+"""LLM providers behind one interface: OpenAI chat completions (any compatible base URL),
+Anthropic messages, and a scripted fake; built from configuration by `make_provider`."""
+
+from __future__ import annotations
+
+from agent_runner.llm.base import LLMError, LLMProvider, MissingApiKey
+from agent_runner.llm.config import ModelPrice, PriceTable, ProviderConfig
+from agent_runner.llm.scripted import ScriptedCall, ScriptedProvider
+from agent_runner.llm.types import Completion, Message, ToolCall, ToolSpec, Usage
+
+
+def make_provider(config: ProviderConfig, prices: PriceTable) -> LLMProvider:
+    """The provider `config` names. Reads its API key from the environment now, so a
+    missing key fails here (MissingApiKey) rather than at the first call. A scripted
+    provider starts with an empty script; fill it with `then`/`when`."""
+    if config.provider == "openai":
+        from agent_runner.llm.openai_provider import OpenAIProvider
+
+        return OpenAIProvider(config, prices)
+    if config.provider == "anthropic":
+        from agent_runner.llm.anthropic_provider import AnthropicProvider
+
+        return AnthropicProvider(config, prices)
+    return ScriptedProvider(model=config.model)
+
+
+__all__ = [
+    "Completion",
+    "LLMError",
+    "LLMProvider",
+    "Message",
+    "MissingApiKey",
+    "ModelPrice",
+    "PriceTable",
+    "ProviderConfig",
+    "ScriptedCall",
+    "ScriptedProvider",
+    "ToolCall",
+    "ToolSpec",
+    "Usage",
+    "make_provider",
+]
