@@ -53,12 +53,13 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _q(name: str) -> str:
+def quote_ident(name: str) -> str:
     """Quotes a generated identifier (schema names never come from input)."""
     return '"' + name.replace('"', '""') + '"'
 
 
-async def _suppress_log(conn: AsyncConnection, on: bool) -> None:
+async def suppress_log(conn: AsyncConnection, on: bool) -> None:
+    """Turns the change-log triggers off (on=True) or back on for this transaction."""
     await conn.execute(
         sa.text("SELECT set_config('crm.suppress_log', :v, true)"), {"v": "on" if on else "off"}
     )
@@ -70,7 +71,7 @@ async def insert_rows(
     """Bulk insert of JSON-able rows; Postgres converts each value to its column's type."""
     if not rows:
         return
-    target = f"{_q(schema)}.{_q(table)}"
+    target = f"{quote_ident(schema)}.{quote_ident(table)}"
     await conn.execute(
         sa.text(
             f"INSERT INTO {target} SELECT * FROM jsonb_populate_recordset(NULL::{target}, "
@@ -91,7 +92,7 @@ async def render_tables(
         pk = PRIMARY_KEYS[table]
         parts.append(
             f"'{table}', (SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.{pk} COLLATE \"C\"),"
-            f" '[]'::jsonb) FROM {_q(schema)}.{_q(table)} t)"
+            f" '[]'::jsonb) FROM {quote_ident(schema)}.{quote_ident(table)} t)"
         )
     stmt = sa.text(f"SELECT jsonb_build_object({', '.join(parts)})::text")
     text_value = (await conn.execute(stmt)).scalar_one()
@@ -102,35 +103,56 @@ async def render_tables(
 async def change_log_rows(conn: AsyncConnection, schema: str) -> list[dict[str, Any]]:
     stmt = sa.text(
         "SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.seq), '[]'::jsonb)::text "
-        f"FROM {_q(schema)}.change_log c"
+        f"FROM {quote_ident(schema)}.change_log c"
     )
     rows: list[dict[str, Any]] = json.loads((await conn.execute(stmt)).scalar_one())
     return rows
 
 
 async def truncate_episode_tables(conn: AsyncConnection, schema: str) -> None:
-    tables = ", ".join(f"{_q(schema)}.{_q(t)}" for t in (*ENTITY_TABLES, "change_log"))
+    tables = ", ".join(
+        f"{quote_ident(schema)}.{quote_ident(t)}" for t in (*ENTITY_TABLES, "change_log")
+    )
     await conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY"))
 
 
 async def copy_tables(conn: AsyncConnection, source: str, target: str, with_log: bool) -> None:
     """Copies every row of `source`'s tables into `target`'s (which must be empty)."""
-    await _suppress_log(conn, True)
+    await suppress_log(conn, True)
     for table in ENTITY_TABLES:
+        into, source_table = quote_ident(target), quote_ident(source)
         await conn.execute(
-            sa.text(f"INSERT INTO {_q(target)}.{_q(table)} SELECT * FROM {_q(source)}.{_q(table)}")
+            sa.text(
+                f"INSERT INTO {into}.{quote_ident(table)}"
+                f" SELECT * FROM {source_table}.{quote_ident(table)}"
+            )
         )
     if with_log:
         await conn.execute(
-            sa.text(f"INSERT INTO {_q(target)}.change_log SELECT * FROM {_q(source)}.change_log")
-        )
-        await conn.execute(
             sa.text(
-                f"SELECT setval(pg_get_serial_sequence('{_q(target)}.change_log', 'seq'), "
-                f"coalesce((SELECT max(seq) FROM {_q(target)}.change_log), 0) + 1, false)"
+                f"INSERT INTO {quote_ident(target)}.change_log"
+                f" SELECT * FROM {quote_ident(source)}.change_log"
             )
         )
-    await _suppress_log(conn, False)
+        await sync_change_log_sequence(conn, target)
+    await suppress_log(conn, False)
+
+
+async def sync_change_log_sequence(conn: AsyncConnection, schema: str) -> None:
+    """After rows were copied into a change log, new entries continue after the last one."""
+    log = f"{quote_ident(schema)}.change_log"
+    await conn.execute(
+        sa.text(
+            f"SELECT setval(pg_get_serial_sequence('{log}', 'seq'),"
+            f" coalesce((SELECT max(seq) FROM {log}), 0) + 1, false)"
+        )
+    )
+
+
+async def reset_to_world(conn: AsyncConnection, schema: str) -> None:
+    """Empties an episode schema (change log included) and refills it with the world."""
+    await truncate_episode_tables(conn, schema)
+    await copy_tables(conn, WORLD_SCHEMA, schema, with_log=False)
 
 
 class EpisodeManager:
@@ -177,12 +199,11 @@ class EpisodeManager:
             return None
         schema = str(claimed["schema_name"])
         if not claimed["ready"]:
-            await truncate_episode_tables(conn, schema)
-            await copy_tables(conn, WORLD_SCHEMA, schema, with_log=False)
+            await reset_to_world(conn, schema)
         return schema
 
     async def _apply_seed(self, conn: AsyncConnection, schema: str, seed: SeedRows) -> None:
-        await _suppress_log(conn, True)
+        await suppress_log(conn, True)
         try:
             await conn.execute(sa.text("SAVEPOINT seed"))
             for table in ENTITY_TABLES:
@@ -196,7 +217,7 @@ class EpisodeManager:
                 f"The seed rows break a constraint of the CRM schema: {_db_reason(exc)}",
                 field="seed",
             ) from None
-        await _suppress_log(conn, False)
+        await suppress_log(conn, False)
 
     async def _from_case(self, conn: AsyncConnection, request: EpisodeCreate) -> EpisodeCreate:
         """The request with the case's seed, today and actor filled in."""
@@ -243,7 +264,11 @@ class EpisodeManager:
             version = await self.world_version(conn)
             pooled = await self._claim_pooled_schema(conn, version)
             if pooled is not None:
-                await conn.execute(sa.text(f"ALTER SCHEMA {_q(pooled)} RENAME TO {_q(episode_id)}"))
+                await conn.execute(
+                    sa.text(
+                        f"ALTER SCHEMA {quote_ident(pooled)} RENAME TO {quote_ident(episode_id)}"
+                    )
+                )
             else:
                 await conn.execute(
                     sa.text("SELECT crm_meta.clone_schema(:src, :dst, true)"),
@@ -420,8 +445,7 @@ class EpisodeManager:
         async with self.engine.begin() as conn:
             row = await self._get_row(conn, episode_id, lock=True)
             schema = row["schema_name"]
-            await truncate_episode_tables(conn, schema)
-            await copy_tables(conn, WORLD_SCHEMA, schema, with_log=False)
+            await reset_to_world(conn, schema)
             await self._apply_seed(conn, schema, SeedRows.model_validate(row["seed"]))
             await conn.execute(
                 sa.text(
@@ -526,7 +550,9 @@ class EpisodeManager:
         async with self.engine.begin() as conn:
             await self._get_row(conn, episode_id, lock=True)
             snap = await self._snapshot_schema(conn, episode_id, name)
-            await conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_q(snap['schema_name'])} CASCADE"))
+            await conn.execute(
+                sa.text(f"DROP SCHEMA IF EXISTS {quote_ident(snap['schema_name'])} CASCADE")
+            )
             await conn.execute(
                 sa.text(
                     "DELETE FROM crm_meta.episode_snapshot WHERE episode_id = :id AND name = :n"
@@ -549,7 +575,9 @@ class EpisodeManager:
             )
         ).scalars()
         for snapshot_schema in list(snaps):
-            await conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_q(snapshot_schema)} CASCADE"))
+            await conn.execute(
+                sa.text(f"DROP SCHEMA IF EXISTS {quote_ident(snapshot_schema)} CASCADE")
+            )
         recyclable = (
             await conn.execute(
                 sa.text(
@@ -567,13 +595,15 @@ class EpisodeManager:
         ).first()
         if recyclable is not None and exists:
             recycled = "pool_" + secrets.token_hex(8)
-            await conn.execute(sa.text(f"ALTER SCHEMA {_q(schema)} RENAME TO {_q(recycled)}"))
+            await conn.execute(
+                sa.text(f"ALTER SCHEMA {quote_ident(schema)} RENAME TO {quote_ident(recycled)}")
+            )
             await conn.execute(
                 sa.text("INSERT INTO crm_meta.episode_pool VALUES (:s, :v, now(), false)"),
                 {"s": recycled, "v": recyclable},
             )
         else:
-            await conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_q(schema)} CASCADE"))
+            await conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
         await conn.execute(
             sa.text("DELETE FROM crm_meta.episode WHERE episode_id = :id"), {"id": episode_id}
         )
@@ -624,7 +654,7 @@ class EpisodeManager:
                 )
             ).scalars()
             for schema in list(stale):
-                await conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_q(schema)} CASCADE"))
+                await conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
         while await self._recycle_one(version):
             built += 1
         while True:
@@ -665,8 +695,7 @@ class EpisodeManager:
             ).scalar_one_or_none()
             if schema is None:
                 return False
-            await truncate_episode_tables(conn, schema)
-            await copy_tables(conn, WORLD_SCHEMA, schema, with_log=False)
+            await reset_to_world(conn, schema)
             await conn.execute(
                 sa.text("UPDATE crm_meta.episode_pool SET ready = true WHERE schema_name = :s"),
                 {"s": schema},

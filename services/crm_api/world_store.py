@@ -12,10 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crm_api.domain import ENTITY_TABLES
 from crm_api.episodes import (
-    _q,
     change_log_rows,
     insert_rows,
+    quote_ident,
     render_tables,
+    suppress_log,
+    sync_change_log_sequence,
     truncate_episode_tables,
 )
 from crm_api.models import WORLD_SCHEMA
@@ -77,7 +79,7 @@ async def _drop_all_episodes(conn: AsyncConnection) -> int:
         )
     ).scalars()
     for schema in list(schemas):
-        await conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_q(schema)} CASCADE"))
+        await conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
     count = (await conn.execute(sa.text("SELECT count(*) FROM crm_meta.episode"))).scalar_one()
     await conn.execute(sa.text("DELETE FROM crm_meta.episode_pool"))
     await conn.execute(sa.text("DELETE FROM crm_meta.episode"))  # snapshots cascade
@@ -154,17 +156,12 @@ async def _fill_schema(
         {"src": WORLD_SCHEMA, "dst": schema},
     )
     await truncate_episode_tables(conn, schema)
-    await conn.execute(sa.text("SELECT set_config('crm.suppress_log', 'on', true)"))
+    await suppress_log(conn, True)
     for table in ENTITY_TABLES:
         await insert_rows(conn, schema, table, tables.get(table, []))
-    await conn.execute(sa.text("SELECT set_config('crm.suppress_log', 'off', true)"))
+    await suppress_log(conn, False)
     await insert_rows(conn, schema, "change_log", change_log)
-    await conn.execute(
-        sa.text(
-            f"SELECT setval(pg_get_serial_sequence('{_q(schema)}.change_log', 'seq'), "
-            f"coalesce((SELECT max(seq) FROM {_q(schema)}.change_log), 0) + 1, false)"
-        )
-    )
+    await sync_change_log_sequence(conn, schema)
 
 
 async def restore_database(engine: AsyncEngine, dump: dict[str, Any]) -> int:
