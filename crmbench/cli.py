@@ -15,6 +15,7 @@ import typer
 from crmbench.cases_cli import cases_app
 from crmbench.errors import fail, friendly_errors
 from crmbench.postgres import resolve_database_url
+from crmbench.run_cli import register as register_run
 
 app = typer.Typer(
     help="crm-bench: a CRM benchmark for tool-calling LLM agents.",
@@ -30,6 +31,7 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(tools_app, name="tools")
 app.add_typer(openapi_app, name="openapi")
 app.add_typer(cases_app, name="cases")
+register_run(app)
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anthropic
@@ -105,6 +105,7 @@ class AnthropicProvider:
         tools: Sequence[ToolSpec] = (),
         *,
         system: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Completion:
         system_prompt, wire = to_anthropic_messages(messages, system)
         request: dict[str, Any] = {
@@ -118,6 +119,8 @@ class AnthropicProvider:
             request["tools"] = to_anthropic_tools(tools)
         if self.config.temperature is not None:
             request["temperature"] = self.config.temperature
+        if headers:
+            request["extra_headers"] = dict(headers)
         started = time.perf_counter()
         response = await call_with_retries(
             lambda: self._attempt(request), self.config.retry_policy(), provider=PROVIDER

@@ -83,9 +83,11 @@ class LLMProvider(Protocol):
         tools: Sequence[ToolSpec] = (),
         *,
         system: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Completion:
         """One model turn for `messages`, with `tools` offered and `system` as the
-        system prompt (added before any system messages in `messages`)."""
+        system prompt (added before any system messages in `messages`). `headers` are
+        added to the HTTP request (the simulated LLM reads the case id from them)."""
         ...
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import openai
@@ -116,6 +116,7 @@ class OpenAIProvider:
         tools: Sequence[ToolSpec] = (),
         *,
         system: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Completion:
         request: dict[str, Any] = {
             "model": self.config.model,
@@ -126,6 +127,8 @@ class OpenAIProvider:
             request["tools"] = to_openai_tools(tools)
         if self.config.temperature is not None:
             request["temperature"] = self.config.temperature
+        if headers:
+            request["extra_headers"] = dict(headers)
         started = time.perf_counter()
         response = await call_with_retries(
             lambda: self._attempt(request), self.config.retry_policy(), provider=PROVIDER

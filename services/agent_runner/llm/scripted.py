@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from agent_runner.llm.base import LLMError
 from agent_runner.llm.types import Completion, Message, ToolSpec
@@ -22,6 +22,7 @@ class ScriptedCall:
     messages: list[Message]
     tools: list[ToolSpec]
     system: str | None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class ScriptedProvider:
@@ -62,8 +63,9 @@ class ScriptedProvider:
         tools: Sequence[ToolSpec] = (),
         *,
         system: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Completion:
-        self.calls.append(ScriptedCall(list(messages), list(tools), system))
+        self.calls.append(ScriptedCall(list(messages), list(tools), system, dict(headers or {})))
         last_user = next((m.content for m in reversed(messages) if m.role == "user"), "")
         for predicate, reply in self.rules:
             if predicate(last_user):

@@ -1,0 +1,161 @@
+"""Telemetry of one episode: a session trace and its step traces (see design/learning.md).
+
+The runner writes these to JSONL (one `{"type": "session", ...}` line followed by its
+`{"type": "step", ...}` lines, all in one append) and to Postgres. `crmbench export
+--format atlas` maps them onto the Atlas SDK's session/step trace field names.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from crmbench_contracts.rewards import RewardRecord
+
+EpisodeOutcome = Literal[
+    "completed",  # the agent ended with a reply
+    "step_limit",  # it hit the step limit before replying
+    "token_budget",  # it ran out of tokens before replying
+    "agent_error",  # the model call failed for good (retries exhausted, bad response)
+    "harness_error",  # the CRM API or the verifier failed; the episode is not the agent's fault
+]
+Audience = Literal["student", "teacher"]
+
+
+class TokenUsage(BaseModel):
+    """Tokens and cost of a set of LLM calls."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cost_usd: float | None = 0.0
+    """None when some call's model has no price in the price table."""
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def add(
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int,
+        cost_usd: float | None,
+    ) -> None:
+        self.calls += 1
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.cached_input_tokens += cached_input_tokens
+        if self.cost_usd is None or cost_usd is None:
+            self.cost_usd = None
+        else:
+            self.cost_usd += cost_usd
+
+
+def new_usage() -> dict[Audience, TokenUsage]:
+    """Empty token accounts for both audiences."""
+    return {"student": TokenUsage(), "teacher": TokenUsage()}
+
+
+class StateChange(BaseModel):
+    """One row a tool call changed, from the CRM API's change log."""
+
+    table: str
+    op: str
+    key: str
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+
+
+class StepTrace(BaseModel):
+    """One tool call of an episode."""
+
+    type: Literal["step"] = "step"
+    session_id: str
+    step_id: int = Field(ge=1, description="1-based position in the episode.")
+    tool_call_id: str
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    status: int = Field(description="HTTP status of the tool call; 0 when it never got one.")
+    ok: bool
+    result: Any = None
+    """The tool's response body on success."""
+    error: dict[str, Any] | None = None
+    """The refusal on failure: code, field, message (as the CRM API returned it)."""
+    latency_ms: float = Field(description="Wall time of the tool's HTTP call.")
+    llm_latency_ms: float = 0.0
+    """Wall time of the model call that asked for this tool call (shared by a turn's calls)."""
+    tokens: TokenUsage = Field(default_factory=TokenUsage)
+    """Tokens of the model call that asked for it (counted on a turn's first call only)."""
+    actor: Audience = "student"
+    guidance: list[str] = Field(default_factory=list)
+    reward: float | None = None
+    """The episode's reward, repeated on each step (steps have no reward of their own yet)."""
+    state_change: list[StateChange] = Field(default_factory=list)
+    started_at: datetime
+
+
+class CrmContext(BaseModel):
+    """What the learning loop and the reports need to know about the case of a session."""
+
+    case_id: str
+    task_category: str
+    workflow: str
+    difficulty: str
+    split: str
+    failure_category: str | None = None
+    failure_family: str | None = None
+    verification_mode: str = "structured"
+    """`structured`, or `structured+judges` when LLM judges scored the reply too."""
+    playbooks_retrieved: list[dict[str, Any]] = Field(default_factory=list)
+    playbooks_adopted: list[str] = Field(default_factory=list)
+    supervision_transitions: list[dict[str, Any]] = Field(default_factory=list)
+    baseline_score: float | None = None
+
+
+class SessionTrace(BaseModel):
+    """One episode of a run: the task, what the agent did, what it cost and its reward."""
+
+    type: Literal["session"] = "session"
+    session_id: str
+    """`{run_id}/{case_id}/{trial}`: one per (case, trial) of a run."""
+    run_id: str
+    case_id: str
+    trial: int = Field(ge=0)
+    agent: str
+    model: str | None = None
+    episode_id: str | None = None
+    task: str
+    """The user's turns, joined with blank lines."""
+    final_answer: str = ""
+    outcome: EpisodeOutcome
+    error: str | None = None
+    """Why an episode ended in `agent_error` or `harness_error`."""
+    steps: int = 0
+    score: float = Field(default=0.0, ge=0, le=1)
+    passed: bool = False
+    verdicts: dict[str, bool] = Field(default_factory=dict)
+    reward: RewardRecord | None = None
+    token_usage: dict[Audience, TokenUsage] = Field(default_factory=lambda: new_usage())
+    crm_context: CrmContext
+    started_at: datetime
+    ended_at: datetime
+    wall_ms: float
+    agent_ms: float
+    """Time spent waiting on the agent's model calls (the part the harness does not own)."""
+    worker: str = ""
+    """Which runner process ran it (host:pid)."""
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(usage.total_tokens for usage in self.token_usage.values())
+
+    @property
+    def cost_usd(self) -> float | None:
+        costs = [usage.cost_usd for usage in self.token_usage.values()]
+        if any(cost is None for cost in costs):
+            return None
+        return sum(cost for cost in costs if cost is not None)

@@ -1,0 +1,286 @@
+"""`crmbench run`: run an agent over golden cases, resumably, with a live progress bar.
+
+The services a run needs come from the environment when set (CRMBENCH_CRM_API_URL with
+CRMBENCH_ADMIN_KEY, CRMBENCH_VERIFIER_URL, CRMBENCH_SIMULATED_LLM_URL); any that is not
+is started in this process for the run's duration, on DATABASE_URL or the embedded
+Postgres, which also holds the run's queue and telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from crmbench.errors import fail, friendly_errors
+
+RUN_FLAGS_NOTE = "ignored when DIR already holds a run: the run's stored config is used"
+
+
+@dataclass
+class RunEnvironment:
+    database_url: str
+    crm_api_url: str
+    admin_key: str
+    verifier_url: str
+    simulated_url: str | None
+
+
+def _corpus_dir(config: Any) -> Path:
+    from crmbench_corpus.store import default_corpus_dir
+
+    return config.resolve_path(config.corpus_dir) if config.corpus_dir else default_corpus_dir()
+
+
+@contextlib.contextmanager
+def run_environment(config: Any, database_url: str, cases: list[Any]) -> Iterator[RunEnvironment]:
+    """The services of a run: configured ones by URL, the others started here."""
+    from crmbench.cases_cli import load_corpus_into
+    from crmbench.local_services import running_crm_api, running_verifier
+
+    with contextlib.ExitStack() as stack:
+        crm_url = os.environ.get("CRMBENCH_CRM_API_URL")
+        admin_key = os.environ.get("CRMBENCH_ADMIN_KEY")
+        if crm_url and not admin_key:
+            raise fail("CRMBENCH_CRM_API_URL is set but CRMBENCH_ADMIN_KEY is not")
+        if not crm_url:
+            load_corpus_into(database_url, _corpus_dir(config))
+            crm_url, admin_key = stack.enter_context(running_crm_api(database_url))
+        assert admin_key is not None
+        verifier_url = os.environ.get("CRMBENCH_VERIFIER_URL") or stack.enter_context(
+            running_verifier(crm_url, admin_key, str(_corpus_dir(config)))
+        )
+        simulated_url: str | None = None
+        if config.agent == "simulated":
+            simulated_url = config.simulated.url or os.environ.get("CRMBENCH_SIMULATED_LLM_URL")
+            if not simulated_url:
+                from agent_runner.simulated.config import SimulatedLLMConfig
+                from agent_runner.simulated.server import running_simulated_llm
+
+                sim_config = SimulatedLLMConfig.from_yaml(
+                    config.resolve_path(config.simulated.config)
+                )
+                simulated_url = stack.enter_context(
+                    running_simulated_llm(sim_config, {case.case_id: case for case in cases})
+                )
+        yield RunEnvironment(database_url, crm_url, admin_key, verifier_url, simulated_url)
+
+
+class ProgressDisplay:
+    """A live bar over the whole run (all runner processes): pass rate, cost, ETA."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("pass {task.fields[pass_rate]}"),
+            TextColumn("cost {task.fields[cost]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            disable=not enabled,
+            transient=False,
+        )
+        self.task = self.progress.add_task("run", total=total, pass_rate="-", cost="$0.00")
+
+    def update(self, done: int, passed: int, harness_errors: int, cost: float) -> None:
+        scored = done - harness_errors
+        rate = f"{passed / scored:.1%}" if scored else "-"
+        self.progress.update(self.task, completed=done, pass_rate=rate, cost=f"${cost:.2f}")
+
+
+async def _execute(
+    config: Any, env: RunEnvironment, run_id: str, out: Path, cases: list[Any], show: bool
+) -> tuple[Any, Any]:
+    from agent_runner.agents.factory import build_agent
+    from agent_runner.crm_client import CrmApiClient, VerifierClient
+    from agent_runner.runner import EpisodeRunner, RunWorker, worker_name
+    from agent_runner.store import RunStore
+    from agent_runner.trace_log import TraceLog
+
+    agent = build_agent(config, simulated_url=env.simulated_url)
+    store = await RunStore.connect(env.database_url, pool_size=min(config.concurrency + 2, 32))
+    crm = CrmApiClient(env.crm_api_url, env.admin_key)
+    verifier = VerifierClient(env.verifier_url)
+    worker = worker_name()
+    try:
+        tools = await crm.tool_specs()
+        episodes = EpisodeRunner(
+            run_id=run_id,
+            config=config,
+            agent=agent,
+            crm=crm,
+            verifier=verifier,
+            tools=tools,
+            worker=worker,
+        )
+        run_worker = RunWorker(
+            store,
+            run_id,
+            config,
+            {case.case_id: case for case in cases},
+            episodes,
+            TraceLog(out / "sessions.jsonl"),
+            worker=worker,
+        )
+        first = await store.progress(run_id)
+        display = ProgressDisplay(first.total, show)
+
+        async def refresh() -> None:
+            while True:
+                now = await store.progress(run_id)
+                display.update(now.done, now.passed, now.harness_errors, now.cost_usd)
+                await asyncio.sleep(0.5)
+
+        with display.progress:
+            ticker = asyncio.create_task(refresh())
+            try:
+                stats = await run_worker.run()
+            finally:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+            final = await store.progress(run_id)
+            display.update(final.done, final.passed, final.harness_errors, final.cost_usd)
+        return stats, final
+    finally:
+        await crm.aclose()
+        await verifier.aclose()
+        await store.close()
+
+
+async def _prepare(
+    config: Any, database_url: str, out: Path, out_dir: str, join: str | None, flags_given: bool
+) -> tuple[Any, str, list[Any], bool]:
+    """Creates the run, or finds the one to resume; returns (config, run_id, cases, resumed)."""
+    from agent_runner.config import RunConfig
+    from agent_runner.runner import RunFiles, create_run, select_cases
+    from agent_runner.store import RunStore
+    from crmbench_corpus.store import load_cases, load_manifest
+
+    files = RunFiles(out)
+    run_id = join or files.existing_run_id()
+    corpus = load_cases(_corpus_dir(config))
+    store = await RunStore.connect(database_url, pool_size=2)
+    try:
+        if run_id is not None:
+            run = await store.get_run(run_id)
+            stored = RunConfig.model_validate(run.config)
+            if flags_given and stored.model_dump(mode="json") != config.model_dump(mode="json"):
+                typer.echo(f"note: resuming {run_id} with its stored config; {RUN_FLAGS_NOTE}")
+            if not files.run_file.exists():
+                files.write(run)
+            return stored, run_id, corpus, True
+        chosen = select_cases(config, corpus)
+        corpus_hash = str(load_manifest(_corpus_dir(config)).get("content_hash", "unknown"))
+        run = await create_run(store, config, chosen, corpus_hash, out_dir)
+        files.write(run)
+        return config, run.run_id, chosen, False
+    finally:
+        await store.close()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
+
+
+@friendly_errors
+def run_command(
+    agent: Annotated[
+        str | None,
+        typer.Option(help="student, teacher, random, oracle or simulated (default: config)."),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model of the agent's provider.")] = None,
+    split: Annotated[str | None, typer.Option(help="eval, holdout or seed.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most N cases.", min=1)] = None,
+    cases: Annotated[
+        str | None, typer.Option(help="Comma-separated case ids instead of a split.")
+    ] = None,
+    trials: Annotated[int | None, typer.Option(help="Trials per case.", min=1, max=100)] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Episodes in flight in this process.", min=1, max=256)
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Run directory: run.json and sessions.jsonl; resumes if present.")
+    ] = Path("runs/latest"),
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="Run config YAML (default config/run.yaml).")
+    ] = None,
+    join: Annotated[
+        str | None,
+        typer.Option("--join", help="Work on this existing run id (another process shares it)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Run an agent over golden cases and score every episode.
+
+    Killed or interrupted, the same command (same --out) resumes where it stopped; more
+    processes given the same --out (or --join RUN_ID) share the work.
+    """
+    from agent_runner.config import load_run_config
+    from agent_runner.llm.base import LLMError
+    from agent_runner.store import RunNotFound
+    from crm_api.migrate import migrate
+    from crm_api.settings import CrmApiSettings
+    from crmbench.postgres import resolve_database_url
+
+    overrides: dict[str, Any] = {
+        "agent": agent,
+        "model": model,
+        "split": split,
+        "limit": limit,
+        "cases": [c.strip() for c in cases.split(",") if c.strip()] if cases else None,
+        "trials": trials,
+        "concurrency": concurrency,
+    }
+    flags_given = any(value is not None for value in overrides.values())
+    config = load_run_config(config_file, overrides)
+    database_url = resolve_database_url()
+    migrate(database_url, CrmApiSettings().world_seed)
+    try:
+        config, run_id, run_cases, resumed = asyncio.run(
+            _prepare(config, database_url, out, str(out.absolute()), join, flags_given)
+        )
+    except RunNotFound as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"{'resuming' if resumed else 'started'} run {run_id} -> {out}")
+    started = time.perf_counter()
+    try:
+        with run_environment(config, database_url, run_cases) as env:
+            stats, final = asyncio.run(
+                _execute(config, env, run_id, out, run_cases, show=not quiet)
+            )
+    except LLMError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted; resume with: crmbench run --out {out}", err=True)
+        raise typer.Exit(130) from None
+    elapsed = time.perf_counter() - started
+    scored = final.done - final.harness_errors
+    rate = f"{final.passed / scored:.1%}" if scored else "-"
+    typer.echo(
+        f"run {run_id}: {final.done}/{final.total} done ({stats.completed} here) in "
+        f"{elapsed:.1f}s, pass@0.9 {rate}, harness errors {final.harness_errors}, "
+        f"cost ${final.cost_usd:.4f}"
+    )
+    if final.done < final.total:
+        typer.echo(f"{final.total - final.done} episodes left; rerun to resume", err=True)
+    typer.echo(f"results: crmbench results {out}")

@@ -1,0 +1,1 @@
+"""Agents the runner can drive: LLM tool loop (student/teacher), oracle, random."""

@@ -1,0 +1,139 @@
+"""What every agent gets for one episode, and what it gives back.
+
+An agent sees the case's user turns, the tool schemas and one way to act on the CRM:
+`EpisodeContext.call_tool`, which calls the tool over HTTP with the episode's token and
+records the step (tool, arguments, result or error, latency, tokens). It ends with a
+reply. Step limit and token budget are enforced here, so every agent obeys the same ones.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from agent_runner.crm_client import CrmApiClient, ToolOutcome
+from agent_runner.llm.types import Completion, ToolSpec
+from crmbench_contracts.cases import Case
+from crmbench_contracts.traces import Audience, EpisodeOutcome, StepTrace, TokenUsage
+
+
+class EpisodeLimitReached(Exception):
+    """The episode used up its steps or its token budget; the agent must stop."""
+
+    def __init__(self, outcome: EpisodeOutcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome: EpisodeOutcome = outcome
+
+
+@dataclass
+class EpisodeLimits:
+    max_steps: int
+    """Tool calls allowed in one episode."""
+    max_tokens: int
+    """Input plus output tokens allowed over the episode's model calls."""
+
+
+@dataclass
+class EpisodeContext:
+    """One live episode of one case, as an agent sees it."""
+
+    session_id: str
+    case: Case
+    trial: int
+    tools: list[ToolSpec]
+    crm: CrmApiClient
+    token: str
+    limits: EpisodeLimits
+    seed: int = 0
+    steps: list[StepTrace] = field(default_factory=list)
+    usage: dict[Audience, TokenUsage] = field(
+        default_factory=lambda: {"student": TokenUsage(), "teacher": TokenUsage()}
+    )
+    agent_ms: float = 0.0
+    """Wall time of model calls; the rest of an episode's time is the harness's."""
+    transcript: list[dict[str, Any]] = field(default_factory=list)
+    _pending_llm: tuple[float, TokenUsage] | None = None
+
+    @property
+    def user_turns(self) -> list[str]:
+        return [turn.content for turn in self.case.turns]
+
+    @property
+    def tokens_used(self) -> int:
+        return sum(usage.total_tokens for usage in self.usage.values())
+
+    def record_completion(self, completion: Completion, audience: Audience = "student") -> None:
+        """Accounts one model call; raises EpisodeLimitReached past the token budget."""
+        u = completion.usage
+        self.usage[audience].add(
+            u.input_tokens, u.output_tokens, u.cached_input_tokens, completion.cost_usd
+        )
+        self.agent_ms += completion.latency_ms
+        step_usage = TokenUsage()
+        step_usage.add(u.input_tokens, u.output_tokens, u.cached_input_tokens, completion.cost_usd)
+        self._pending_llm = (completion.latency_ms, step_usage)
+        if self.tokens_used > self.limits.max_tokens:
+            raise EpisodeLimitReached(
+                "token_budget",
+                f"used {self.tokens_used} tokens, over the budget of {self.limits.max_tokens}",
+            )
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], *, actor: Audience = "student"
+    ) -> ToolOutcome:
+        """Calls a tool in this episode and records the step.
+
+        Raises EpisodeLimitReached when the step limit is already used up.
+        """
+        if len(self.steps) >= self.limits.max_steps:
+            raise EpisodeLimitReached(
+                "step_limit", f"the step limit of {self.limits.max_steps} tool calls is used up"
+            )
+        step_id = len(self.steps) + 1
+        tool_call_id = f"{self.session_id}#{step_id}"
+        started_at = datetime.now(UTC)
+        outcome = await self.crm.call_tool(self.token, name, arguments, tool_call_id[-128:])
+        llm_latency, tokens = self._pending_llm or (0.0, TokenUsage())
+        # A turn's model call is charged to its first tool call only.
+        self._pending_llm = None
+        self.steps.append(
+            StepTrace(
+                session_id=self.session_id,
+                step_id=step_id,
+                tool_call_id=tool_call_id[-128:],
+                tool=name,
+                arguments=arguments,
+                status=outcome.status,
+                ok=outcome.ok,
+                result=outcome.body if outcome.ok else None,
+                error=outcome.error,
+                latency_ms=round(outcome.latency_ms, 3),
+                llm_latency_ms=round(llm_latency, 3),
+                tokens=tokens,
+                actor=actor,
+                started_at=started_at,
+            )
+        )
+        return outcome
+
+
+@dataclass
+class AgentResult:
+    final_reply: str
+    outcome: EpisodeOutcome = "completed"
+    error: str | None = None
+
+
+class Agent(Protocol):
+    """Drives one episode to a final reply."""
+
+    name: str
+    model: str | None
+
+    async def run(self, ctx: EpisodeContext) -> AgentResult: ...
+
+
+def monotonic_ms() -> float:
+    return time.perf_counter() * 1000

@@ -1,0 +1,120 @@
+"""Run configuration: which agent, which cases, limits and services, loaded from YAML.
+
+`config/run.yaml` holds the defaults; `crmbench run` flags override single fields. The
+effective config is stored with the run, so every result can be traced to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent_runner.llm.config import ProviderConfig
+from crmbench_contracts.cases import Split
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_RUN_CONFIG = REPO_ROOT / "config" / "run.yaml"
+
+AgentName = Literal["student", "teacher", "random", "oracle", "simulated"]
+AGENT_NAMES: tuple[str, ...] = ("student", "teacher", "random", "oracle", "simulated")
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used; the message names the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Limits(Strict):
+    max_steps: int = Field(default=30, ge=1, le=500)
+    """Tool calls allowed per episode."""
+    max_tokens: int = Field(default=300_000, ge=1)
+    """Input plus output tokens allowed per episode."""
+    episode_ttl_seconds: int = Field(default=1800, ge=60)
+    """Idle time before the CRM API reaps an episode a dead runner left open."""
+
+
+class SimulatedSettings(Strict):
+    config: Path = Path("config/simulated_llm.yaml")
+    """The simulated LLM's error rates and guidance effects."""
+    url: str | None = None
+    """A running simulated LLM (its /v1 base URL); None starts one for the run."""
+
+
+class QueueSettings(Strict):
+    lease_seconds: float = Field(default=300.0, gt=0)
+    """A claimed episode whose worker stops renewing for this long is claimed again."""
+    heartbeat_seconds: float = Field(default=30.0, gt=0)
+
+
+class RunConfig(Strict):
+    """Everything that decides what a run does."""
+
+    agent: AgentName = "student"
+    model: str | None = None
+    """Overrides the model of the agent's provider."""
+    split: Split = Split.EVAL
+    cases: list[str] | None = None
+    """Run exactly these case ids (in this order) instead of a split."""
+    limit: int | None = Field(default=None, ge=1)
+    """At most this many cases (the first ones of the split, in corpus order)."""
+    trials: int = Field(default=1, ge=1, le=100)
+    concurrency: int = Field(default=4, ge=1, le=256)
+    seed: int = 0
+    """Seeds the random agent (and nothing that changes what a model sees)."""
+    limits: Limits = Field(default_factory=Limits)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    """Provider config of each LLM agent: `student`, `teacher` (the simulated agent uses
+    an OpenAI-compatible provider pointed at the simulated LLM)."""
+    prompt: Path = Path("config/prompts/agent_system.md")
+    prices: Path = Path("config/prices.yaml")
+    simulated: SimulatedSettings = Field(default_factory=SimulatedSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    corpus_dir: Path | None = None
+    """The corpus folder; None for the committed one (corpus/cases)."""
+
+    @model_validator(mode="after")
+    def _agent_has_provider(self) -> RunConfig:
+        if self.agent in ("student", "teacher") and self.agent not in self.providers:
+            raise ValueError(f"providers.{self.agent} is required to run the {self.agent} agent")
+        return self
+
+    def resolve_path(self, path: Path) -> Path:
+        """Relative paths in a config are relative to the repository root."""
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    def provider_for(self, agent: str) -> ProviderConfig:
+        base = self.providers[agent]
+        return base.model_copy(update={"model": self.model}) if self.model else base
+
+
+def _first_problem(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"{where or 'config'}: {first.get('msg')}"
+
+
+def load_run_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The config in `path` (default config/run.yaml) with `overrides` applied on top.
+
+    Raises ConfigError naming the file and the first bad field.
+    """
+    source = path or DEFAULT_RUN_CONFIG
+    try:
+        data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read the run config {source}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a mapping of settings")
+    data.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_problem(exc)}") from exc

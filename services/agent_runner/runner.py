@@ -1,0 +1,377 @@
+"""Running a run: queue its (case, trial) items, then claim and play episodes until none is
+left, writing each episode's result and telemetry exactly once.
+
+One episode: open it on the CRM API for the case, let the agent act through the tools,
+score the final state with the verifier, read the change log to attach each step's state
+change, close it, then commit the session and steps (Postgres) and append them (JSONL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from agent_runner.agents.base import Agent, EpisodeContext, EpisodeLimits
+from agent_runner.config import ConfigError, RunConfig
+from agent_runner.crm_client import CrmApiClient, ServiceError, VerifierClient
+from agent_runner.llm.types import ToolSpec
+from agent_runner.store import Claim, RunRow, RunStore
+from agent_runner.trace_log import TRACE_FILE, TraceLog
+from crmbench_contracts.cases import Case
+from crmbench_contracts.traces import CrmContext, SessionTrace, StepTrace, TokenUsage
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("crm-bench")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def new_run_id() -> str:
+    return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def select_cases(config: RunConfig, corpus: Sequence[Case]) -> list[Case]:
+    """The run's cases: the ids asked for (in that order), else the split; then the limit."""
+    if config.cases:
+        index = {case.case_id: case for case in corpus}
+        unknown = [case_id for case_id in config.cases if case_id not in index]
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise ConfigError(f"unknown case ids: {shown}")
+        chosen = [index[case_id] for case_id in config.cases]
+    else:
+        chosen = [case for case in corpus if case.split == config.split]
+    if config.limit is not None:
+        chosen = chosen[: config.limit]
+    if not chosen:
+        raise ConfigError("the run has no cases: check --split, --cases and --limit")
+    return chosen
+
+
+def session_id_of(run_id: str, case_id: str, trial: int) -> str:
+    return f"{run_id}/{case_id}/{trial}"
+
+
+def crm_context(case: Case) -> CrmContext:
+    return CrmContext(
+        case_id=case.case_id,
+        task_category=case.task_category,
+        workflow=case.workflow,
+        difficulty=case.difficulty.value,
+        split=case.split.value,
+        failure_category=case.failure.category if case.failure else None,
+        failure_family=case.failure.family.value if case.failure else None,
+    )
+
+
+@dataclass
+class RunFiles:
+    """The run's directory: run.json (what ran) and sessions.jsonl (the traces)."""
+
+    directory: Path
+
+    @property
+    def run_file(self) -> Path:
+        return self.directory / RUN_FILE
+
+    @property
+    def trace_file(self) -> Path:
+        return self.directory / TRACE_FILE
+
+    def existing_run_id(self) -> str | None:
+        if not self.run_file.exists():
+            return None
+        try:
+            return str(json.loads(self.run_file.read_text(encoding="utf-8"))["run_id"])
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"{self.run_file} is not a run file: {exc}") from exc
+
+    def write(self, run: RunRow) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "run_id": run.run_id,
+            "agent": run.agent,
+            "model": run.model,
+            "corpus_hash": run.corpus_hash,
+            "package_version": run.package_version,
+            "total_items": run.total_items,
+            "created_at": run.created_at.isoformat() if run.created_at else None,
+            "config": run.config,
+        }
+        temporary = self.run_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, self.run_file)
+
+
+async def create_run(
+    store: RunStore,
+    config: RunConfig,
+    cases: Sequence[Case],
+    corpus_hash: str,
+    out_dir: str | None,
+    *,
+    run_id: str | None = None,
+) -> RunRow:
+    """Records the run (config, corpus hash, package version) and queues its items."""
+    run_id = run_id or new_run_id()
+    items = [(case.case_id, trial) for case in cases for trial in range(config.trials)]
+    await store.create_run(
+        run_id,
+        agent=config.agent,
+        model=model_name(config),
+        config=config.model_dump(mode="json"),
+        corpus_hash=corpus_hash,
+        package_version=package_version(),
+        out_dir=out_dir,
+        items=items,
+    )
+    return await store.get_run(run_id)
+
+
+def model_name(config: RunConfig) -> str | None:
+    if config.agent in ("student", "teacher"):
+        return config.provider_for(config.agent).model
+    if config.agent == "simulated":
+        return "simulated-llm"
+    return None
+
+
+@dataclass
+class EpisodeRecord:
+    session: SessionTrace
+    steps: list[StepTrace]
+
+
+@dataclass
+class WorkerStats:
+    completed: int = 0
+    discarded: int = 0
+    """Episodes whose item was taken over by another worker; their results were dropped."""
+    failures: list[str] = field(default_factory=list)
+
+
+class EpisodeRunner:
+    """Plays one episode of one case with one agent, end to end."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        config: RunConfig,
+        agent: Agent,
+        crm: CrmApiClient,
+        verifier: VerifierClient,
+        tools: list[ToolSpec],
+        worker: str,
+    ) -> None:
+        self.run_id = run_id
+        self.config = config
+        self.agent = agent
+        self.crm = crm
+        self.verifier = verifier
+        self.tools = tools
+        self.worker = worker
+
+    async def play(self, case: Case, trial: int) -> EpisodeRecord:
+        started_at = datetime.now(UTC)
+        clock = time.perf_counter()
+        session_id = session_id_of(self.run_id, case.case_id, trial)
+        ctx: EpisodeContext | None = None
+        episode_id: str | None = None
+        final_reply = ""
+        outcome = "completed"
+        error: str | None = None
+        reward = None
+        try:
+            episode = await self.crm.open_episode(
+                case.case_id, self.config.limits.episode_ttl_seconds
+            )
+            episode_id = episode.episode_id
+            ctx = EpisodeContext(
+                session_id=session_id,
+                case=case,
+                trial=trial,
+                tools=self.tools,
+                crm=self.crm,
+                token=episode.token,
+                limits=EpisodeLimits(self.config.limits.max_steps, self.config.limits.max_tokens),
+                seed=self.config.seed,
+            )
+            try:
+                result = await self.agent.run(ctx)
+                final_reply, outcome, error = result.final_reply, result.outcome, result.error
+                reward = await self.verifier.verify(
+                    case.case_id, episode_id, final_reply, ctx.transcript
+                )
+                changes = await self.crm.changes(episode_id)
+                for step in ctx.steps:
+                    step.state_change = changes.get(step.tool_call_id, [])
+                    step.reward = reward.score
+            finally:
+                try:
+                    await self.crm.close_episode(episode_id)
+                except ServiceError as exc:
+                    logger.warning("episode_close_failed", extra={"error": str(exc)})
+        except ServiceError as exc:
+            outcome, error, reward = "harness_error", str(exc), None
+        except Exception as exc:  # an agent bug must not stop the run; it is recorded
+            logger.exception("episode_crashed")
+            outcome, error, reward = "harness_error", f"{type(exc).__name__}: {exc}", None
+        wall_ms = (time.perf_counter() - clock) * 1000
+        steps = ctx.steps if ctx is not None else []
+        usage = ctx.usage if ctx is not None else {"student": TokenUsage(), "teacher": TokenUsage()}
+        session = SessionTrace(
+            session_id=session_id,
+            run_id=self.run_id,
+            case_id=case.case_id,
+            trial=trial,
+            agent=self.agent.name,
+            model=self.agent.model,
+            episode_id=episode_id,
+            task="\n\n".join(turn.content for turn in case.turns),
+            final_answer=final_reply,
+            outcome=outcome,  # type: ignore[arg-type]
+            error=error,
+            steps=len(steps),
+            score=reward.score if reward else 0.0,
+            passed=reward.passed if reward else False,
+            verdicts=reward.verdicts if reward else {},
+            reward=reward,
+            token_usage=usage,
+            crm_context=crm_context(case).model_copy(
+                update={
+                    "verification_mode": "structured+judges"
+                    if reward is not None and reward.judges
+                    else "structured"
+                }
+            ),
+            started_at=started_at,
+            ended_at=datetime.now(UTC),
+            wall_ms=round(wall_ms, 3),
+            agent_ms=round(ctx.agent_ms if ctx is not None else 0.0, 3),
+            worker=self.worker,
+        )
+        return EpisodeRecord(session, steps)
+
+
+ProgressCallback = Callable[[SessionTrace], None]
+
+
+class RunWorker:
+    """Claims this run's items until the queue is empty, `concurrency` at a time."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        run_id: str,
+        config: RunConfig,
+        cases: dict[str, Case],
+        episodes: EpisodeRunner,
+        trace_log: TraceLog | None,
+        *,
+        worker: str,
+        on_episode: ProgressCallback | None = None,
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.config = config
+        self.cases = cases
+        self.episodes = episodes
+        self.trace_log = trace_log
+        self.worker = worker
+        self.on_episode = on_episode
+        self.stats = WorkerStats()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Finish the episodes in flight, claim no more."""
+        self._stopping.set()
+
+    async def reconcile_traces(self) -> tuple[int, int]:
+        """Brings the JSONL file in line with the committed sessions (after a crash)."""
+        if self.trace_log is None:
+            return 0, 0
+        in_file = self.trace_log.session_ids()
+        committed = await self.store.session_ids(self.run_id)
+        missing = sorted(committed - in_file)
+        traces = await self.store.traces(self.run_id, missing) if missing else []
+        return self.trace_log.reconcile(traces)
+
+    async def run(self) -> WorkerStats:
+        await self.reconcile_traces()
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await asyncio.gather(*(self._loop() for _ in range(self.config.concurrency)))
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        await self.reconcile_traces()
+        await self.store.mark_finished(self.run_id)
+        return self.stats
+
+    async def _heartbeat(self) -> None:
+        queue = self.config.queue
+        while True:
+            await asyncio.sleep(queue.heartbeat_seconds)
+            try:
+                await self.store.heartbeat(self.run_id, self.worker, queue.lease_seconds)
+            except Exception:  # a missed heartbeat only shortens the lease
+                logger.exception("heartbeat_failed")
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            claim = await self.store.claim(
+                self.run_id, self.worker, self.config.queue.lease_seconds
+            )
+            if claim is None:
+                return
+            await self._play(claim)
+
+    async def _play(self, claim: Claim) -> None:
+        case = self.cases.get(claim.case_id)
+        if case is None:
+            # The corpus changed under a resumed run: say so rather than guess.
+            self.stats.failures.append(f"{claim.case_id}: not in this corpus")
+            await self.store.release(claim, self.worker)
+            self._stopping.set()
+            return
+        try:
+            record = await self.episodes.play(case, claim.trial)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.store.release(claim, self.worker))
+            raise
+        if not await self.store.complete(claim, self.worker, record.session, record.steps):
+            self.stats.discarded += 1
+            return
+        if self.trace_log is not None:
+            self.trace_log.append(record.session, record.steps)
+        self.stats.completed += 1
+        if self.on_episode is not None:
+            self.on_episode(record.session)
+
+
+def summary_line(values: dict[str, Any]) -> str:
+    return "  ".join(f"{key}={value}" for key, value in values.items())
