@@ -15,6 +15,7 @@ import typer
 from crmbench.cases_cli import cases_app
 from crmbench.errors import fail, friendly_errors
 from crmbench.postgres import resolve_database_url
+from crmbench.results_cli import register as register_results
 from crmbench.run_cli import register as register_run
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ app.add_typer(tools_app, name="tools")
 app.add_typer(openapi_app, name="openapi")
 app.add_typer(cases_app, name="cases")
 register_run(app)
+register_results(app)
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

@@ -112,35 +112,14 @@ async def _execute(
 ) -> tuple[Any, Any]:
     from agent_runner.agents.factory import build_agent
     from agent_runner.crm_client import CrmApiClient, VerifierClient
-    from agent_runner.runner import EpisodeRunner, RunWorker, worker_name
+    from agent_runner.runner import work_on_run
     from agent_runner.store import RunStore
-    from agent_runner.trace_log import TraceLog
 
     agent = build_agent(config, simulated_url=env.simulated_url)
     store = await RunStore.connect(env.database_url, pool_size=min(config.concurrency + 2, 32))
     crm = CrmApiClient(env.crm_api_url, env.admin_key)
     verifier = VerifierClient(env.verifier_url)
-    worker = worker_name()
     try:
-        tools = await crm.tool_specs()
-        episodes = EpisodeRunner(
-            run_id=run_id,
-            config=config,
-            agent=agent,
-            crm=crm,
-            verifier=verifier,
-            tools=tools,
-            worker=worker,
-        )
-        run_worker = RunWorker(
-            store,
-            run_id,
-            config,
-            {case.case_id: case for case in cases},
-            episodes,
-            TraceLog(out / "sessions.jsonl"),
-            worker=worker,
-        )
         first = await store.progress(run_id)
         display = ProgressDisplay(first.total, show)
 
@@ -153,7 +132,16 @@ async def _execute(
         with display.progress:
             ticker = asyncio.create_task(refresh())
             try:
-                stats = await run_worker.run()
+                stats = await work_on_run(
+                    store=store,
+                    run_id=run_id,
+                    config=config,
+                    cases={case.case_id: case for case in cases},
+                    agent=agent,
+                    crm=crm,
+                    verifier=verifier,
+                    trace_dir=out,
+                )
             finally:
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -196,6 +184,19 @@ async def _prepare(
         return config, run.run_id, chosen, False
     finally:
         await store.close()
+
+
+@contextlib.contextmanager
+def _directory_lock(out: Path) -> Iterator[None]:
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".run.lock").open("w") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def register(app: typer.Typer) -> None:
@@ -256,9 +257,11 @@ def run_command(
     database_url = resolve_database_url()
     migrate(database_url, CrmApiSettings().world_seed)
     try:
-        config, run_id, run_cases, resumed = asyncio.run(
-            _prepare(config, database_url, out, str(out.absolute()), join, flags_given)
-        )
+        # Processes started together on one --out must create one run, not one each.
+        with _directory_lock(out):
+            config, run_id, run_cases, resumed = asyncio.run(
+                _prepare(config, database_url, out, str(out.absolute()), join, flags_given)
+            )
     except RunNotFound as exc:
         raise fail(str(exc)) from None
     typer.echo(f"{'resuming' if resumed else 'started'} run {run_id} -> {out}")

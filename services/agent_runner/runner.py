@@ -375,3 +375,34 @@ class RunWorker:
 
 def summary_line(values: dict[str, Any]) -> str:
     return "  ".join(f"{key}={value}" for key, value in values.items())
+
+
+async def work_on_run(
+    *,
+    store: RunStore,
+    run_id: str,
+    config: RunConfig,
+    cases: dict[str, Case],
+    agent: Agent,
+    crm: CrmApiClient,
+    verifier: VerifierClient,
+    trace_dir: Path | None,
+    worker: str | None = None,
+    on_episode: ProgressCallback | None = None,
+) -> WorkerStats:
+    """Plays this run's unclaimed items in this process until the queue is empty."""
+    worker = worker or worker_name()
+    episodes = EpisodeRunner(
+        run_id=run_id,
+        config=config,
+        agent=agent,
+        crm=crm,
+        verifier=verifier,
+        tools=await crm.tool_specs(),
+        worker=worker,
+    )
+    trace_log = TraceLog(trace_dir / TRACE_FILE) if trace_dir is not None else None
+    run_worker = RunWorker(
+        store, run_id, config, cases, episodes, trace_log, worker=worker, on_episode=on_episode
+    )
+    return await run_worker.run()

@@ -27,6 +27,7 @@ from crmbench_corpus.store import CASES_FILE, load_index
 from verifier.crm_client import CrmEpisodeReader
 from verifier.errors import ErrorResponse, VerifierError, VerifierErrorCode
 from verifier.judges import Judge, JudgeFailed, JudgeOutcome, JudgeRequest, run_judges
+from verifier.llm_judges import load_judges, load_prices
 from verifier.schemas import (
     ChangeLog,
     EpisodeState,
@@ -198,8 +199,16 @@ def create_app(
     arbiter: Judge | None = None,
 ) -> FastAPI:
     """The verifier app. `cases` replaces the corpus (tests); `judges` and `arbiter` add
-    LLM judges (none by default: judge facts are then skipped, not guessed)."""
+    LLM judges (none by default: judge facts are then skipped, not guessed), or
+    `settings.judges_config` names a judges file, whose judges are built here so that a
+    bad file or a missing API key fails at startup (JudgeConfigError)."""
     settings = settings or VerifierSettings()
+    if settings.judges_config is not None:
+        if judges or arbiter is not None:
+            raise ValueError("give judges either in settings.judges_config or as arguments")
+        panel = load_judges(settings.judges_config, load_prices(settings.prices_path))
+        judges, arbiter = panel.judges, panel.arbiter
+        settings = panel.thresholds.apply_to(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

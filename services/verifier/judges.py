@@ -111,6 +111,8 @@ class ScriptedJudge:
 async def _ask(judge: Judge, request: JudgeRequest) -> JudgeScore:
     try:
         return await judge.judge(request)
+    except JudgeFailed:
+        raise
     except Exception as exc:
         raise JudgeFailed(judge.name, exc) from exc
 

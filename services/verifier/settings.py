@@ -10,6 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from crmbench_contracts.rewards import PASS_THRESHOLD
 from crmbench_corpus.store import default_corpus_dir
 
+REPOSITORY_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+"""The configuration committed with the repository (config/)."""
+
 
 class VerifierSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CRMBENCH_", extra="ignore")
@@ -23,6 +26,8 @@ class VerifierSettings(BaseSettings):
     corpus_dir: Path | None = None
     """Folder holding cases.jsonl; the corpus committed with the repository when unset."""
 
+    # The judges file's `thresholds` replace these three defaults; a variable set in the
+    # environment (or a value passed here) still wins over the file.
     judge_weight: float = Field(default=0.2, ge=0, le=1)
     """Share of the score given to the LLM judges when they run."""
 
@@ -31,6 +36,14 @@ class VerifierSettings(BaseSettings):
 
     judge_max_uncertainty: float = Field(default=0.5, ge=0, le=1)
     """A judge less sure than this (uncertainty above it) calls in the arbiter."""
+
+    judges_config: Path | None = None
+    """The LLM judges file (CRMBENCH_JUDGES_CONFIG; see config/judges.yaml); no judges
+    when unset. Judges are built, and their API keys read, when the app is created."""
+
+    prices_config: Path | None = None
+    """The price table the judges' calls are costed with (CRMBENCH_PRICES_CONFIG); the
+    repository's config/prices.yaml when unset."""
 
     pass_threshold: float = Field(default=PASS_THRESHOLD, gt=0, le=1)
     """An episode passes when its score reaches this."""
@@ -41,3 +54,7 @@ class VerifierSettings(BaseSettings):
     @property
     def cases_dir(self) -> Path:
         return self.corpus_dir or default_corpus_dir()
+
+    @property
+    def prices_path(self) -> Path:
+        return self.prices_config or REPOSITORY_CONFIG_DIR / "prices.yaml"

@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 
 from agent_runner.llm import LLMProvider, PriceTable, ProviderConfig, make_provider
-from crmbench.local_services import serving_in_thread
+from crmbench.cases_cli import load_corpus_into
+from crmbench.local_services import running_verifier, serving_in_thread
+from crmbench_contracts.cases import Case
+from crmbench_corpus.store import load_index
 from tests.agent_runner.fake_llm_servers import (
     FakeApi,
     ScriptedAnswer,
@@ -21,6 +24,7 @@ from tests.agent_runner.fake_llm_servers import (
     openai_error,
     openai_reply,
 )
+from tests.conftest import ADMIN_KEY, RunningServer
 
 PRICES_YAML = Path(__file__).resolve().parents[2] / "config" / "prices.yaml"
 
@@ -106,3 +110,61 @@ def anthropic_api(anthropic_server: tuple[FakeApi, str]) -> ApiUnderTest:
 def api(request: pytest.FixtureRequest) -> ApiUnderTest:
     api: ApiUnderTest = request.getfixturevalue(f"{request.param}_api")
     return api
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="session")
+def corpus_index(database_url: str) -> dict[str, Case]:
+    """The committed corpus, loaded into the session's database for POST /episodes."""
+    load_corpus_into(database_url, None)
+    return load_index()
+
+
+@pytest.fixture(scope="session")
+def verifier_url(crm_api: RunningServer, corpus_index: dict[str, Case]) -> Iterator[str]:
+    with running_verifier(crm_api.base_url, ADMIN_KEY) as url:
+        yield url
+
+
+@dataclass
+class RunServices:
+    """Real services for runs: Postgres (queue, telemetry), the CRM API and the verifier."""
+
+    database_url: str
+    crm_api_url: str
+    verifier_url: str
+    cases: dict[str, Case]
+
+    def env(self) -> dict[str, str]:
+        """Environment that points a `crmbench run` subprocess at these services."""
+        return {
+            "DATABASE_URL": self.database_url,
+            "CRMBENCH_CRM_API_URL": self.crm_api_url,
+            "CRMBENCH_ADMIN_KEY": ADMIN_KEY,
+            "CRMBENCH_VERIFIER_URL": self.verifier_url,
+        }
+
+
+@pytest.fixture(scope="session")
+def run_services(
+    database_url: str,
+    crm_api: RunningServer,
+    verifier_url: str,
+    corpus_index: dict[str, Case],
+) -> RunServices:
+    return RunServices(database_url, crm_api.base_url, verifier_url, corpus_index)
+
+
+def stratified_sample(cases: dict[str, Case], split: str = "eval", per_group: int = 1) -> list[str]:
+    """Case ids covering every task category and every failure category of a split."""
+    chosen: dict[str, list[str]] = {}
+    for case in cases.values():
+        if case.split != split:
+            continue
+        group = case.failure.category if case.failure else f"ok:{case.task_category}"
+        members = chosen.setdefault(group, [])
+        if len(members) < per_group:
+            members.append(case.case_id)
+    return [case_id for members in chosen.values() for case_id in members]

@@ -1,0 +1,310 @@
+"""Runs end to end against real Postgres, the real CRM API and the real verifier over HTTP:
+baselines, the tool loop and its limits, the queue's exactly-once results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from agent_runner.agents.base import Agent
+from agent_runner.agents.baselines import OracleAgent, RandomAgent
+from agent_runner.agents.llm_agent import LLMAgent, SystemPrompt
+from agent_runner.config import RunConfig
+from agent_runner.crm_client import CrmApiClient, VerifierClient
+from agent_runner.llm import Message, ScriptedProvider, ToolCall
+from agent_runner.llm.types import Completion, Usage
+from agent_runner.protocol import parse_tool_result
+from agent_runner.runner import WorkerStats, create_run, select_cases, work_on_run
+from agent_runner.store import Claim, RunStore, asyncpg_dsn
+from agent_runner.trace_log import complete_blocks
+from crmbench_contracts.traces import SessionTrace, StepTrace
+from tests.agent_runner.conftest import RunServices, stratified_sample
+from tests.conftest import ADMIN_KEY
+
+
+def run_config(**values: Any) -> RunConfig:
+    return RunConfig.model_validate({"agent": "oracle", "concurrency": 4, **values})
+
+
+async def execute(
+    services: RunServices,
+    config: RunConfig,
+    out: Path | None,
+    agent: Agent,
+    *,
+    worker: str = "test-worker",
+) -> tuple[str, WorkerStats, RunStore]:
+    store = await RunStore.connect(services.database_url, pool_size=4)
+    cases = select_cases(config, list(services.cases.values()))
+    run = await create_run(store, config, cases, "test-corpus", str(out) if out else None)
+    crm = CrmApiClient(services.crm_api_url, ADMIN_KEY)
+    verifier = VerifierClient(services.verifier_url)
+    try:
+        stats = await work_on_run(
+            store=store,
+            run_id=run.run_id,
+            config=config,
+            cases=services.cases,
+            agent=agent,
+            crm=crm,
+            verifier=verifier,
+            trace_dir=out,
+            worker=worker,
+        )
+    finally:
+        await crm.aclose()
+        await verifier.aclose()
+    return run.run_id, stats, store
+
+
+def read_trace_file(path: Path) -> tuple[list[SessionTrace], list[StepTrace]]:
+    sessions, steps = [], []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record["type"] == "session":
+            sessions.append(SessionTrace.model_validate(record))
+        else:
+            steps.append(StepTrace.model_validate(record))
+    return sessions, steps
+
+
+async def test_oracle_passes_every_case_of_a_stratified_eval_sample(
+    run_services: RunServices, tmp_path: Path
+) -> None:
+    ids = stratified_sample(run_services.cases)
+    config = run_config(cases=ids)
+    run_id, stats, store = await execute(run_services, config, tmp_path, OracleAgent())
+    try:
+        traces = await store.traces(run_id)
+        progress = await store.progress(run_id)
+    finally:
+        await store.close()
+    assert stats.completed == len(ids) and progress.done == len(ids)
+    failed = [(s.case_id, s.score, s.error) for s, _ in traces if not s.passed]
+    assert failed == []
+    # The JSONL file holds the same sessions and steps as Postgres, once each.
+    sessions, steps = read_trace_file(tmp_path / "sessions.jsonl")
+    assert sorted(s.session_id for s in sessions) == sorted(s.session_id for s, _ in traces)
+    assert len(steps) == sum(len(step_list) for _, step_list in traces)
+    # Write steps carry the state change they caused, from the CRM API's change log.
+    writes = [step for step in steps if step.ok and not step.tool.endswith("_search")]
+    assert writes and any(step.state_change for step in writes)
+    assert all(s.crm_context.split == "eval" for s in sessions)
+
+
+async def test_random_agent_stays_under_ten_percent(
+    run_services: RunServices, tmp_path: Path
+) -> None:
+    ids = stratified_sample(run_services.cases, per_group=2)
+    config = run_config(agent="random", cases=ids, seed=7)
+    run_id, _, store = await execute(run_services, config, None, RandomAgent())
+    try:
+        progress = await store.progress(run_id)
+    finally:
+        await store.close()
+    assert progress.done == len(ids)
+    assert progress.passed / progress.done < 0.10
+
+
+def scripted_agent(provider: ScriptedProvider) -> LLMAgent:
+    prompt = SystemPrompt("You act for $actor_name ($actor_role). Today is $today.$guidance")
+    return LLMAgent("student", provider, "scripted", prompt)
+
+
+def turn(*calls: tuple[str, dict[str, Any]], text: str = "", tokens: int = 10) -> Completion:
+    message = Message.assistant(
+        text,
+        [ToolCall(id=f"c{i}", name=name, arguments=args) for i, (name, args) in enumerate(calls)],
+    )
+    return Completion(
+        message=message,
+        stop_reason="tool_calls" if calls else "end",
+        usage=Usage(input_tokens=tokens, output_tokens=tokens // 2),
+        cost_usd=0.001,
+        model="scripted",
+        provider="scripted",
+    )
+
+
+async def test_tool_loop_sends_results_and_refusals_back_and_records_steps(
+    run_services: RunServices,
+) -> None:
+    case_id = "CRM-00001"
+    provider = ScriptedProvider(model="scripted").then(
+        turn(("client_search", {"criteria": {"name": "Quarry Software"}})),
+        turn(("create_new_client", {"name": ""})),
+        turn(text="Emberton Onboarding Package belongs to Emberton Pharma, not Quarry Software."),
+    )
+    config = run_config(
+        agent="student",
+        cases=[case_id],
+        providers={"student": {"provider": "scripted", "model": "scripted"}},
+    )
+    run_id, _, store = await execute(run_services, config, None, scripted_agent(provider))
+    try:
+        [(session, steps)] = await store.traces(run_id)
+    finally:
+        await store.close()
+    assert [s.tool for s in steps] == ["client_search", "create_new_client"]
+    assert steps[0].ok and steps[0].result["items"]
+    assert not steps[1].ok and steps[1].error is not None and steps[1].status == 422
+    # The model saw the refusal with its machine code, as the next call's tool message.
+    third_call = provider.calls[2]
+    ok, body = parse_tool_result(third_call.messages[-1].content)
+    assert not ok and body["code"] == steps[1].error["code"]
+    assert "Today is" in (third_call.system or "")
+    assert session.outcome == "completed" and session.passed
+    assert session.token_usage["student"].calls == 3
+    assert session.token_usage["student"].input_tokens == 30
+    assert session.cost_usd == pytest.approx(0.003)
+    assert steps[0].tokens.input_tokens == 10 and steps[0].llm_latency_ms >= 0
+
+
+async def test_step_limit_and_token_budget_end_the_episode(run_services: RunServices) -> None:
+    looping = ScriptedProvider(model="scripted").when(
+        lambda _: True, turn(("client_search", {"criteria": {"name": "Quarry"}}))
+    )
+    config = run_config(
+        agent="student",
+        cases=["CRM-00001"],
+        limits={"max_steps": 3},
+        providers={"student": {"provider": "scripted", "model": "scripted"}},
+    )
+    run_id, _, store = await execute(run_services, config, None, scripted_agent(looping))
+    try:
+        [(session, steps)] = await store.traces(run_id)
+    finally:
+        await store.close()
+    assert session.outcome == "step_limit" and len(steps) == 3
+    assert "step limit" in (session.error or "")
+
+    greedy = ScriptedProvider(model="scripted").when(
+        lambda _: True, turn(("client_search", {"criteria": {"name": "Quarry"}}), tokens=400)
+    )
+    config = run_config(
+        agent="student",
+        cases=["CRM-00001"],
+        limits={"max_tokens": 1000},
+        providers={"student": {"provider": "scripted", "model": "scripted"}},
+    )
+    run_id, _, store = await execute(run_services, config, None, scripted_agent(greedy))
+    try:
+        [(session, steps)] = await store.traces(run_id)
+    finally:
+        await store.close()
+    assert session.outcome == "token_budget" and len(steps) == 1
+    assert not session.passed
+
+
+async def test_a_failed_model_call_is_an_agent_error_that_is_still_scored(
+    run_services: RunServices,
+) -> None:
+    empty = ScriptedProvider(model="scripted")  # raises script_exhausted on the first call
+    config = run_config(
+        agent="student",
+        cases=["CRM-00001"],
+        providers={"student": {"provider": "scripted", "model": "scripted"}},
+    )
+    run_id, _, store = await execute(run_services, config, None, scripted_agent(empty))
+    try:
+        [(session, _)] = await store.traces(run_id)
+    finally:
+        await store.close()
+    assert session.outcome == "agent_error" and "script_exhausted" in (session.error or "")
+    assert session.reward is not None and not session.passed
+
+
+async def test_an_unreachable_verifier_is_a_harness_error(
+    run_services: RunServices,
+) -> None:
+    broken = RunServices(
+        run_services.database_url,
+        run_services.crm_api_url,
+        "http://127.0.0.1:9",  # nothing listens on the discard port
+        run_services.cases,
+    )
+    run_id, _, store = await execute(broken, run_config(cases=["CRM-00002"]), None, OracleAgent())
+    try:
+        [(session, _)] = await store.traces(run_id)
+    finally:
+        await store.close()
+    assert session.outcome == "harness_error" and "verifier" in (session.error or "")
+
+
+async def test_claims_of_a_dead_worker_are_taken_over_and_its_late_result_is_dropped(
+    run_services: RunServices,
+) -> None:
+    config = run_config(cases=["CRM-00003"])
+    dead = await RunStore.connect(run_services.database_url, pool_size=1)
+    cases = select_cases(config, list(run_services.cases.values()))
+    run = await create_run(dead, config, cases, "test", None)
+    claim = await dead.claim(run.run_id, "dead-worker", lease_seconds=3600)
+    assert claim is not None
+    live = await RunStore.connect(run_services.database_url, pool_size=1)
+    try:
+        # While the first worker's liveness connection is open, its claim is held.
+        assert await live.claim(run.run_id, "live-worker", 3600) is None
+        assert dead._liveness is not None
+        await dead._liveness.close()
+        taken: Claim | None = None
+        for _ in range(50):  # the backend exits as soon as it sees the socket close
+            taken = await live.claim(run.run_id, "live-worker", 3600)
+            if taken is not None:
+                break
+            conn = await asyncpg.connect(asyncpg_dsn(run_services.database_url))
+            await conn.execute("SELECT pg_sleep(0.05)")
+            await conn.close()
+        assert taken is not None and taken.attempts == 2
+        session = SessionTrace.model_validate(
+            {
+                "session_id": f"{run.run_id}/CRM-00003/0",
+                "run_id": run.run_id,
+                "case_id": "CRM-00003",
+                "trial": 0,
+                "agent": "oracle",
+                "task": "t",
+                "outcome": "completed",
+                "crm_context": {
+                    "case_id": "CRM-00003",
+                    "task_category": "x",
+                    "workflow": "x",
+                    "difficulty": "simple",
+                    "split": "eval",
+                },
+                "started_at": "2026-11-27T00:00:00Z",
+                "ended_at": "2026-11-27T00:00:01Z",
+                "wall_ms": 1000,
+                "agent_ms": 0,
+            }
+        )
+        # The presumed-dead worker finishes late: its result must not count.
+        assert not await dead.complete(claim, "dead-worker", session, [])
+        assert await live.complete(taken, "live-worker", session, [])
+        assert (await live.progress(run.run_id)).done == 1
+        assert len(await live.traces(run.run_id)) == 1
+    finally:
+        await dead.pool.close()
+        await live.close()
+
+
+def test_trace_blocks_drop_a_cut_off_episode_and_repeats() -> None:
+    def block(session_id: str, steps: int) -> bytes:
+        head = json.dumps(
+            {"type": "session", "session_id": session_id, "steps": steps}, separators=(",", ":")
+        )
+        lines = [head] + [json.dumps({"type": "step", "step_id": i}) for i in range(1, steps + 1)]
+        return ("\n".join(lines) + "\n").encode()
+
+    good = block("a", 2) + block("b", 0)
+    blocks, damaged = complete_blocks(good)
+    assert [sid for sid, _ in blocks] == ["a", "b"] and not damaged
+    cut = good + block("c", 3)[:-30]
+    blocks, damaged = complete_blocks(cut)
+    assert [sid for sid, _ in blocks] == ["a", "b"] and damaged
+    repeated = good + block("a", 2)
+    blocks, damaged = complete_blocks(repeated)
+    assert [sid for sid, _ in blocks] == ["a", "b"] and damaged
