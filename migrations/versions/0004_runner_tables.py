@@ -28,6 +28,7 @@ def upgrade() -> None:
             package_version text NOT NULL,
             out_dir text,
             total_items integer NOT NULL,
+            error text,
             created_at timestamptz NOT NULL DEFAULT now(),
             finished_at timestamptz
         )

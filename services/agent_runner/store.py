@@ -44,6 +44,7 @@ class RunRow:
     package_version: str
     out_dir: str | None
     total_items: int
+    error: str | None
     created_at: Any
     finished_at: Any
 
