@@ -290,6 +290,43 @@ def serve_verifier(
     uvicorn.run("verifier.app:create_app", factory=True, host=host, port=port, log_level=log_level)
 
 
+@serve_app.command("simulated-llm")
+@friendly_errors
+def serve_simulated_llm(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8004,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="Error rates and guidance effects (YAML)."),
+    ] = None,
+    latency_ms: Annotated[
+        float | None,
+        typer.Option("--latency-ms", help="Added wall time per model call.", min=0),
+    ] = None,
+    corpus_dir: Annotated[
+        Path | None, typer.Option("--corpus-dir", help="Folder with cases.jsonl.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve the simulated LLM: an OpenAI-compatible endpoint (/v1) playing a seeded,
+    imperfect model that knows each case (sent as a header by the simulated agent)."""
+    import uvicorn
+
+    from agent_runner.simulated import SimulatedLLMConfig, create_simulated_app
+    from agent_runner.simulated.config import default_config_path
+    from crmbench_corpus.store import load_index
+
+    settings = SimulatedLLMConfig.from_yaml(config or default_config_path())
+    if latency_ms is not None:
+        settings = settings.model_copy(update={"latency_ms": latency_ms})
+    app_ = create_simulated_app(settings, load_index(corpus_dir))
+    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    typer.echo(f"simulated LLM listening on http://{shown}:{port}/v1")
+    typer.echo(f"  seed {settings.seed}, {settings.latency_ms:.0f} ms added per call")
+    sys.stdout.flush()
+    uvicorn.run(app_, host=host, port=port, log_level=log_level)
+
+
 def _read_json_file(path: Path, what: str) -> Any:
     try:
         text = path.read_text(encoding="utf-8")

@@ -12,8 +12,9 @@ import json
 from typing import Any
 
 CASE_HEADER = "X-Crmbench-Case-Id"
-"""Sent on every model call of an episode when the provider config asks for it
-(`send_case_headers: true`, the simulated LLM only): which case the episode is."""
+"""Sent on every model call of an episode by agents built with `send_case_headers`
+(the simulated agent only): which case the episode is, so the simulated LLM knows the
+case's intent. Real models never get it."""
 TRIAL_HEADER = "X-Crmbench-Trial"
 """Sent with CASE_HEADER: the trial number, so a seeded policy differs per trial."""
 

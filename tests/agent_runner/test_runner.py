@@ -25,6 +25,8 @@ from crmbench_contracts.traces import SessionTrace, StepTrace
 from tests.agent_runner.conftest import RunServices, stratified_sample
 from tests.conftest import ADMIN_KEY
 
+BASE_PROMPT = (Path(__file__).parents[2] / "config/prompts/agent_system.md").read_text()
+
 
 def run_config(**values: Any) -> RunConfig:
     return RunConfig.model_validate({"agent": "oracle", "concurrency": 4, **values})
@@ -308,3 +310,52 @@ def test_trace_blocks_drop_a_cut_off_episode_and_repeats() -> None:
     repeated = good + block("a", 2)
     blocks, damaged = complete_blocks(repeated)
     assert [sid for sid, _ in blocks] == ["a", "b"] and damaged
+
+
+async def test_simulated_student_passes_exactly_when_its_configured_draws_say_so(
+    run_services: RunServices, tmp_path: Path
+) -> None:
+    """The simulated LLM, served over HTTP and reached through the OpenAI SDK, on every
+    20th eval case, through the real runner, CRM API and verifier: an episode passes
+    exactly when the policy drew no mistake, or drew a trap it recovers from. So the
+    measured pass rate recovers the configured rates (the whole eval split is checked in
+    the acceptance run, see README)."""
+    from agent_runner.agents.factory import build_agent
+    from agent_runner.simulated import SimulatedLLMConfig, SimulatedPolicy
+    from agent_runner.simulated.config import default_config_path
+    from agent_runner.simulated.server import running_simulated_llm
+
+    eval_ids = [c.case_id for c in run_services.cases.values() if c.split == "eval"]
+    ids = eval_ids[::20]
+    sim_config = SimulatedLLMConfig.from_yaml(default_config_path())
+    config = run_config(agent="simulated", cases=ids, concurrency=8)
+    with running_simulated_llm(sim_config, run_services.cases) as url:
+        agent = build_agent(config, simulated_url=url)
+        run_id, _, store = await execute(run_services, config, tmp_path, agent)
+    try:
+        traces = await store.traces(run_id)
+    finally:
+        await store.close()
+    sessions = [s for s, _ in traces]
+    assert len(sessions) == len(ids)
+    assert all(s.outcome == "completed" for s in sessions)
+
+    policy = SimulatedPolicy(sim_config, run_services.cases)
+    system = BASE_PROMPT
+
+    def predicted(case_id: str, trial: int) -> bool:
+        case = run_services.cases[case_id]
+        if not policy.decide(case, trial, system).mistake:
+            return True
+        if case.failure is None:
+            return False
+        refused = any(a.expect_error for a in case.failure.trap.naive_actions)
+        rule = sim_config.category_rule(case.failure.category)
+        return refused and policy.draw(case_id, trial, "recovery") < rule.recovery_rate
+
+    wrong = [s.case_id for s in sessions if s.passed != predicted(s.case_id, s.trial)]
+    assert wrong == []
+    assert 0 < sum(s.passed for s in sessions) < len(sessions)  # both outcomes occur
+    # It is a model as far as the harness knows: tokens and cost are accounted.
+    assert all(s.token_usage["student"].calls >= 1 for s in sessions)
+    assert all(s.cost_usd is not None and s.cost_usd > 0 for s in sessions)
