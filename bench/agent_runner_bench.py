@@ -230,19 +230,24 @@ def main() -> int:
 
     database_url = os.environ.get("DATABASE_URL") or fresh_database(args.database_url)
     created = "DATABASE_URL" not in os.environ
-    subprocess.run([CRMBENCH, "db", "migrate"], env={**os.environ, "DATABASE_URL": database_url}, check=True)
+    subprocess.run(
+        [CRMBENCH, "db", "migrate"], env={**os.environ, "DATABASE_URL": database_url}, check=True
+    )
     corpus = load_cases()
     index = {case.case_id: case for case in corpus}
     results: list[dict[str, Any]] = []
     try:
-        with tempfile.TemporaryDirectory() as logs, services(
-            database_url, args.latency_ms, Path(logs)
-        ) as urls:
+        with (
+            tempfile.TemporaryDirectory() as logs,
+            services(database_url, args.latency_ms, Path(logs)) as urls,
+        ):
             print(HEADER)
             for level in [int(c) for c in args.oracle_concurrency.split(",")]:
                 config = RunConfig(agent="oracle", concurrency=level, limit=args.oracle_limit)
                 cases = select_cases(config, corpus)
-                result = asyncio.run(measure(database_url, urls, cases, OracleAgent(), config, index))
+                result = asyncio.run(
+                    measure(database_url, urls, cases, OracleAgent(), config, index)
+                )
                 results.append(result)
                 print(row(result), flush=True)
             base: float | None = None
@@ -274,7 +279,9 @@ def main() -> int:
         )
     print(json.dumps({"latency_ms": args.latency_ms, "results": results}))
     if args.json:
-        args.json.write_text(json.dumps({"latency_ms": args.latency_ms, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps({"latency_ms": args.latency_ms, "results": results}, indent=2)
+        )
     incomplete = [r for r in results if r["completed"] != r["episodes"] or r["harness_errors"]]
     return 1 if incomplete else 0
 

@@ -34,29 +34,53 @@ class RunEnvironment:
 
 
 def _corpus_dir(config: Any) -> Path:
-    from crmbench_corpus.store import default_corpus_dir
+    from agent_runner.corpus import corpus_dir_of
 
-    return config.resolve_path(config.corpus_dir) if config.corpus_dir else default_corpus_dir()
+    return corpus_dir_of(config)
+
+
+@dataclass
+class ServiceUrls:
+    crm_api_url: str
+    admin_key: str
+    verifier_url: str
+    started_here: list[str]
+    """The services started by this process (the others came from the environment)."""
 
 
 @contextlib.contextmanager
-def run_environment(config: Any, database_url: str, cases: list[Any]) -> Iterator[RunEnvironment]:
-    """The services of a run: configured ones by URL, the others started here."""
+def service_environment(database_url: str, corpus_dir: Path) -> Iterator[ServiceUrls]:
+    """The CRM API and the verifier: configured ones by URL (CRMBENCH_CRM_API_URL with
+    CRMBENCH_ADMIN_KEY, CRMBENCH_VERIFIER_URL), the others started here on the database,
+    with the corpus in `corpus_dir` loaded into it."""
     from crmbench.cases_cli import load_corpus_into
     from crmbench.local_services import running_crm_api, running_verifier
 
     with contextlib.ExitStack() as stack:
+        started: list[str] = []
         crm_url = os.environ.get("CRMBENCH_CRM_API_URL")
         admin_key = os.environ.get("CRMBENCH_ADMIN_KEY")
         if crm_url and not admin_key:
             raise fail("CRMBENCH_CRM_API_URL is set but CRMBENCH_ADMIN_KEY is not")
         if not crm_url:
-            load_corpus_into(database_url, _corpus_dir(config))
+            load_corpus_into(database_url, corpus_dir)
             crm_url, admin_key = stack.enter_context(running_crm_api(database_url))
+            started.append("crm_api")
         assert admin_key is not None
-        verifier_url = os.environ.get("CRMBENCH_VERIFIER_URL") or stack.enter_context(
-            running_verifier(crm_url, admin_key, str(_corpus_dir(config)))
-        )
+        verifier_url = os.environ.get("CRMBENCH_VERIFIER_URL")
+        if not verifier_url:
+            verifier_url = stack.enter_context(
+                running_verifier(crm_url, admin_key, str(corpus_dir))
+            )
+            started.append("verifier")
+        yield ServiceUrls(crm_url, admin_key, verifier_url, started)
+
+
+@contextlib.contextmanager
+def run_environment(config: Any, database_url: str, cases: list[Any]) -> Iterator[RunEnvironment]:
+    """The services of a run: configured ones by URL, the others started here."""
+    with contextlib.ExitStack() as stack:
+        services = stack.enter_context(service_environment(database_url, _corpus_dir(config)))
         simulated_url: str | None = None
         if config.agent == "simulated":
             simulated_url = config.simulated.url or os.environ.get("CRMBENCH_SIMULATED_LLM_URL")
@@ -70,7 +94,13 @@ def run_environment(config: Any, database_url: str, cases: list[Any]) -> Iterato
                 simulated_url = stack.enter_context(
                     running_simulated_llm(sim_config, {case.case_id: case for case in cases})
                 )
-        yield RunEnvironment(database_url, crm_url, admin_key, verifier_url, simulated_url)
+        yield RunEnvironment(
+            database_url,
+            services.crm_api_url,
+            services.admin_key,
+            services.verifier_url,
+            simulated_url,
+        )
 
 
 class ProgressDisplay:
@@ -236,8 +266,10 @@ def run_command(
     Killed or interrupted, the same command (same --out) resumes where it stopped; more
     processes given the same --out (or --join RUN_ID) share the work.
     """
+    from agent_runner.agents.factory import build_agent
     from agent_runner.config import load_run_config
     from agent_runner.llm.base import LLMError
+    from agent_runner.runner import RunFiles
     from agent_runner.store import RunNotFound
     from crm_api.migrate import migrate
     from crm_api.settings import CrmApiSettings
@@ -254,6 +286,12 @@ def run_command(
     }
     flags_given = any(value is not None for value in overrides.values())
     config = load_run_config(config_file, overrides)
+    if join is None and not RunFiles(out).run_file.exists():
+        # Build the agent once now: a missing API key fails before a run is queued.
+        try:
+            build_agent(config, simulated_url="http://127.0.0.1/unused")
+        except LLMError as exc:
+            raise fail(str(exc)) from None
     database_url = resolve_database_url()
     migrate(database_url, CrmApiSettings().world_seed)
     try:

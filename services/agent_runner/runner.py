@@ -30,7 +30,13 @@ from agent_runner.llm.types import ToolSpec
 from agent_runner.store import Claim, RunRow, RunStore
 from agent_runner.trace_log import TRACE_FILE, TraceLog
 from crmbench_contracts.cases import Case
-from crmbench_contracts.traces import CrmContext, SessionTrace, StepTrace, TokenUsage
+from crmbench_contracts.traces import (
+    CrmContext,
+    EpisodeOutcome,
+    SessionTrace,
+    StepTrace,
+    new_usage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +207,7 @@ class EpisodeRunner:
         ctx: EpisodeContext | None = None
         episode_id: str | None = None
         final_reply = ""
-        outcome = "completed"
+        outcome: EpisodeOutcome = "completed"
         error: str | None = None
         reward = None
         try:
@@ -241,7 +247,7 @@ class EpisodeRunner:
             outcome, error, reward = "harness_error", f"{type(exc).__name__}: {exc}", None
         wall_ms = (time.perf_counter() - clock) * 1000
         steps = ctx.steps if ctx is not None else []
-        usage = ctx.usage if ctx is not None else {"student": TokenUsage(), "teacher": TokenUsage()}
+        usage = ctx.usage if ctx is not None else new_usage()
         session = SessionTrace(
             session_id=session_id,
             run_id=self.run_id,
@@ -252,7 +258,7 @@ class EpisodeRunner:
             episode_id=episode_id,
             task="\n\n".join(turn.content for turn in case.turns),
             final_answer=final_reply,
-            outcome=outcome,  # type: ignore[arg-type]
+            outcome=outcome,
             error=error,
             steps=len(steps),
             score=reward.score if reward else 0.0,
