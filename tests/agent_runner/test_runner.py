@@ -22,7 +22,8 @@ from agent_runner.runner import WorkerStats, create_run, select_cases, work_on_r
 from agent_runner.store import Claim, RunStore, asyncpg_dsn
 from agent_runner.trace_log import complete_blocks
 from crmbench_contracts.traces import SessionTrace, StepTrace
-from tests.agent_runner.conftest import RunServices, stratified_sample
+from tests.agent_runner.conftest import ApiUnderTest, RunServices, stratified_sample
+from tests.agent_runner.fake_llm_servers import anthropic_reply, openai_reply
 from tests.conftest import ADMIN_KEY
 
 BASE_PROMPT = (Path(__file__).parents[2] / "config/prompts/agent_system.md").read_text()
@@ -359,3 +360,54 @@ async def test_simulated_student_passes_exactly_when_its_configured_draws_say_so
     # It is a model as far as the harness knows: tokens and cost are accounted.
     assert all(s.token_usage["student"].calls >= 1 for s in sessions)
     assert all(s.cost_usd is not None and s.cost_usd > 0 for s in sessions)
+
+
+async def test_student_and_teacher_play_an_episode_through_their_real_sdks(
+    run_services: RunServices, api: ApiUnderTest
+) -> None:
+    """The OpenAI (student) and Anthropic (teacher) agents, built from a run config as
+    `crmbench run` builds them, against local servers speaking each API."""
+    from agent_runner.agents.factory import build_agent
+
+    search = {"criteria": {"name": "Quarry Software"}}
+    reply = "That deal belongs to Emberton Pharma, not Quarry Software, so I did not draft it."
+    if api.provider == "openai":
+        call = {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "client_search", "arguments": json.dumps(search)},
+        }
+        api.fake.script(openai_reply(None, tool_calls=[call]), openai_reply(reply))
+    else:
+        api.fake.script(
+            anthropic_reply(
+                [{"type": "tool_use", "id": "toolu_1", "name": "client_search", "input": search}],
+                stop_reason="tool_use",
+            ),
+            anthropic_reply([{"type": "text", "text": reply}]),
+        )
+    agent_name = "student" if api.provider == "openai" else "teacher"
+    config = run_config(
+        agent=agent_name,
+        cases=["CRM-00001"],
+        providers={agent_name: api.config().model_dump()},
+    )
+    run_id, _, store = await execute(run_services, config, None, build_agent(config))
+    try:
+        [(session, steps)] = await store.traces(run_id)
+    finally:
+        await store.close()
+    assert session.passed and session.model == api.model
+    assert [(s.tool, s.ok) for s in steps] == [("client_search", True)]
+    usage = session.token_usage["student" if agent_name == "student" else "teacher"]
+    assert usage.calls == 2 and usage.input_tokens == 20
+    assert session.cost_usd is not None and session.cost_usd > 0
+    first, second = api.fake.received
+    crm = CrmApiClient(run_services.crm_api_url, ADMIN_KEY)
+    try:
+        offered = await crm.tool_specs()
+    finally:
+        await crm.aclose()
+    assert len(first.body["tools"]) == len(offered)
+    # The tool's real result went back to the model in the second request.
+    assert "Quarry Software" in json.dumps(second.body["messages"][-1])
