@@ -17,6 +17,7 @@ from crmbench.errors import fail, friendly_errors
 from crmbench.postgres import resolve_database_url
 from crmbench.results_cli import register as register_results
 from crmbench.run_cli import register as register_run
+from crmbench.serve_runner_cli import register as register_serve_runner
 
 app = typer.Typer(
     help="crm-bench: a CRM benchmark for tool-calling LLM agents.",
@@ -34,6 +35,7 @@ app.add_typer(openapi_app, name="openapi")
 app.add_typer(cases_app, name="cases")
 register_run(app)
 register_results(app)
+register_serve_runner(serve_app)
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

@@ -492,3 +492,111 @@ def test_command_is_a_real_cli_subcommand(which: str) -> None:
     assert result.exit_code == 0, f"{argv}: exit {result.exit_code}\n{result.output}"
     if "--host" in argv:
         assert "--host" in result.output and "--port" in result.output
+
+
+# --------------------------------------------------------------------------- agent_runner
+
+RUNNER_SERVICE = "agent_runner"
+RUNNER_PORT = 8003
+VERIFIER_SERVICE = "verifier"
+VERIFIER_PORT = 8001
+
+
+def test_agent_runner_uses_the_shared_image_and_serves_on_its_port() -> None:
+    runner, api = _service(RUNNER_SERVICE), _service(API_SERVICE)
+    assert runner.get("build") == api.get("build") and runner.get("image") == api.get("image")
+    argv = _as_argv(runner["command"])
+    assert argv[:3] == ["crmbench", "serve", "agent-runner"], argv
+    assert argv[argv.index("--host") + 1] == "0.0.0.0"
+    assert int(argv[argv.index("--port") + 1]) == RUNNER_PORT
+    assert runner.get("restart") == "unless-stopped"
+
+
+def test_agent_runner_command_is_a_real_cli_subcommand() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    app = importlib.import_module("crmbench.cli").app
+    assert isinstance(app, typer.Typer)
+    argv = _as_argv(_service(RUNNER_SERVICE)["command"])
+    result = CliRunner().invoke(app, [*argv[1:], "--help"])
+    assert result.exit_code == 0, f"{argv}: exit {result.exit_code}\n{result.output}"
+    assert "--host" in result.output and "--port" in result.output
+
+
+def test_agent_runner_reaches_the_other_services() -> None:
+    env = _service(RUNNER_SERVICE)["environment"]
+    assert isinstance(env, dict), "use the mapping form of environment"
+    assert env["DATABASE_URL"] == _service(API_SERVICE)["environment"]["DATABASE_URL"]
+    crm = urlsplit(env["CRMBENCH_CRM_API_URL"])
+    assert (crm.hostname, crm.port) == (API_SERVICE, API_PORT)
+    verifier = urlsplit(env["CRMBENCH_VERIFIER_URL"])
+    assert (verifier.hostname, verifier.port) == (VERIFIER_SERVICE, VERIFIER_PORT)
+    verifier_argv = _as_argv(_service(VERIFIER_SERVICE)["command"])
+    assert int(verifier_argv[verifier_argv.index("--port") + 1]) == VERIFIER_PORT
+    # The runner opens episodes with the admin key the CRM API checks.
+    assert env["CRMBENCH_ADMIN_KEY"] == _service(API_SERVICE)["environment"]["CRMBENCH_ADMIN_KEY"]
+    overridden = _compose({"CRMBENCH_ADMIN_KEY": "k3y"})["services"]
+    assert overridden[RUNNER_SERVICE]["environment"]["CRMBENCH_ADMIN_KEY"] == "k3y"
+    assert overridden[API_SERVICE]["environment"]["CRMBENCH_ADMIN_KEY"] == "k3y"
+
+
+def test_agent_runner_passes_provider_keys_through_from_the_host() -> None:
+    for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        assert _service(RUNNER_SERVICE)["environment"][key] == "", f"{key} has a default value"
+        services = _compose({key: "sk-from-host"})["services"]
+        assert services[RUNNER_SERVICE]["environment"][key] == "sk-from-host"
+    # No key is written into the file itself.
+    assert not any("sk-" in value for value in _strings(_raw_compose()))
+
+
+def test_agent_runner_waits_for_healthy_dependencies() -> None:
+    depends_on = _service(RUNNER_SERVICE).get("depends_on")
+    assert isinstance(depends_on, dict), "use the long form of depends_on (with a condition)"
+    for name in (DB_SERVICE, API_SERVICE, VERIFIER_SERVICE):
+        assert depends_on.get(name, {}).get("condition") == "service_healthy", name
+
+
+def test_agent_runner_healthcheck_hits_its_own_port() -> None:
+    runner = _service(RUNNER_SERVICE)
+    joined = " ".join(_healthcheck_argv(runner)[1:])
+    assert "python" in joined and "urllib" in joined
+    assert f"http://127.0.0.1:{RUNNER_PORT}/health" in joined
+    assert runner["environment"].get("CRMBENCH_HEALTH_PORT") == str(RUNNER_PORT)
+
+
+def test_agent_runner_can_be_scaled() -> None:
+    # `docker compose up --scale agent_runner=4`: no fixed name, no fixed host port.
+    runner = _service(RUNNER_SERVICE)
+    assert "container_name" not in runner, "a fixed container_name prevents scaling"
+    for entry in runner.get("ports") or []:
+        if isinstance(entry, dict):
+            host = str(entry.get("published", ""))
+        else:
+            parts = str(entry).split(":")
+            host = parts[-2] if len(parts) >= 2 else ""
+        assert host == "" or "-" in host, f"fixed host port {host} breaks --scale"
+    assert _published_container_ports(runner) <= {RUNNER_PORT}
+
+
+def test_agent_runner_keeps_runs_on_a_named_volume() -> None:
+    runner = _service(RUNNER_SERVICE)
+    runs_dir = runner["environment"]["CRMBENCH_RUNS_DIR"]
+    mounts = {}
+    for mount in runner.get("volumes") or []:
+        source, _, target = str(mount).partition(":")
+        mounts[target.split(":")[0]] = source
+    assert runs_dir in mounts, f"{runs_dir} is not on a volume"
+    assert mounts[runs_dir] in (_compose().get("volumes") or {}), "volume not declared"
+    # The image creates the directory for its non-root user, so the volume is writable.
+    run_args = " ".join(_args_of("RUN"))
+    assert f"mkdir -p {runs_dir}" in run_args and "chown" in run_args
+
+
+def test_dockerfile_ships_what_the_runner_reads() -> None:
+    sources = {src.rstrip("/") for src, _ in _copy_sources()}
+    for needed in ("config", "corpus", "contracts"):
+        assert needed in sources, f"{needed} is not copied into the image"
+    assert "services" in sources or "services/agent_runner" in sources
+    assert (ROOT / "config" / "run.yaml").is_file()
+    assert (ROOT / "corpus" / "cases" / "cases.jsonl").is_file()

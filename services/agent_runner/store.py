@@ -167,6 +167,38 @@ class RunStore:
             run_id,
         )
 
+    async def next_open_run(self) -> RunRow | None:
+        """The oldest run with no recorded error and an item some worker could claim now
+        (the rule of `claim`: pending, or held by a dead or expired worker)."""
+        row = await self.pool.fetchrow(
+            """
+            SELECT r.* FROM runner.runs AS r
+            WHERE r.error IS NULL AND r.finished_at IS NULL
+              AND EXISTS (SELECT 1 FROM runner.run_items AS q
+                          WHERE q.run_id = r.run_id
+                            AND (q.status = 'pending'
+                                 OR (q.status = 'running'
+                                     AND (q.lease_until < now()
+                                          OR NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
+                                                         WHERE a.pid = q.worker_pid)))))
+            ORDER BY r.created_at, r.run_id
+            LIMIT 1
+            """
+        )
+        if row is None:
+            return None
+        values = dict(row)
+        values["config"] = json.loads(values["config"])
+        return RunRow(**values)
+
+    async def record_error(self, run_id: str, error: str) -> None:
+        """Marks the run as one no worker can play (the first reason is kept)."""
+        await self.pool.execute(
+            "UPDATE runner.runs SET error = $2 WHERE run_id = $1 AND error IS NULL",
+            run_id,
+            error,
+        )
+
     # ------------------------------------------------------------------ queue
 
     async def claim(self, run_id: str, worker: str, lease_seconds: float) -> Claim | None:
@@ -303,6 +335,34 @@ class RunStore:
             cost_usd=float(row["cost_usd"]),
         )
 
+    async def progress_of(self, run_ids: Sequence[str]) -> dict[str, Progress]:
+        """`progress` of several runs in one query (runs without items are left out)."""
+        rows = await self.pool.fetch(
+            """
+            SELECT run_id,
+                   count(*) AS total,
+                   count(*) FILTER (WHERE status = 'done') AS done,
+                   count(*) FILTER (WHERE status = 'running') AS running,
+                   count(*) FILTER (WHERE passed) AS passed,
+                   count(*) FILTER (WHERE outcome = 'harness_error') AS harness_errors,
+                   coalesce(sum(cost_usd), 0) AS cost_usd
+            FROM runner.run_items WHERE run_id = ANY($1::text[])
+            GROUP BY run_id
+            """,
+            list(run_ids),
+        )
+        return {
+            row["run_id"]: Progress(
+                total=row["total"],
+                done=row["done"],
+                running=row["running"],
+                passed=row["passed"],
+                harness_errors=row["harness_errors"],
+                cost_usd=float(row["cost_usd"]),
+            )
+            for row in rows
+        }
+
     # ------------------------------------------------------------------ telemetry
 
     async def traces(
@@ -340,6 +400,19 @@ class RunStore:
             )
             for row in sessions
         ]
+
+    async def sessions(self, run_id: str) -> list[SessionTrace]:
+        """The run's sessions without their steps, in queue order (for reports)."""
+        rows = await self.pool.fetch(
+            """
+            SELECT s.record FROM runner.sessions AS s
+            JOIN runner.run_items AS i USING (run_id, case_id, trial)
+            WHERE s.run_id = $1
+            ORDER BY i.seq
+            """,
+            run_id,
+        )
+        return [SessionTrace.model_validate_json(row["record"]) for row in rows]
 
     async def session_ids(self, run_id: str) -> set[str]:
         rows = await self.pool.fetch(

@@ -1,0 +1,91 @@
+"""`crmbench serve agent-runner`: the agent runner as an HTTP service (POST /runs, GET
+/runs/{id}) whose worker plays queued episodes.
+
+Like `crmbench run`, it uses the CRM API and the verifier named by CRMBENCH_CRM_API_URL
+(with CRMBENCH_ADMIN_KEY) and CRMBENCH_VERIFIER_URL, and starts any that is not set in
+this process for its lifetime, on DATABASE_URL or the embedded Postgres.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Annotated
+
+import typer
+
+from crmbench.errors import friendly_errors
+
+
+def register(serve_app: typer.Typer) -> None:
+    serve_app.command("agent-runner")(serve_agent_runner)
+
+
+@friendly_errors
+def serve_agent_runner(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8003,
+    work: Annotated[
+        bool | None,
+        typer.Option(
+            "--work/--no-work",
+            help="Play queued episodes here, or only serve the API (default: CRMBENCH_WORK, "
+            "else on).",
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve the agent runner: POST /runs queues a run, GET /runs/{id} reports it.
+
+    Every replica on the same database shares every run (and so does `crmbench run`).
+    """
+    import uvicorn
+    from sqlalchemy.engine import make_url
+
+    from agent_runner.app import create_app
+    from agent_runner.config import load_run_config
+    from agent_runner.corpus import corpus_dir_of
+    from agent_runner.settings import AgentRunnerSettings
+    from crm_api.migrate import migrate
+    from crm_api.settings import CrmApiSettings
+    from crmbench.postgres import resolve_database_url
+    from crmbench.run_cli import service_environment
+
+    settings = AgentRunnerSettings()
+    if work is not None:
+        settings = settings.model_copy(update={"work": work})
+    # A bad run config fails here, in one line, before any service starts.
+    config = load_run_config(settings.run_config)
+    database_url = resolve_database_url()
+    migrate(database_url, CrmApiSettings().world_seed)
+    with service_environment(database_url, corpus_dir_of(config)) as services:
+        settings = settings.model_copy(
+            update={
+                "database_url": database_url,
+                "crm_api_url": services.crm_api_url,
+                "admin_key": services.admin_key,
+                "verifier_url": services.verifier_url,
+            }
+        )
+        app = create_app(settings)
+        shown = "localhost" if host in ("0.0.0.0", "::") else host
+
+        def origin(name: str) -> str:
+            return "started here" if name in services.started_here else "configured"
+
+        typer.echo(f"agent_runner listening on http://{shown}:{port}")
+        typer.echo(f"  API docs:  http://{shown}:{port}/docs")
+        typer.echo(f"  CRM API:   {services.crm_api_url} ({origin('crm_api')})")
+        typer.echo(f"  verifier:  {services.verifier_url} ({origin('verifier')})")
+        typer.echo(f"  database:  {make_url(database_url).render_as_string(hide_password=True)}")
+        typer.echo(f"  run config: {settings.run_config}")
+        typer.echo(f"  runs dir:  {settings.runs_dir.absolute()}")
+        typer.echo(
+            "  worker:    plays queued episodes"
+            if settings.work
+            else "  worker:    off (API only; another replica plays the runs)"
+        )
+        sys.stdout.flush()
+        # uvicorn shuts down cleanly on Ctrl-C, then re-raises it: that is a normal stop.
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.run(app, host=host, port=port, log_level=log_level)
