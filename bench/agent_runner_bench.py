@@ -32,12 +32,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 from sqlalchemy.engine import make_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,8 @@ from crmbench_contracts.cases import Case  # noqa: E402
 from crmbench_corpus.store import load_cases  # noqa: E402
 
 HARNESS_SHARE_TARGET = 0.05
+PIDS: dict[str, int] = {}
+"""Service name -> pid of its subprocess, for CPU accounting."""
 CRMBENCH = str(Path(sys.executable).parent / "crmbench")
 
 
@@ -111,6 +114,7 @@ def services(database_url: str, latency_ms: float, log_dir: Path) -> Iterator[di
         log = (log_dir / f"{name}.log").open("wb")
         process = subprocess.Popen([CRMBENCH, *args], env={**env, **extra}, stdout=log, stderr=log)
         processes.append(process)
+        PIDS[name] = process.pid
         return process
 
     try:
@@ -147,19 +151,40 @@ def services(database_url: str, latency_ms: float, log_dir: Path) -> Iterator[di
                 process.kill()
 
 
+def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    """CPU time used so far by each service process and by all Postgres processes."""
+    used = {}
+    for name, process in processes.items():
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            used[name] = times.user + times.system
+    total = 0.0
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] == "postgres":
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+    used["postgres"] = total
+    return used
+
+
 async def measure(
     database_url: str,
     urls: dict[str, str],
     cases: list[Case],
-    agent: Agent,
+    make_agent: Callable[[], Agent],
     config: RunConfig,
     index: dict[str, Case],
 ) -> dict[str, Any]:
+    agent = make_agent()
     store = await RunStore.connect(database_url, pool_size=min(config.concurrency + 2, 32))
     crm = CrmApiClient(urls["crm_api"], urls["admin_key"])
     verifier = VerifierClient(urls["verifier"])
     try:
         run = await create_run(store, config, cases, "bench", None)
+        processes = {name: psutil.Process(int(pid)) for name, pid in PIDS.items()}
+        processes["runner"] = psutil.Process()
+        cpu_before = cpu_seconds(processes)
         with tempfile.TemporaryDirectory() as traces:
             started = time.perf_counter()
             stats = await work_on_run(
@@ -173,8 +198,10 @@ async def measure(
                 trace_dir=Path(traces),
             )
             elapsed = time.perf_counter() - started
+        cpu_after = cpu_seconds(processes)
         records = await store.traces(run.run_id)
     finally:
+        await agent.aclose()
         await crm.aclose()
         await verifier.aclose()
         await store.close()
@@ -198,6 +225,10 @@ async def measure(
         "agent_ms_mean": round(statistics.fmean(agent_ms), 1),
         "harness_ms_mean": round(outside / len(sessions), 1),
         "outside_agent_share": round(outside / sum(wall), 4) if sum(wall) else None,
+        "cpu_ms_per_episode": {
+            name: round((cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / len(sessions), 1)
+            for name in cpu_after
+        },
     }
 
 
@@ -222,9 +253,17 @@ def main() -> int:
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--oracle-concurrency", default="1,16")
     parser.add_argument("--oracle-limit", type=int, default=None, help="Default: whole eval split.")
-    parser.add_argument("--sim-concurrency", default="1,8,32")
-    parser.add_argument("--sim-cases", type=int, default=64)
-    parser.add_argument("--latency-ms", type=float, default=300.0)
+    parser.add_argument("--sim-concurrency", default="1,4,16")
+    parser.add_argument("--sim-cases", type=int, default=16, help="Episodes at least, per level.")
+    parser.add_argument(
+        "--sim-cases-per-slot", type=int, default=4, help="Episodes per unit of concurrency."
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=1500.0,
+        help="Added per model call; GPT-4.1 with 37 tools answers in 1-3 s.",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -245,9 +284,7 @@ def main() -> int:
             for level in [int(c) for c in args.oracle_concurrency.split(",")]:
                 config = RunConfig(agent="oracle", concurrency=level, limit=args.oracle_limit)
                 cases = select_cases(config, corpus)
-                result = asyncio.run(
-                    measure(database_url, urls, cases, OracleAgent(), config, index)
-                )
+                result = asyncio.run(measure(database_url, urls, cases, OracleAgent, config, index))
                 results.append(result)
                 print(row(result), flush=True)
             base: float | None = None
@@ -255,12 +292,17 @@ def main() -> int:
                 config = RunConfig(
                     agent="simulated",
                     concurrency=level,
-                    limit=args.sim_cases,
+                    limit=max(args.sim_cases, args.sim_cases_per_slot * level),
                     simulated={"url": urls["simulated"]},
                 )
                 cases = select_cases(config, corpus)
-                agent = build_agent(config, simulated_url=urls["simulated"])
-                result = asyncio.run(measure(database_url, urls, cases, agent, config, index))
+
+                def simulated_agent(config: RunConfig = config) -> Agent:
+                    return build_agent(config, simulated_url=urls["simulated"])
+
+                result = asyncio.run(
+                    measure(database_url, urls, cases, simulated_agent, config, index)
+                )
                 results.append(result)
                 base = base or result["episodes_per_s"]
                 print(row(result, round(result["episodes_per_s"] / base, 2)), flush=True)
@@ -268,6 +310,11 @@ def main() -> int:
         if created:
             drop_database(database_url)
 
+    print()
+    print("CPU ms per episode (where the harness's time goes):")
+    for result in results:
+        split = "  ".join(f"{k} {v:.0f}" for k, v in result["cpu_ms_per_episode"].items())
+        print(f"  {result['agent']:>9} c={result['concurrency']:<3} {split}")
     sim = [r for r in results if r["agent"] == "simulated"]
     print()
     print(f"simulated LLM latency per call: {args.latency_ms:.0f} ms")

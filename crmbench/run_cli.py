@@ -180,6 +180,7 @@ async def _execute(
             display.update(final.done, final.passed, final.harness_errors, final.cost_usd)
         return stats, final
     finally:
+        await agent.aclose()
         await crm.aclose()
         await verifier.aclose()
         await store.close()

@@ -162,6 +162,7 @@ class QueueWorker:
             )
         finally:
             self.current_run = None
+            await agent.aclose()
         if stats.failures:
             # A case missing from this corpus: no replica with it can finish the run.
             reason = "; ".join(stats.failures[:5])

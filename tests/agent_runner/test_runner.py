@@ -59,6 +59,7 @@ async def execute(
             worker=worker,
         )
     finally:
+        await agent.aclose()
         await crm.aclose()
         await verifier.aclose()
     return run.run_id, stats, store

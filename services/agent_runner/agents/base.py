@@ -134,6 +134,10 @@ class Agent(Protocol):
 
     async def run(self, ctx: EpisodeContext) -> AgentResult: ...
 
+    async def aclose(self) -> None:
+        """Releases the agent's connections (its model client) at the end of a run."""
+        ...
+
 
 def monotonic_ms() -> float:
     return time.perf_counter() * 1000

@@ -20,6 +20,9 @@ class OracleAgent:
     name = "oracle"
     model: str | None = None
 
+    async def aclose(self) -> None:
+        """Nothing to close: no model."""
+
     async def run(self, ctx: EpisodeContext) -> AgentResult:
         results: list[Any] = []
         try:
@@ -51,6 +54,9 @@ class RandomAgent:
 
     def __init__(self, max_calls: int = 5) -> None:
         self.max_calls = max_calls
+
+    async def aclose(self) -> None:
+        """Nothing to close: no model."""
 
     async def run(self, ctx: EpisodeContext) -> AgentResult:
         rng = episode_rng(ctx.seed, ctx.case.case_id, ctx.trial, "random-agent")

@@ -68,6 +68,9 @@ class LLMAgent:
             return None
         return {CASE_HEADER: ctx.case.case_id, TRIAL_HEADER: str(ctx.trial)}
 
+    async def aclose(self) -> None:
+        await self.provider.aclose()
+
     async def run(self, ctx: EpisodeContext) -> AgentResult:
         system = self.prompt.render(ctx, self.guidance)
         messages: list[Message] = []

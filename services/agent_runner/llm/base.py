@@ -77,6 +77,10 @@ class LLMProvider(Protocol):
     name: str
     """The provider's name as in config: openai, anthropic, scripted."""
 
+    async def aclose(self) -> None:
+        """Releases the provider's connections; the provider is not used afterwards."""
+        ...
+
     async def complete(
         self,
         messages: Sequence[Message],

@@ -110,6 +110,10 @@ class OpenAIProvider:
             max_retries=0,
         )
 
+    async def aclose(self) -> None:
+        """Closes the SDK client's connection pool."""
+        await self.client.close()
+
     async def complete(
         self,
         messages: Sequence[Message],

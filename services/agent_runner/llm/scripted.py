@@ -57,6 +57,9 @@ class ScriptedProvider:
         self.rules.append((predicate, reply))
         return self
 
+    async def aclose(self) -> None:
+        """Nothing to close: no network."""
+
     async def complete(
         self,
         messages: Sequence[Message],
