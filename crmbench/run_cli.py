@@ -155,8 +155,10 @@ async def _execute(
 
         async def refresh() -> None:
             while True:
-                now = await store.progress(run_id)
-                display.update(now.done, now.passed, now.harness_errors, now.cost_usd)
+                # The bar is cosmetic: a failed read must not stop or fail the run.
+                with contextlib.suppress(Exception):
+                    now = await store.progress(run_id)
+                    display.update(now.done, now.passed, now.harness_errors, now.cost_usd)
                 await asyncio.sleep(0.5)
 
         with display.progress:
@@ -196,8 +198,10 @@ async def _prepare(
     from crmbench_corpus.store import load_cases, load_manifest
 
     files = RunFiles(out)
-    run_id = join or files.existing_run_id()
-    corpus = load_cases(_corpus_dir(config))
+    existing = files.existing_run_id()
+    if join is not None and existing is not None and existing != join:
+        raise fail(f"{out} holds run {existing}; give --join {join} another --out")
+    run_id = join or existing
     store = await RunStore.connect(database_url, pool_size=2)
     try:
         if run_id is not None:
@@ -205,9 +209,19 @@ async def _prepare(
             stored = RunConfig.model_validate(run.config)
             if flags_given and stored.model_dump(mode="json") != config.model_dump(mode="json"):
                 typer.echo(f"note: resuming {run_id} with its stored config; {RUN_FLAGS_NOTE}")
+            # The run's own corpus, and the same version of it: a resumed run must score
+            # its remaining episodes against the cases it started with.
+            manifest = load_manifest(_corpus_dir(stored))
+            if str(manifest.get("content_hash")) != run.corpus_hash:
+                raise fail(
+                    f"run {run_id} was made with corpus {run.corpus_hash}, but "
+                    f"{_corpus_dir(stored)} now holds {manifest.get('content_hash')}; "
+                    "start a new run (another --out)"
+                )
             if not files.run_file.exists():
                 files.write(run)
-            return stored, run_id, corpus, True
+            return stored, run_id, load_cases(_corpus_dir(stored)), True
+        corpus = load_cases(_corpus_dir(config))
         chosen = select_cases(config, corpus)
         corpus_hash = str(load_manifest(_corpus_dir(config)).get("content_hash", "unknown"))
         run = await create_run(store, config, chosen, corpus_hash, out_dir)
@@ -290,9 +304,10 @@ def run_command(
     if join is None and not RunFiles(out).run_file.exists():
         # Build the agent once now: a missing API key fails before a run is queued.
         try:
-            build_agent(config, simulated_url="http://127.0.0.1/unused")
+            probe = build_agent(config, simulated_url="http://127.0.0.1/unused")
         except LLMError as exc:
             raise fail(str(exc)) from None
+        asyncio.run(probe.aclose())
     database_url = resolve_database_url()
     migrate(database_url, CrmApiSettings().world_seed)
     try:
@@ -323,6 +338,10 @@ def run_command(
         f"{elapsed:.1f}s, pass@0.9 {rate}, harness errors {final.harness_errors}, "
         f"cost ${final.cost_usd:.4f}"
     )
+    if stats.failures:
+        for failure in stats.failures:
+            typer.echo(f"error: {failure}", err=True)
+        raise fail(f"run {run_id} cannot be finished with this corpus")
     if final.done < final.total:
         typer.echo(f"{final.total - final.done} episodes left; rerun to resume", err=True)
     typer.echo(f"results: crmbench results {out}")

@@ -117,7 +117,7 @@ class RunnerServices:
                 status_code=503,
             ) from None
 
-    def check_agent(self, config: RunConfig) -> None:
+    async def check_agent(self, config: RunConfig) -> None:
         """Builds the run's agent once, so a run no worker could start (no API key, an
         unreadable prompt) is refused now rather than failing later."""
         simulated_url: str | None = None
@@ -138,7 +138,7 @@ class RunnerServices:
                     ) from None
                 simulated_url = UNCONTACTED_URL
         try:
-            build_agent(config, simulated_url=simulated_url)
+            probe = build_agent(config, simulated_url=simulated_url)
         except MissingApiKey as exc:
             raise RunnerError(
                 RunnerErrorCode.MISSING_API_KEY,
@@ -156,6 +156,7 @@ class RunnerServices:
                 field="agent",
                 status_code=422,
             ) from None
+        await probe.aclose()
 
     async def create(self, body: RunRequest) -> RunRow:
         config = self.config_for(body)
@@ -170,7 +171,7 @@ class RunnerServices:
                 field="cases" if config.cases else "split",
                 status_code=422,
             ) from None
-        self.check_agent(config)
+        await self.check_agent(config)
         run_id = new_run_id()
         run_dir = self.runs_dir / run_id
         out_dir: str | None = str(run_dir)

@@ -51,6 +51,15 @@ class QueueSettings(Strict):
     """A claimed episode whose worker stops renewing for this long is claimed again."""
     heartbeat_seconds: float = Field(default=30.0, gt=0)
 
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> QueueSettings:
+        if self.heartbeat_seconds * 3 > self.lease_seconds:
+            raise ValueError(
+                "queue.heartbeat_seconds must be at most a third of queue.lease_seconds, "
+                "or live claims expire between heartbeats and episodes are played twice"
+            )
+        return self
+
 
 class RunConfig(Strict):
     """Everything that decides what a run does."""

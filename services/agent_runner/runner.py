@@ -126,7 +126,7 @@ class RunFiles:
             "created_at": run.created_at.isoformat() if run.created_at else None,
             "config": run.config,
         }
-        temporary = self.run_file.with_suffix(".tmp")
+        temporary = self.run_file.with_suffix(f".{os.getpid()}.{secrets.token_hex(3)}.tmp")
         temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         os.replace(temporary, self.run_file)
 
@@ -164,10 +164,17 @@ def model_name(config: RunConfig) -> str | None:
     return None
 
 
+MAX_START_ATTEMPTS = 3
+"""Claims of an item whose episode could not even be opened before it ends as an error."""
+RETRY_PAUSE_SECONDS = 1.0
+
+
 @dataclass
 class EpisodeRecord:
     session: SessionTrace
     steps: list[StepTrace]
+    not_started: bool = False
+    """The episode could not be opened: the agent never acted."""
 
 
 @dataclass
@@ -206,14 +213,19 @@ class EpisodeRunner:
         session_id = session_id_of(self.run_id, case.case_id, trial)
         ctx: EpisodeContext | None = None
         episode_id: str | None = None
+        not_started = False
         final_reply = ""
         outcome: EpisodeOutcome = "completed"
         error: str | None = None
         reward = None
         try:
-            episode = await self.crm.open_episode(
-                case.case_id, self.config.limits.episode_ttl_seconds
-            )
+            try:
+                episode = await self.crm.open_episode(
+                    case.case_id, self.config.limits.episode_ttl_seconds
+                )
+            except ServiceError:
+                not_started = True
+                raise
             episode_id = episode.episode_id
             ctx = EpisodeContext(
                 session_id=session_id,
@@ -279,7 +291,7 @@ class EpisodeRunner:
             agent_ms=round(ctx.agent_ms if ctx is not None else 0.0, 3),
             worker=self.worker,
         )
-        return EpisodeRecord(session, steps)
+        return EpisodeRecord(session, steps, not_started)
 
 
 ProgressCallback = Callable[[SessionTrace], None]
@@ -319,17 +331,28 @@ class RunWorker:
         """Brings the JSONL file in line with the committed sessions (after a crash)."""
         if self.trace_log is None:
             return 0, 0
-        in_file = self.trace_log.session_ids()
+        # Repair first: a cut-off episode is dropped here and counts as missing below.
+        dropped, _ = await asyncio.to_thread(self.trace_log.reconcile)
+        in_file = await asyncio.to_thread(self.trace_log.session_ids)
         committed = await self.store.session_ids(self.run_id)
         missing = sorted(committed - in_file)
         traces = await self.store.traces(self.run_id, missing) if missing else []
-        return self.trace_log.reconcile(traces)
+        more_dropped, appended = await asyncio.to_thread(self.trace_log.reconcile, traces)
+        return dropped + more_dropped, appended
 
     async def run(self) -> WorkerStats:
         await self.reconcile_traces()
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
-            await asyncio.gather(*(self._loop() for _ in range(self.config.concurrency)))
+            # A TaskGroup cancels the other loops when one fails; cancelled loops hand
+            # their claims back instead of playing on with closed clients.
+            try:
+                async with asyncio.TaskGroup() as loops:
+                    for _ in range(self.config.concurrency):
+                        loops.create_task(self._loop())
+            except* Exception as group:
+                # The first failure (a lost database, say) is the one worth reporting.
+                raise group.exceptions[0] from None
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -369,11 +392,17 @@ class RunWorker:
         except asyncio.CancelledError:
             await asyncio.shield(self.store.release(claim, self.worker))
             raise
+        if record.not_started and claim.attempts < MAX_START_ATTEMPTS:
+            # The CRM API was unreachable before the agent did anything: nothing was
+            # spent, so the item goes back to the queue rather than ending as an error.
+            await self.store.release(claim, self.worker)
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)
+            return
         if not await self.store.complete(claim, self.worker, record.session, record.steps):
             self.stats.discarded += 1
             return
         if self.trace_log is not None:
-            self.trace_log.append(record.session, record.steps)
+            await asyncio.to_thread(self.trace_log.append, record.session, record.steps)
         self.stats.completed += 1
         if self.on_episode is not None:
             self.on_episode(record.session)

@@ -75,16 +75,26 @@ class Progress:
 class RunStore:
     """Queue and telemetry access for one runner process."""
 
-    def __init__(self, pool: asyncpg.Pool, liveness: asyncpg.Connection | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        liveness: asyncpg.Connection | None = None,
+        dsn: str | None = None,
+    ) -> None:
         self.pool = pool
         self._liveness = liveness
+        self._dsn = dsn
 
     @classmethod
     async def connect(cls, database_url: str, *, pool_size: int = 8) -> RunStore:
         dsn = asyncpg_dsn(database_url)
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
-        liveness = await asyncpg.connect(dsn)
-        return cls(pool, liveness)
+        try:
+            liveness = await asyncpg.connect(dsn)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, liveness, dsn)
 
     async def close(self) -> None:
         if self._liveness is not None:
@@ -201,8 +211,15 @@ class RunStore:
 
     # ------------------------------------------------------------------ queue
 
+    async def ensure_alive(self) -> None:
+        """Reconnects the liveness connection if it dropped (a Postgres restart, an idle
+        timeout): claims stamped with a dead pid would look abandoned to other workers."""
+        if self._liveness is not None and self._liveness.is_closed():
+            self._liveness = await asyncpg.connect(self._dsn)
+
     async def claim(self, run_id: str, worker: str, lease_seconds: float) -> Claim | None:
         """The next item nobody holds: pending, or claimed by a dead or expired worker."""
+        await self.ensure_alive()
         row = await self.pool.fetchrow(
             """
             UPDATE runner.run_items AS item

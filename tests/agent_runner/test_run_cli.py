@@ -73,3 +73,22 @@ def test_run_then_results_on_a_tiny_run(tmp_path: Path) -> None:
     # Run again on the same directory: nothing left to do, nothing played twice.
     code, output = invoke("run", "--out", str(out), "--quiet")
     assert code == 0 and "resuming" in output and "2/2 done (0 here)" in output
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_a_heartbeat_longer_than_a_third_of_the_lease_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("agent: oracle\nqueue: {lease_seconds: 20, heartbeat_seconds: 30}\n")
+    code, output = invoke("run", "--config", str(config), "--out", str(tmp_path / "r"))
+    assert code == 1 and "heartbeat_seconds" in output
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_join_refuses_a_directory_that_holds_another_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, output = invoke(
+        "run", "--agent", "oracle", "--cases", "CRM-00002", "--out", str(out), "--quiet"
+    )
+    assert code == 0, output
+    code, output = invoke("run", "--join", "run-someone-else", "--out", str(out))
+    assert code == 1 and "holds run" in output and "Traceback" not in output

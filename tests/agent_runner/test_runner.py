@@ -14,7 +14,7 @@ from agent_runner.agents.base import Agent
 from agent_runner.agents.baselines import OracleAgent, RandomAgent
 from agent_runner.agents.llm_agent import LLMAgent, SystemPrompt
 from agent_runner.config import RunConfig
-from agent_runner.crm_client import CrmApiClient, VerifierClient
+from agent_runner.crm_client import CrmApiClient, ServiceError, VerifierClient
 from agent_runner.llm import Message, ScriptedProvider, ToolCall
 from agent_runner.llm.types import Completion, Usage
 from agent_runner.protocol import parse_tool_result
@@ -412,3 +412,49 @@ async def test_student_and_teacher_play_an_episode_through_their_real_sdks(
     assert len(first.body["tools"]) == len(offered)
     # The tool's real result went back to the model in the second request.
     assert "Quarry Software" in json.dumps(second.body["messages"][-1])
+
+
+class OutageAtFirstOpen(CrmApiClient):
+    """The real CRM API client, with the CRM API unreachable for the first episode open."""
+
+    failures_left = 1
+
+    async def open_episode(self, case_id: str, ttl_seconds: int) -> Any:
+        if self.failures_left:
+            self.failures_left -= 1
+            raise ServiceError("crm_api", "connection refused (injected outage)")
+        return await super().open_episode(case_id, ttl_seconds)
+
+
+async def test_an_episode_that_could_not_be_opened_is_retried_not_failed(
+    run_services: RunServices,
+) -> None:
+    config = run_config(cases=["CRM-00004"], concurrency=1)
+    store = await RunStore.connect(run_services.database_url, pool_size=2)
+    run = await create_run(
+        store, config, select_cases(config, list(run_services.cases.values())), "t", None
+    )
+    crm = OutageAtFirstOpen(run_services.crm_api_url, ADMIN_KEY)
+    verifier = VerifierClient(run_services.verifier_url)
+    try:
+        await work_on_run(
+            store=store,
+            run_id=run.run_id,
+            config=config,
+            cases=run_services.cases,
+            agent=OracleAgent(),
+            crm=crm,
+            verifier=verifier,
+            trace_dir=None,
+        )
+        [(session, _)] = await store.traces(run.run_id)
+        rows = await store.pool.fetch(
+            "SELECT attempts FROM runner.run_items WHERE run_id = $1", run.run_id
+        )
+    finally:
+        await crm.aclose()
+        await verifier.aclose()
+        await store.close()
+    assert crm.failures_left == 0
+    assert session.outcome == "completed" and session.passed
+    assert rows[0]["attempts"] == 2

@@ -98,7 +98,10 @@ class PriceTable(RootModel[dict[str, ModelPrice]]):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PriceTable:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML: {exc}") from exc
         return cls.model_validate(data)
 
     def price(self, *models: str) -> ModelPrice | None:

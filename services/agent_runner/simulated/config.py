@@ -120,7 +120,10 @@ class SimulatedLLMConfig(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path) -> SimulatedLLMConfig:
         """Loads and validates a YAML file; raises pydantic's ValidationError on bad values."""
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML: {exc}") from exc
         return cls.model_validate(data)
 
     def rule_for(self, case: Case) -> SuccessRule | MistakeRule:
