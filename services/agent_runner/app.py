@@ -27,7 +27,7 @@ from agent_runner.agents.factory import build_agent
 from agent_runner.config import ConfigError, RunConfig, load_run_config
 from agent_runner.corpus import CorpusCatalog, RunCorpus, corpus_dir_of
 from agent_runner.crm_client import CrmApiClient, VerifierClient
-from agent_runner.errors import ErrorResponse, RunnerError, RunnerErrorCode
+from agent_runner.errors import ErrorResponse, RunnerError, RunnerErrorCode, from_problem
 from agent_runner.errors import translate_validation_errors as translate
 from agent_runner.llm.base import MissingApiKey
 from agent_runner.queue_worker import AGENT_BUILD_ERRORS, QueueWorker, SimulatedLLMs, describe
@@ -51,6 +51,7 @@ from agent_runner.schemas import (
 )
 from agent_runner.settings import AgentRunnerSettings
 from agent_runner.store import Progress, RunNotFound, RunRow, RunStore
+from crmbench_contracts.api_errors import routing_problem
 
 log = logging.getLogger("agent_runner")
 
@@ -461,25 +462,5 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        path = request.url.path
-        if exc.status_code == 404:
-            error = RunnerError(
-                RunnerErrorCode.NOT_FOUND, f"No route {path}; see /docs.", status_code=404
-            )
-        elif exc.status_code == 405:
-            error = RunnerError(
-                RunnerErrorCode.METHOD_NOT_ALLOWED,
-                f"{request.method} is not allowed on {path}; see /docs.",
-                status_code=405,
-            )
-        elif exc.status_code == 400:
-            error = RunnerError(
-                RunnerErrorCode.INVALID_REQUEST,
-                f"The request body could not be read: {exc.detail}. Send UTF-8 encoded JSON.",
-                status_code=422,
-            )
-        else:
-            error = RunnerError(
-                RunnerErrorCode.INVALID_REQUEST, str(exc.detail), status_code=exc.status_code
-            )
-        return _error_response(error)
+        problem = routing_problem(exc.status_code, exc.detail, request.method, request.url.path)
+        return _error_response(from_problem(problem))

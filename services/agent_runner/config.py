@@ -102,7 +102,8 @@ class RunConfig(Strict):
         return base.model_copy(update={"model": self.model}) if self.model else base
 
 
-def _first_problem(exc: ValidationError) -> str:
+def first_problem(exc: ValidationError) -> str:
+    """The first bad field of a validation error, as `field.path: message`."""
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first.get("loc", ()))
     return f"{where or 'config'}: {first.get('msg')}"
@@ -126,4 +127,4 @@ def load_run_config(path: Path | None = None, overrides: dict[str, Any] | None =
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_first_problem(exc)}") from exc
+        raise ConfigError(f"{source}: {first_problem(exc)}") from exc

@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from crmbench_contracts.api_errors import RequestProblem, validation_problem
+
 
 class RunnerErrorCode(StrEnum):
     INVALID_REQUEST = "INVALID_REQUEST"
@@ -65,40 +67,16 @@ class RunnerError(Exception):
         )
 
 
-def _allowed(error: Any) -> list[Any] | None:
-    """The allowed values of an enum or literal field, from pydantic's error context."""
-    expected = (error.get("ctx") or {}).get("expected")
-    if error.get("type") not in ("enum", "literal_error") or not isinstance(expected, str):
-        return None
-    return [part.strip(" '") for part in expected.replace(" or ", ", ").split(", ")]
+def from_problem(problem: RequestProblem, *, with_allowed: bool = True) -> RunnerError:
+    return RunnerError(
+        RunnerErrorCode(problem.code),
+        problem.message,
+        status_code=problem.status_code,
+        field=problem.field,
+        allowed=problem.allowed if with_allowed else None,
+    )
 
 
 def translate_validation_errors(errors: Sequence[Any]) -> RunnerError:
-    """The first problem of a refused request as a RunnerError (422); the rest are counted.
-
-    The same translation as the verifier's, so both services answer bad input alike.
-    """
-    if not errors:
-        return RunnerError(
-            RunnerErrorCode.INVALID_REQUEST, "The request is not valid.", status_code=422
-        )
-    first = errors[0]
-    more = len(errors) - 1
-    suffix = f" ({more} more problem{'s' if more > 1 else ''} in this request)" if more else ""
-    kind = str(first.get("type", ""))
-    parts = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    field = ".".join(parts) or None
-    message = f"{field}: {first.get('msg')}{suffix}" if field else f"{first.get('msg')}{suffix}"
-    code = RunnerErrorCode.INVALID_REQUEST
-    if field is None and kind in ("missing", "model_type", "model_attributes_type", "dict_type"):
-        message = "Send a JSON object as the request body." + suffix
-    elif kind in ("json_invalid", "json_type"):
-        message = "The request body is not valid JSON." + suffix
-    elif kind == "missing":
-        code, message = RunnerErrorCode.MISSING_REQUIRED_FIELD, f"{field} is required{suffix}"
-    elif kind == "extra_forbidden":
-        code = RunnerErrorCode.EXTRA_FIELD
-        message = f"{field} is not a field of this request; unknown fields are refused{suffix}"
-    elif kind.endswith(("_type", "_parsing")):
-        code = RunnerErrorCode.TYPE_MISMATCH
-    return RunnerError(code, message, field=field, status_code=422, allowed=_allowed(first))
+    """The first problem of a refused request as a RunnerError (422); the rest are counted."""
+    return from_problem(validation_problem(errors))

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from agent_runner.agents.base import Agent
 from agent_runner.agents.factory import build_agent
-from agent_runner.config import ConfigError, RunConfig
+from agent_runner.config import ConfigError, RunConfig, first_problem
 from agent_runner.corpus import CorpusCatalog, RunCorpus
 from agent_runner.crm_client import CrmApiClient, VerifierClient
 from agent_runner.llm.base import LLMError
@@ -31,9 +31,7 @@ AGENT_BUILD_ERRORS = (ConfigError, LLMError, OSError, ValueError)
 def describe(exc: BaseException) -> str:
     """One line naming what went wrong (pydantic errors: the first bad field)."""
     if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        return f"{where or 'config'}: {first.get('msg')}"
+        return first_problem(exc)
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 

@@ -24,12 +24,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agent_runner.trace_log import TRACE_FILE
+from agent_runner.trace_log import RUN_FILE, TRACE_FILE
 from crmbench_contracts.cases import FAILURE_CATEGORIES, Difficulty, FailureFamily, Split
 from crmbench_contracts.rewards import PASS_THRESHOLD, REPORTED_THRESHOLDS
 from crmbench_contracts.traces import Audience, EpisodeOutcome, SessionTrace, StepTrace
 
-RUN_INFO_FILE = "run.json"
 SUCCESS_PATH = "success path"
 """The group of cases with no failure category: the request is valid and must succeed."""
 Z_95 = statistics.NormalDist().inv_cdf(0.975)
@@ -234,7 +233,7 @@ class RunInfo(BaseModel):
 
 def load_run_info(path: Path) -> RunInfo | None:
     """run.json of a run directory (`path` is the directory or the file); None if absent."""
-    file = path / RUN_INFO_FILE if path.is_dir() else path
+    file = path / RUN_FILE if path.is_dir() else path
     if not file.exists():
         return None
     try:
@@ -512,7 +511,7 @@ def build_report(
     if len(run_ids) > 1:
         warnings.append(f"the traces mix {len(run_ids)} runs: {', '.join(run_ids)}")
     if run is not None and run.run_id and run_ids and run.run_id not in run_ids:
-        warnings.append(f"{RUN_INFO_FILE} describes run {run.run_id}, not the traces' run")
+        warnings.append(f"{RUN_FILE} describes run {run.run_id}, not the traces' run")
 
     trials_seen: dict[str, set[int]] = {}
     per_case: dict[str, dict[str, list[bool]]] = {key: {} for key in THRESHOLD_KEYS}

@@ -28,7 +28,7 @@ from agent_runner.config import ConfigError, RunConfig
 from agent_runner.crm_client import CrmApiClient, ServiceError, VerifierClient
 from agent_runner.llm.types import ToolSpec
 from agent_runner.store import Claim, RunRow, RunStore
-from agent_runner.trace_log import TRACE_FILE, TraceLog
+from agent_runner.trace_log import RUN_FILE, TRACE_FILE, TraceLog
 from crmbench_contracts.cases import Case
 from crmbench_contracts.traces import (
     CrmContext,
@@ -39,8 +39,6 @@ from crmbench_contracts.traces import (
 )
 
 logger = logging.getLogger(__name__)
-
-RUN_FILE = "run.json"
 
 
 def package_version() -> str:

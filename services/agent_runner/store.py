@@ -28,6 +28,16 @@ def asyncpg_dsn(database_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+CLAIMABLE = """
+    (q.status = 'pending'
+     OR (q.status = 'running'
+         AND (q.lease_until < now()
+              OR NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = q.worker_pid))))
+"""
+"""An item (aliased `q`) no live worker holds: pending, or claimed by a worker whose
+liveness connection is gone or whose lease ran out. `claim` and `next_open_run` share it."""
+
+
 class RunNotFound(LookupError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"no run {run_id!r} in this database")
@@ -47,6 +57,12 @@ class RunRow:
     error: str | None
     created_at: Any
     finished_at: Any
+
+
+def _run_row(row: asyncpg.Record) -> RunRow:
+    values = dict(row)
+    values["config"] = json.loads(values["config"])
+    return RunRow(**values)
 
 
 @dataclass(frozen=True)
@@ -151,20 +167,13 @@ class RunStore:
         row = await self.pool.fetchrow("SELECT * FROM runner.runs WHERE run_id = $1", run_id)
         if row is None:
             raise RunNotFound(run_id)
-        values = dict(row)
-        values["config"] = json.loads(values["config"])
-        return RunRow(**values)
+        return _run_row(row)
 
     async def list_runs(self, limit: int = 50) -> list[RunRow]:
         rows = await self.pool.fetch(
             "SELECT * FROM runner.runs ORDER BY created_at DESC LIMIT $1", limit
         )
-        result = []
-        for row in rows:
-            values = dict(row)
-            values["config"] = json.loads(values["config"])
-            result.append(RunRow(**values))
-        return result
+        return [_run_row(row) for row in rows]
 
     async def mark_finished(self, run_id: str) -> None:
         await self.pool.execute(
@@ -185,21 +194,14 @@ class RunStore:
             SELECT r.* FROM runner.runs AS r
             WHERE r.error IS NULL AND r.finished_at IS NULL
               AND EXISTS (SELECT 1 FROM runner.run_items AS q
-                          WHERE q.run_id = r.run_id
-                            AND (q.status = 'pending'
-                                 OR (q.status = 'running'
-                                     AND (q.lease_until < now()
-                                          OR NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
-                                                         WHERE a.pid = q.worker_pid)))))
+                          WHERE q.run_id = r.run_id AND """
+            + CLAIMABLE
+            + """)
             ORDER BY r.created_at, r.run_id
             LIMIT 1
             """
         )
-        if row is None:
-            return None
-        values = dict(row)
-        values["config"] = json.loads(values["config"])
-        return RunRow(**values)
+        return _run_row(row) if row is not None else None
 
     async def record_error(self, run_id: str, error: str) -> None:
         """Marks the run as one no worker can play (the first reason is kept)."""
@@ -227,12 +229,9 @@ class RunStore:
                 lease_until = now() + make_interval(secs => $4), attempts = attempts + 1
             WHERE (item.run_id, item.case_id, item.trial) = (
                 SELECT q.run_id, q.case_id, q.trial FROM runner.run_items AS q
-                WHERE q.run_id = $1
-                  AND (q.status = 'pending'
-                       OR (q.status = 'running'
-                           AND (q.lease_until < now()
-                                OR NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
-                                               WHERE a.pid = q.worker_pid))))
+                WHERE q.run_id = $1 AND """
+            + CLAIMABLE
+            + """
                 ORDER BY q.seq
                 LIMIT 1
                 FOR UPDATE SKIP LOCKED

@@ -21,6 +21,8 @@ from pathlib import Path
 from crmbench_contracts.traces import SessionTrace, StepTrace
 
 TRACE_FILE = "sessions.jsonl"
+RUN_FILE = "run.json"
+"""Next to the traces: the run's id, config, corpus hash and package version."""
 SESSION_PREFIX = b'{"type":"session"'
 
 

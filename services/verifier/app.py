@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from crmbench_contracts.api_errors import RequestProblem, routing_problem, validation_problem
 from crmbench_contracts.cases import Case
 from crmbench_contracts.rewards import RewardRecord
 from crmbench_corpus.store import CASES_FILE, load_index
@@ -291,32 +292,18 @@ def _error_response(error: VerifierError) -> JSONResponse:
     )
 
 
+def _from_problem(problem: RequestProblem) -> VerifierError:
+    return VerifierError(
+        VerifierErrorCode(problem.code),
+        problem.message,
+        status_code=problem.status_code,
+        field=problem.field,
+    )
+
+
 def translate_validation_errors(errors: Sequence[Any]) -> VerifierError:
     """The first problem of a refused body as a VerifierError (422); the rest are counted."""
-    if not errors:
-        return VerifierError(
-            VerifierErrorCode.INVALID_REQUEST, "The request is not valid.", status_code=422
-        )
-    first = errors[0]
-    more = len(errors) - 1
-    suffix = f" ({more} more problem{'s' if more > 1 else ''} in this request)" if more else ""
-    kind = str(first.get("type", ""))
-    parts = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    field = ".".join(parts) or None
-    message = f"{field}: {first.get('msg')}{suffix}" if field else f"{first.get('msg')}{suffix}"
-    code = VerifierErrorCode.INVALID_REQUEST
-    if field is None and kind in ("missing", "model_type", "model_attributes_type", "dict_type"):
-        message = "Send a JSON object as the request body." + suffix
-    elif kind in ("json_invalid", "json_type"):
-        message = "The request body is not valid JSON." + suffix
-    elif kind == "missing":
-        code, message = VerifierErrorCode.MISSING_REQUIRED_FIELD, f"{field} is required{suffix}"
-    elif kind == "extra_forbidden":
-        code = VerifierErrorCode.EXTRA_FIELD
-        message = f"{field} is not a field of this request; unknown fields are refused{suffix}"
-    elif kind.endswith(("_type", "_parsing")):
-        code = VerifierErrorCode.TYPE_MISMATCH
-    return VerifierError(code, message, field=field, status_code=422)
+    return _from_problem(validation_problem(errors))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -330,26 +317,5 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        path = request.url.path
-        if exc.status_code == 404:
-            error = VerifierError(
-                VerifierErrorCode.NOT_FOUND, f"No route {path}; see /docs.", status_code=404
-            )
-        elif exc.status_code == 405:
-            error = VerifierError(
-                VerifierErrorCode.METHOD_NOT_ALLOWED,
-                f"{request.method} is not allowed on {path}; see /docs.",
-                status_code=405,
-            )
-        elif exc.status_code == 400:
-            # A body FastAPI cannot decode (not UTF-8) is as unreadable as invalid JSON.
-            error = VerifierError(
-                VerifierErrorCode.INVALID_REQUEST,
-                f"The request body could not be read: {exc.detail}. Send UTF-8 encoded JSON.",
-                status_code=422,
-            )
-        else:
-            error = VerifierError(
-                VerifierErrorCode.INVALID_REQUEST, str(exc.detail), status_code=exc.status_code
-            )
-        return _error_response(error)
+        problem = routing_problem(exc.status_code, exc.detail, request.method, request.url.path)
+        return _error_response(_from_problem(problem))
