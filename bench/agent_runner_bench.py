@@ -51,7 +51,7 @@ from agent_runner.config import RunConfig  # noqa: E402
 from agent_runner.crm_client import CrmApiClient, VerifierClient  # noqa: E402
 from agent_runner.runner import create_run, select_cases, work_on_run  # noqa: E402
 from agent_runner.store import RunStore  # noqa: E402
-from crmbench.local_services import free_port  # noqa: E402
+from crmbench_clients.serving import free_port  # noqa: E402
 from crmbench_contracts.cases import Case  # noqa: E402
 from crmbench_corpus.store import load_cases  # noqa: E402
 

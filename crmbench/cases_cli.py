@@ -12,6 +12,7 @@ import typer
 
 from crmbench.errors import fail, friendly_errors
 from crmbench.postgres import resolve_database_url
+from crmbench_contracts.paths import REFERENCE_DIR
 
 cases_app = typer.Typer(
     help="Golden cases: generate, stats, load, validate, import.", no_args_is_help=True
@@ -27,7 +28,7 @@ def _tasks_csv() -> Path:
     configured = os.environ.get("CRMBENCH_AGENT_TASKS_CSV")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[1] / "corpus" / "reference" / "agent_tasks.csv"
+    return REFERENCE_DIR / "agent_tasks.csv"
 
 
 def _corpus_dir(directory: Path | None) -> Path:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from crm_api.app import create_app
 from crm_api.migrate import migrate
 from crm_api.settings import CrmApiSettings
-from crmbench.local_services import serving_in_thread
+from crmbench_clients.serving import serving_in_thread
 
 ADMIN_KEY = "test-admin-key"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from crmbench_contracts.cases import Case
+from crmbench_contracts.paths import CASES_DIR
 
 CASES_FILE = "cases.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -16,7 +17,7 @@ MANIFEST_FILE = "manifest.json"
 
 def default_corpus_dir() -> Path:
     """The corpus committed with the repository (corpus/cases)."""
-    return Path(__file__).resolve().parents[1] / "cases"
+    return CASES_DIR
 
 
 def case_line(case: Case) -> str:

@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agent_runner.llm.config import ProviderConfig
 from crmbench_contracts.cases import Split
+from crmbench_contracts.paths import CONFIG_DIR, REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_RUN_CONFIG = REPO_ROOT / "config" / "run.yaml"
+DEFAULT_RUN_CONFIG = CONFIG_DIR / "run.yaml"
 
 AgentName = Literal["student", "teacher", "random", "oracle", "simulated"]
 AGENT_NAMES: tuple[str, ...] = ("student", "teacher", "random", "oracle", "simulated")

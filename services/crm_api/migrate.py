@@ -11,14 +11,14 @@ from alembic.config import Config
 
 from crm_api.database import create_engine
 from crm_api.world_store import ensure_world
+from crmbench_contracts.paths import MIGRATIONS_DIR
 
 
 def migrations_dir() -> Path:
     configured = os.environ.get("CRMBENCH_MIGRATIONS_DIR")
     if configured:
         return Path(configured)
-    # services/crm_api/migrate.py -> repository root
-    return Path(__file__).resolve().parents[2] / "migrations"
+    return MIGRATIONS_DIR
 
 
 def alembic_config(database_url: str) -> Config:

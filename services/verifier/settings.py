@@ -7,10 +7,11 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from crmbench_contracts.paths import CONFIG_DIR
 from crmbench_contracts.rewards import PASS_THRESHOLD
 from crmbench_corpus.store import default_corpus_dir
 
-REPOSITORY_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+REPOSITORY_CONFIG_DIR = CONFIG_DIR
 """The configuration committed with the repository (config/)."""
 
 

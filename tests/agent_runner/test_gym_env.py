@@ -23,7 +23,8 @@ from agent_runner.gym_env import (
 )
 from agent_runner.protocol import parse_tool_result
 from crmbench.cases_cli import load_corpus_into
-from crmbench.local_services import free_port, running_verifier
+from crmbench.local_services import running_verifier
+from crmbench_clients.serving import free_port
 from crmbench_contracts.cases import Case
 from crmbench_contracts.rewards import RewardRecord
 from crmbench_corpus.replay import resolve

@@ -336,7 +336,7 @@ async def test_a_slow_answer_times_out(api: ApiUnderTest, prices: PriceTable) ->
 
 
 async def test_connection_refused_is_a_connection_error(prices: PriceTable) -> None:
-    from crmbench.local_services import free_port
+    from crmbench_clients.serving import free_port
 
     config = ProviderConfig(
         provider="openai",

@@ -25,7 +25,7 @@ from agent_runner.runner import create_run, select_cases
 from agent_runner.settings import AgentRunnerSettings
 from agent_runner.store import RunStore, asyncpg_dsn
 from crm_api.migrate import upgrade_schema
-from crmbench.local_services import serving_in_thread
+from crmbench_clients.serving import serving_in_thread
 from crmbench_corpus.store import default_corpus_dir
 from tests.agent_runner.conftest import RunServices, stratified_sample
 from tests.conftest import ADMIN_KEY, _admin_sql

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from fastapi import FastAPI
 
-from crmbench.local_services import serving_in_thread
+from crmbench_clients.serving import serving_in_thread
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from crmbench.local_services import free_port
+from crmbench_clients.serving import free_port
 from crmbench_contracts.cases import Case
 from crmbench_contracts.rewards import JudgeScore, RewardRecord
 from crmbench_corpus.store import case_line

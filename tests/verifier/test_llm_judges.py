@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from agent_runner.llm import PriceTable, ProviderConfig, make_provider
-from crmbench.local_services import free_port, serving_in_thread
+from crmbench_clients.serving import free_port, serving_in_thread
 from crmbench_contracts.cases import Case
 from crmbench_contracts.rewards import JudgeScore, RewardRecord
 from tests.agent_runner.fake_llm_servers import (

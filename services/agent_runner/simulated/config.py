@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from crmbench_contracts.cases import FAILURE_CATEGORIES, Case
+from crmbench_contracts.paths import CONFIG_DIR
 
 
 class GuidedRate(BaseModel):
@@ -139,4 +140,4 @@ class SimulatedLLMConfig(BaseModel):
 
 def default_config_path() -> Path:
     """The committed default (config/simulated_llm.yaml at the repository root)."""
-    return Path(__file__).resolve().parents[3] / "config" / "simulated_llm.yaml"
+    return CONFIG_DIR / "simulated_llm.yaml"

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from agent_runner.protocol import CASE_HEADER, TRIAL_HEADER
 from agent_runner.simulated.config import SimulatedLLMConfig
 from agent_runner.simulated.policy import SimulatedLLMError, SimulatedPolicy, SimulatedTurn
-from crmbench.local_services import serving_in_thread
+from crmbench_clients.serving import serving_in_thread
 from crmbench_contracts.cases import Case
 
 logger = logging.getLogger(__name__)

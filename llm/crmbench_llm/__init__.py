@@ -1,0 +1,1 @@
+"""LLM providers, message and tool types, retries, prices and the scripted fake."""
