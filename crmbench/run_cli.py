@@ -283,12 +283,12 @@ def run_command(
     """
     from agent_runner.agents.factory import build_agent
     from agent_runner.config import load_run_config
-    from agent_runner.llm.base import LLMError
     from agent_runner.runner import RunFiles
     from agent_runner.store import RunNotFound
     from crm_api.migrate import migrate
     from crm_api.settings import CrmApiSettings
     from crmbench.postgres import resolve_database_url
+    from crmbench_llm.base import LLMError
 
     overrides: dict[str, Any] = {
         "agent": agent,

@@ -29,7 +29,6 @@ from agent_runner.corpus import CorpusCatalog, RunCorpus, corpus_dir_of
 from agent_runner.crm_client import CrmApiClient, VerifierClient
 from agent_runner.errors import ErrorResponse, RunnerError, RunnerErrorCode, from_problem
 from agent_runner.errors import translate_validation_errors as translate
-from agent_runner.llm.base import MissingApiKey
 from agent_runner.queue_worker import AGENT_BUILD_ERRORS, QueueWorker, SimulatedLLMs, describe
 from agent_runner.results import RunInfo, build_report
 from agent_runner.runner import (
@@ -52,6 +51,7 @@ from agent_runner.schemas import (
 from agent_runner.settings import AgentRunnerSettings
 from agent_runner.store import Progress, RunNotFound, RunRow, RunStore
 from crmbench_contracts.api_errors import routing_problem
+from crmbench_llm.base import MissingApiKey
 
 log = logging.getLogger("agent_runner")
 

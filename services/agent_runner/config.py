@@ -12,9 +12,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent_runner.llm.config import ProviderConfig
 from crmbench_contracts.cases import Split
 from crmbench_contracts.paths import CONFIG_DIR, REPO_ROOT
+from crmbench_llm.config import ProviderConfig
 
 DEFAULT_RUN_CONFIG = CONFIG_DIR / "run.yaml"
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from agent_runner.llm.types import ToolSpec
 from crmbench_contracts.rewards import RewardRecord
 from crmbench_contracts.traces import StateChange
+from crmbench_llm.types import ToolSpec
 
 
 class ServiceError(RuntimeError):

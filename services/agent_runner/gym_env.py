@@ -25,11 +25,11 @@ from gymnasium.spaces import Text
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
-from agent_runner.llm.types import Message, ToolCall
 from agent_runner.protocol import tool_result_content
 from crmbench_contracts.cases import Case
 from crmbench_contracts.rewards import RewardRecord
 from crmbench_corpus.store import default_corpus_dir, load_index
+from crmbench_llm.types import Message, ToolCall
 
 ENV_ID = "crmbench/Crm-v0"
 """The id `register_env()` registers, for `gymnasium.make`."""

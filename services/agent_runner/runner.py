@@ -26,7 +26,6 @@ from typing import Any
 from agent_runner.agents.base import Agent, EpisodeContext, EpisodeLimits
 from agent_runner.config import ConfigError, RunConfig
 from agent_runner.crm_client import CrmApiClient, ServiceError, VerifierClient
-from agent_runner.llm.types import ToolSpec
 from agent_runner.store import Claim, RunRow, RunStore
 from agent_runner.trace_log import RUN_FILE, TRACE_FILE, TraceLog
 from crmbench_contracts.cases import Case
@@ -37,6 +36,7 @@ from crmbench_contracts.traces import (
     StepTrace,
     new_usage,
 )
+from crmbench_llm.types import ToolSpec
 
 logger = logging.getLogger(__name__)
 

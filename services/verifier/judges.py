@@ -9,7 +9,7 @@ of their scores exceeds `max_spread`) or one of them is unsure (uncertainty abov
 Extension point: an LLM-backed judge is any object with a `name` and an async
 `judge(request) -> JudgeScore`. It renders `judge_prompt(request)` (or its own prompt
 from the request's fields), calls its provider and parses score, uncertainty and
-rationale. Providers (OpenAI, Anthropic) belong to the agent runner's provider layer
+rationale. Providers (OpenAI, Anthropic) belong to the LLM layer (crmbench_llm)
 and are plugged in here; this module imports no SDK.
 """
 

@@ -1,4 +1,4 @@
-"""LLM-backed judges: `LLMJudge` asks a model (through the agent runner's providers) for a
+"""LLM-backed judges: `LLMJudge` asks a model (through crmbench_llm's providers) for a
 JSON verdict; `load_judges` builds the judges and the arbiter from a YAML file.
 
 The file (see config/judges.yaml) is data: which models judge, how they are reached, and
@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent_runner.llm import (
+from crmbench_contracts.rewards import JudgeScore
+from crmbench_llm import (
     Completion,
     LLMError,
     LLMProvider,
@@ -30,7 +31,6 @@ from agent_runner.llm import (
     ProviderConfig,
     make_provider,
 )
-from crmbench_contracts.rewards import JudgeScore
 from verifier.judges import Judge, JudgeFailed, JudgeRequest, judge_prompt
 from verifier.settings import VerifierSettings
 
@@ -252,7 +252,7 @@ class JudgeSpec(BaseModel):
     name: str | None = Field(default=None, min_length=1)
     """As recorded in the reward record; the model name when unset."""
     llm: ProviderConfig
-    """How to reach the model: the agent runner's provider config (provider, model,
+    """How to reach the model: crmbench_llm's provider config (provider, model,
     base_url, api_key_env, temperature, max_tokens, timeout and retries)."""
     transcript_chars: int = Field(default=0, ge=0)
     """Show the judge the last this-many characters of the transcript; 0: not at all."""

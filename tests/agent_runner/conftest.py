@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from agent_runner.llm import LLMProvider, PriceTable, ProviderConfig, make_provider
 from crmbench.cases_cli import load_corpus_into
 from crmbench.local_services import running_verifier
 from crmbench_clients.serving import serving_in_thread
 from crmbench_contracts.cases import Case
 from crmbench_corpus.store import load_index
+from crmbench_llm import LLMProvider, PriceTable, ProviderConfig, make_provider
 from tests.agent_runner.fake_llm_servers import (
     FakeApi,
     ScriptedAnswer,

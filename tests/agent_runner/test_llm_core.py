@@ -1,10 +1,15 @@
-"""The scripted provider, the price table, and the retry policy's arithmetic."""
+"""The scripted provider, the price table, the retry policy's arithmetic, and what the
+LLM layer and its users may import."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
-from agent_runner.llm import (
+from crmbench_llm import (
     Completion,
     LLMError,
     Message,
@@ -16,7 +21,7 @@ from agent_runner.llm import (
     Usage,
     make_provider,
 )
-from agent_runner.llm.base import RetryPolicy, parse_retry_after
+from crmbench_llm.base import RetryPolicy, parse_retry_after
 
 # (h) the scripted provider
 
@@ -107,3 +112,35 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
     assert policy.delay(1, None, lambda: 0.0) == 1.0  # jitter spans the upper half
     assert policy.delay(0, 3.0, lambda: 0.0) == 3.0  # Retry-After wins over backoff
     assert policy.delay(0, 60.0, lambda: 0.0) == 5.0
+
+
+# (i) the LLM layer stands alone: it and the modules built on it load no service code
+
+_LOADED_PACKAGES = """
+import importlib, json, sys
+for module in sys.argv[1:]:
+    importlib.import_module(module)
+print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
+"""
+
+
+@pytest.mark.parametrize(
+    ("modules", "forbidden"),
+    [
+        (
+            ["crmbench_llm", "crmbench_llm.openai_provider", "crmbench_llm.anthropic_provider"],
+            {"agent_runner", "verifier", "crm_api", "crmbench"},
+        ),
+        (["verifier.llm_judges"], {"agent_runner", "crm_api", "crmbench"}),
+    ],
+)
+def test_llm_layer_and_its_users_load_no_other_service(
+    modules: list[str], forbidden: set[str]
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _LOADED_PACKAGES, *modules],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert forbidden.isdisjoint(json.loads(result.stdout)), result.stdout

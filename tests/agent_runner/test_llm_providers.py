@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agent_runner.llm import (
+from crmbench_llm import (
     LLMError,
     Message,
     MissingApiKey,

@@ -18,17 +18,6 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from agent_runner.llm import (
-    Completion,
-    LLMError,
-    LLMProvider,
-    Message,
-    PriceTable,
-    ProviderConfig,
-    ToolCall,
-    ToolSpec,
-    make_provider,
-)
 from agent_runner.protocol import CASE_HEADER, TRIAL_HEADER, tool_result_content
 from agent_runner.simulated import (
     WRITE_TOOLS,
@@ -43,6 +32,17 @@ from crmbench.local_services import running_verifier
 from crmbench_contracts.cases import FAILURE_CATEGORIES, Action, Case
 from crmbench_corpus.replay import resolve
 from crmbench_corpus.store import default_corpus_dir, load_cases
+from crmbench_llm import (
+    Completion,
+    LLMError,
+    LLMProvider,
+    Message,
+    PriceTable,
+    ProviderConfig,
+    ToolCall,
+    ToolSpec,
+    make_provider,
+)
 from tests.conftest import ADMIN_KEY, REPO_ROOT, RunningServer
 
 MODEL = "crmbench-simulated"

@@ -1,4 +1,4 @@
-"""LLM judges over real HTTP: the agent runner's providers against local fake OpenAI and
+"""LLM judges over real HTTP: crmbench_llm's providers against local fake OpenAI and
 Anthropic servers, the judges file, and the verifier service scoring a live episode."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import httpx
 import pytest
 import yaml
 
-from agent_runner.llm import PriceTable, ProviderConfig, make_provider
 from crmbench_clients.serving import free_port, serving_in_thread
 from crmbench_contracts.cases import Case
 from crmbench_contracts.rewards import JudgeScore, RewardRecord
+from crmbench_llm import PriceTable, ProviderConfig, make_provider
 from tests.agent_runner.fake_llm_servers import (
     FakeApi,
     ScriptedAnswer,

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from agent_runner.crm_client import CrmApiClient, ToolOutcome
-from agent_runner.llm.types import Completion, ToolSpec
 from crmbench_contracts.cases import Case
 from crmbench_contracts.traces import Audience, EpisodeOutcome, StepTrace, TokenUsage
+from crmbench_llm.types import Completion, ToolSpec
 
 
 class EpisodeLimitReached(Exception):

@@ -6,7 +6,7 @@ from agent_runner.agents.base import Agent
 from agent_runner.agents.baselines import OracleAgent, RandomAgent
 from agent_runner.agents.llm_agent import LLMAgent, SystemPrompt
 from agent_runner.config import ConfigError, RunConfig
-from agent_runner.llm import PriceTable, ProviderConfig, make_provider
+from crmbench_llm import PriceTable, ProviderConfig, make_provider
 
 SIMULATED_MODEL = "simulated-llm"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from string import Template
 
 from agent_runner.agents.base import AgentResult, EpisodeContext, EpisodeLimitReached
-from agent_runner.llm import LLMError, LLMProvider, Message
 from agent_runner.protocol import CASE_HEADER, TRIAL_HEADER, tool_result_content
 from crmbench_contracts.traces import Audience
+from crmbench_llm import LLMError, LLMProvider, Message
 
 
 class SystemPrompt:

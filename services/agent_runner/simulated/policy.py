@@ -22,12 +22,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent_runner.llm.types import Message
 from agent_runner.protocol import parse_tool_result
 from agent_runner.simulated.config import SimulatedLLMConfig
 from crm_api.tools import TOOLS, ToolKind
 from crmbench_contracts.cases import Action, Case
 from crmbench_corpus.replay import ReplayError, resolve
+from crmbench_llm.types import Message
 
 WRITE_TOOLS: frozenset[str] = frozenset(
     name for name, tool in TOOLS.items() if tool.kind is ToolKind.WRITE

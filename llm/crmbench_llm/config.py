@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
-from agent_runner.llm.base import MissingApiKey, RetryPolicy
-from agent_runner.llm.types import Usage
+from crmbench_llm.base import MissingApiKey, RetryPolicy
+from crmbench_llm.types import Usage
 
 ProviderName = Literal["openai", "anthropic", "scripted"]
 

@@ -6,8 +6,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from agent_runner.llm.base import LLMError
-from agent_runner.llm.types import Completion, Message, ToolSpec
+from crmbench_llm.base import LLMError
+from crmbench_llm.types import Completion, Message, ToolSpec
 
 PROVIDER = "scripted"
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Protocol, TypeVar
 
-from agent_runner.llm.types import Completion, Message, ToolSpec
+from crmbench_llm.types import Completion, Message, ToolSpec
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import anthropic
 
-from agent_runner.llm.base import call_with_retries, connection_failure, http_failure
-from agent_runner.llm.config import PriceTable, ProviderConfig
-from agent_runner.llm.types import (
+from crmbench_llm.base import call_with_retries, connection_failure, http_failure
+from crmbench_llm.config import PriceTable, ProviderConfig
+from crmbench_llm.types import (
     Completion,
     Message,
     StopReason,

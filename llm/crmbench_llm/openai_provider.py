@@ -11,14 +11,14 @@ from typing import Any
 
 import openai
 
-from agent_runner.llm.base import (
+from crmbench_llm.base import (
     LLMError,
     call_with_retries,
     connection_failure,
     http_failure,
 )
-from agent_runner.llm.config import PriceTable, ProviderConfig
-from agent_runner.llm.types import (
+from crmbench_llm.config import PriceTable, ProviderConfig
+from crmbench_llm.types import (
     Completion,
     Message,
     StopReason,
