@@ -132,6 +132,7 @@ print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
             {"agent_runner", "verifier", "crm_api", "crmbench"},
         ),
         (["verifier.llm_judges"], {"agent_runner", "crm_api", "crmbench"}),
+        (["agent_runner.simulated"], {"crm_api", "crmbench"}),
     ],
 )
 def test_llm_layer_and_its_users_load_no_other_service(

@@ -20,16 +20,19 @@ from pydantic import ValidationError
 
 from agent_runner.protocol import CASE_HEADER, TRIAL_HEADER, tool_result_content
 from agent_runner.simulated import (
-    WRITE_TOOLS,
     MistakeRule,
     SimulatedLLMConfig,
     SimulatedPolicy,
     default_config_path,
+    default_openapi_path,
     expected_pass_probability,
+    load_write_tools,
     running_simulated_llm,
 )
+from crm_api.tools import TOOLS, ToolKind
 from crmbench.local_services import running_verifier
 from crmbench_contracts.cases import FAILURE_CATEGORIES, Action, Case
+from crmbench_contracts.tools import InvalidToolKinds, tool_kinds, write_tools
 from crmbench_corpus.replay import resolve
 from crmbench_corpus.store import default_corpus_dir, load_cases
 from crmbench_llm import (
@@ -46,6 +49,7 @@ from crmbench_llm import (
 from tests.conftest import ADMIN_KEY, REPO_ROOT, RunningServer
 
 MODEL = "crmbench-simulated"
+WRITE_TOOLS = load_write_tools()
 
 ToolBackend = Callable[[str, dict[str, Any]], Awaitable[tuple[int, Any]]]
 
@@ -599,6 +603,96 @@ def test_default_config_is_a_mediocre_student_that_guidance_lifts(eval_cases: li
     # ... while naming the mistake's code does count as guidance for it.
     for name, rule in config.categories.items():
         assert rule.addressed_by(f"Avoid {name}: check the value first."), name
+
+
+# --- which tools write: the CRM API's OpenAPI document ----------------------------------
+
+
+def test_tool_kinds_of_the_committed_document_are_the_registrys() -> None:
+    """The committed docs/openapi.json and the CRM API's tool registry never drift apart."""
+    document = json.loads(default_openapi_path().read_text(encoding="utf-8"))
+    registry_writes = {name for name, tool in TOOLS.items() if tool.kind is ToolKind.WRITE}
+
+    assert tool_kinds(document) == {name: tool.kind.value for name, tool in TOOLS.items()}
+    assert load_write_tools() == write_tools(document) == registry_writes
+    assert "add_note" in registry_writes and "quote_details" not in registry_writes
+
+
+def _tool_document(*operations: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"paths": {path: {"post": operation} for path, operation in operations}}
+
+
+def test_tool_kinds_come_from_x_tool_kind_only() -> None:
+    document = _tool_document(
+        ("/tools/add_note", {"operationId": "add_note", "x-tool-kind": "write"}),
+        ("/tools/list_notes", {"operationId": "list_notes", "x-tool-kind": "read"}),
+        ("/episodes", {"operationId": "create_episode"}),
+    )
+    assert tool_kinds(document) == {"add_note": "write", "list_notes": "read"}
+    assert write_tools(document) == frozenset({"add_note"})
+
+
+@pytest.mark.parametrize(
+    ("document", "complaint"),
+    [
+        ({"openapi": "3.1.0"}, "no `paths`"),
+        (_tool_document(("/tools/a", {"operationId": "a", "x-tool-kind": "delete"})), "'delete'"),
+        (_tool_document(("/tools/a", {"x-tool-kind": "write"})), "no operationId"),
+        (
+            _tool_document(
+                ("/tools/a", {"operationId": "a", "x-tool-kind": "write"}),
+                ("/tools/b", {"operationId": "a", "x-tool-kind": "read"}),
+            ),
+            "declared twice",
+        ),
+    ],
+)
+def test_tool_kinds_refuse_a_malformed_document(document: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(InvalidToolKinds, match=re.escape(complaint)):
+        tool_kinds(document)
+
+
+def test_load_write_tools_refuses_a_document_without_write_tools(tmp_path: Path) -> None:
+    path = tmp_path / "openapi.json"
+    path.write_text(json.dumps(_tool_document(("/tools/a", {"operationId": "a"}))))
+    with pytest.raises(InvalidToolKinds, match="declares no write tool"):
+        load_write_tools(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_write_tools(path)
+
+
+async def test_the_policy_leaves_out_the_last_of_the_write_tools_it_is_given() -> None:
+    """The write set is the policy's input: with no write tools, a botched write task is
+    botched like a lookup (every call made, the facts missed)."""
+
+    async def episode(policy: SimulatedPolicy) -> tuple[list[str], str]:
+        messages: list[Message] = [Message.user("Do the thing.")]
+        tools: list[str] = []
+        for _ in range(10):
+            turn = policy.next_turn(WRITE_CASE.case_id, 0, "", messages)
+            if turn.tool_call is None:
+                return tools, turn.content
+            call = ToolCall(
+                id=turn.tool_call.id, name=turn.tool_call.name, arguments=turn.tool_call.arguments
+            )
+            status, body = await fake_crm(call.name, call.arguments)
+            tools.append(call.name)
+            messages += [
+                Message.assistant("", [call]),
+                Message.tool(call.id, tool_result_content(status, body)),
+            ]
+        raise AssertionError("the episode did not end")
+
+    config = sim_config(success=1.0)
+    assert await episode(SimulatedPolicy(config, CASES)) == (
+        ["client_search"],
+        WRITE_CASE.expected.reference_reply,
+    )
+    assert await episode(SimulatedPolicy(config, CASES, write_tools=frozenset())) == (
+        ["client_search", "modify_client"],
+        config.unhelpful_reply,
+    )
 
 
 # --- configuration validation -----------------------------------------------------------

@@ -15,7 +15,6 @@ from agent_runner.simulated.config import (
     default_config_path,
 )
 from agent_runner.simulated.policy import (
-    WRITE_TOOLS,
     Decision,
     MalformedConversation,
     PlannedCall,
@@ -23,13 +22,14 @@ from agent_runner.simulated.policy import (
     SimulatedPolicy,
     SimulatedTurn,
     UnknownCase,
+    default_openapi_path,
     expected_pass_probability,
+    load_write_tools,
     uniform_draw,
 )
 from agent_runner.simulated.server import create_simulated_app, running_simulated_llm
 
 __all__ = [
-    "WRITE_TOOLS",
     "Decision",
     "GuidedRate",
     "MalformedConversation",
@@ -43,7 +43,9 @@ __all__ = [
     "UnknownCase",
     "create_simulated_app",
     "default_config_path",
+    "default_openapi_path",
     "expected_pass_probability",
+    "load_write_tools",
     "running_simulated_llm",
     "uniform_draw",
 ]

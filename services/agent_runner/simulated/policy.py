@@ -12,6 +12,9 @@ calls and results already in the conversation and returns the next step, so the 
 conversation always gets the same answer. Every random decision is a uniform number hashed
 from (seed, case id, trial, purpose); the guided and unguided decisions share the number,
 so adding guidance can only remove a mistake and paired comparisons isolate its effect.
+
+Which tools write comes from the CRM API's OpenAPI document (each tool operation's
+`x-tool-kind`), by default the committed docs/openapi.json, never from the API's code.
 """
 
 from __future__ import annotations
@@ -20,20 +23,16 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from agent_runner.protocol import parse_tool_result
 from agent_runner.simulated.config import SimulatedLLMConfig
-from crm_api.tools import TOOLS, ToolKind
 from crmbench_contracts.cases import Action, Case
+from crmbench_contracts.paths import REPO_ROOT
+from crmbench_contracts.tools import InvalidToolKinds, write_tools
 from crmbench_corpus.replay import ReplayError, resolve
 from crmbench_llm.types import Message
-
-WRITE_TOOLS: frozenset[str] = frozenset(
-    name for name, tool in TOOLS.items() if tool.kind is ToolKind.WRITE
-)
-"""Tools that change state, from the CRM API's registry (names alone do not tell:
-`quote_details` reads, `add_note` writes)."""
 
 Phase = Literal["reference", "trap", "partial", "recovery", "restart"]
 """Which plan produced a turn: the reference; the trap's naive actions; the reference
@@ -61,6 +60,32 @@ class MalformedConversation(SimulatedLLMError):
     """A message is not shaped like a chat message."""
 
     code = "malformed_conversation"
+
+
+def default_openapi_path() -> Path:
+    """The CRM API's committed OpenAPI document (docs/openapi.json at the repository root)."""
+    return REPO_ROOT / "docs" / "openapi.json"
+
+
+def load_write_tools(path: str | Path | None = None) -> frozenset[str]:
+    """Names of the tools that change state, from the `x-tool-kind` of the OpenAPI
+    document at `path` (default: `default_openapi_path()`).
+
+    Raises OSError when the file cannot be read, ValueError when it is not JSON, and
+    InvalidToolKinds when its tool kinds are malformed or it declares no write tool
+    (then it is not the CRM API's document).
+    """
+    source = Path(path) if path is not None else default_openapi_path()
+    try:
+        document = json.loads(source.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{source} is not valid JSON: {exc}") from exc
+    if not isinstance(document, Mapping):
+        raise InvalidToolKinds(f"{source} is not an OpenAPI document (a JSON object)")
+    writes = write_tools(document)
+    if not writes:
+        raise InvalidToolKinds(f"{source} declares no write tool: not the CRM API's document")
+    return writes
 
 
 def uniform_draw(seed: int, case_id: str, trial: int, purpose: str) -> float:
@@ -264,20 +289,32 @@ def _walk(
     return _Done()
 
 
-def _without_last_write(actions: Sequence[Action]) -> list[Action] | None:
-    """The actions before the last write (what follows it only reads); None if none writes."""
+def _without_last_write(actions: Sequence[Action], writes: frozenset[str]) -> list[Action] | None:
+    """The actions before the last write, a tool in `writes` (what follows it only reads);
+    None if none writes."""
     for index in range(len(actions) - 1, -1, -1):
-        if actions[index].tool in WRITE_TOOLS:
+        if actions[index].tool in writes:
             return list(actions[:index])
     return None
 
 
 class SimulatedPolicy:
-    """Decides the next assistant turn of a case's episode from the conversation so far."""
+    """Decides the next assistant turn of a case's episode from the conversation so far.
 
-    def __init__(self, config: SimulatedLLMConfig, cases: Mapping[str, Case]) -> None:
+    `write_tools` names the tools that change state (see `write_tools` of
+    crmbench_contracts.tools, which builds it from an OpenAPI document); None loads it from
+    the committed document (`load_write_tools`).
+    """
+
+    def __init__(
+        self,
+        config: SimulatedLLMConfig,
+        cases: Mapping[str, Case],
+        write_tools: frozenset[str] | None = None,
+    ) -> None:
         self.config = config
         self.cases = cases
+        self.write_tools = write_tools if write_tools is not None else load_write_tools()
 
     def case(self, case_id: str) -> Case:
         case = self.cases.get(case_id)
@@ -317,7 +354,7 @@ class SimulatedPolicy:
         if not decision.mistake:
             return turn.follow("reference", expected.reference_actions, expected.reference_reply)
         if case.failure is None:
-            partial = _without_last_write(expected.reference_actions)
+            partial = _without_last_write(expected.reference_actions, self.write_tools)
             if partial is None:
                 # A read-only task botched: it looks things up and misses the facts.
                 return turn.follow(

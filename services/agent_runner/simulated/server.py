@@ -108,9 +108,15 @@ def _completion_id(case_id: str, trial: int, messages: int) -> str:
     return "chatcmpl-sim-" + hashlib.sha256(key).hexdigest()[:24]
 
 
-def create_simulated_app(config: SimulatedLLMConfig, cases: Mapping[str, Case]) -> FastAPI:
-    """The simulated LLM's HTTP app: `POST /v1/chat/completions` and `GET /v1/models`."""
-    policy = SimulatedPolicy(config, cases)
+def create_simulated_app(
+    config: SimulatedLLMConfig,
+    cases: Mapping[str, Case],
+    *,
+    write_tools: frozenset[str] | None = None,
+) -> FastAPI:
+    """The simulated LLM's HTTP app: `POST /v1/chat/completions` and `GET /v1/models`.
+    `write_tools` as for SimulatedPolicy (None: from the committed OpenAPI document)."""
+    policy = SimulatedPolicy(config, cases, write_tools)
     app = FastAPI(title="crm-bench simulated LLM", docs_url=None, redoc_url=None)
 
     @app.get("/health", include_in_schema=False)
@@ -178,8 +184,14 @@ def create_simulated_app(config: SimulatedLLMConfig, cases: Mapping[str, Case]) 
 
 
 @contextmanager
-def running_simulated_llm(config: SimulatedLLMConfig, cases: Mapping[str, Case]) -> Iterator[str]:
+def running_simulated_llm(
+    config: SimulatedLLMConfig,
+    cases: Mapping[str, Case],
+    *,
+    write_tools: frozenset[str] | None = None,
+) -> Iterator[str]:
     """The simulated LLM on a free 127.0.0.1 port for the duration of the block; yields
     the base URL an OpenAI client takes (ending in /v1)."""
-    with serving_in_thread(create_simulated_app(config, cases), "simulated LLM") as url:
+    app = create_simulated_app(config, cases, write_tools=write_tools)
+    with serving_in_thread(app, "simulated LLM") as url:
         yield f"{url}/v1"
