@@ -397,6 +397,18 @@ def test_dockerfile_copies_what_the_install_needs() -> None:
     assert "." not in sources, "copy only what is needed, not the whole context"
 
 
+def test_dockerfile_copies_every_package_folder_of_the_project() -> None:
+    """`pip install -e .` in the image fails when a package folder of pyproject is missing."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    folders = set(pyproject["tool"]["setuptools"]["package-dir"].values())
+    sources = {src.rstrip("/") for src, _ in _copy_sources()}
+    for folder in sorted(folders):
+        covered = any(folder == s or folder.startswith(s + "/") for s in sources)
+        assert covered, f"{folder} (a package folder in pyproject.toml) is not copied"
+
+
 def test_dockerignore_keeps_out_junk_but_not_copied_sources() -> None:
     patterns = _dockerignore_patterns()
     for junk in (".git", ".venv", "crmbench/__pycache__", "services/crm_api/x.pyc"):
