@@ -10,8 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agent_runner.export import atlas_lines, atlas_session, group_traces, write_atlas_jsonl
-from agent_runner.results import ResultsError
+from agent_runner.reports.atlas import atlas_lines, atlas_session, group_traces, write_atlas_jsonl
+from agent_runner.reports.reading import ResultsError
 from crmbench.results_cli import register
 from crmbench_contracts.rewards import CollateralChange, JudgeScore
 from crmbench_contracts.traces import SessionTrace, StateChange, StepTrace

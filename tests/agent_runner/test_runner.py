@@ -13,14 +13,14 @@ import pytest
 from agent_runner.agents.base import Agent
 from agent_runner.agents.baselines import OracleAgent, RandomAgent
 from agent_runner.agents.llm_agent import LLMAgent, SystemPrompt
-from agent_runner.config import RunConfig
 from agent_runner.crm_client import CrmApiClient, ServiceError, VerifierClient
 from agent_runner.llm import Message, ScriptedProvider, ToolCall
 from agent_runner.llm.types import Completion, Usage
 from agent_runner.protocol import parse_tool_result
-from agent_runner.runner import WorkerStats, create_run, select_cases, work_on_run
-from agent_runner.store import Claim, RunStore, asyncpg_dsn
-from agent_runner.trace_log import complete_blocks
+from agent_runner.run.config import RunConfig
+from agent_runner.run.runner import WorkerStats, create_run, select_cases, work_on_run
+from agent_runner.run.store import Claim, RunStore, asyncpg_dsn
+from agent_runner.run.trace_log import complete_blocks
 from crmbench_contracts.traces import SessionTrace, StepTrace
 from tests.agent_runner.conftest import ApiUnderTest, RunServices, stratified_sample
 from tests.agent_runner.fake_llm_servers import anthropic_reply, openai_reply

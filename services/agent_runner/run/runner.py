@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from agent_runner.agents.base import Agent, EpisodeContext, EpisodeLimits
-from agent_runner.config import ConfigError, RunConfig
 from agent_runner.crm_client import CrmApiClient, ServiceError, VerifierClient
 from agent_runner.llm.types import ToolSpec
-from agent_runner.store import Claim, RunRow, RunStore
-from agent_runner.trace_log import RUN_FILE, TRACE_FILE, TraceLog
+from agent_runner.run.config import ConfigError, RunConfig
+from agent_runner.run.store import Claim, RunRow, RunStore
+from agent_runner.run.trace_log import RUN_FILE, TRACE_FILE, TraceLog
 from crmbench_contracts.cases import Case
 from crmbench_contracts.traces import (
     CrmContext,
