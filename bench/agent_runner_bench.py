@@ -47,10 +47,10 @@ sys.path.insert(0, str(REPO_ROOT))
 from agent_runner.agents.base import Agent  # noqa: E402
 from agent_runner.agents.baselines import OracleAgent  # noqa: E402
 from agent_runner.agents.factory import build_agent  # noqa: E402
-from agent_runner.config import RunConfig  # noqa: E402
 from agent_runner.crm_client import CrmApiClient, VerifierClient  # noqa: E402
-from agent_runner.runner import create_run, select_cases, work_on_run  # noqa: E402
-from agent_runner.store import RunStore  # noqa: E402
+from agent_runner.run.config import RunConfig  # noqa: E402
+from agent_runner.run.runner import create_run, select_cases, work_on_run  # noqa: E402
+from agent_runner.run.store import RunStore  # noqa: E402
 from crmbench_clients.serving import free_port  # noqa: E402
 from crmbench_contracts.cases import Case  # noqa: E402
 from crmbench_corpus.store import load_cases  # noqa: E402

@@ -41,7 +41,9 @@ def results(
     Harness errors (the CRM API or the verifier failed) are listed apart and never
     counted in a pass rate.
     """
-    from agent_runner.results import ResultsError, load_report, render_report
+    from agent_runner.reports.reading import ResultsError
+    from agent_runner.reports.rendering import render_report
+    from agent_runner.reports.statistics import load_report
 
     try:
         report = load_report(directory)
@@ -54,7 +56,7 @@ def results(
 
 
 def _from_directory(directory: Path, run_id: str) -> list[tuple[SessionTrace, list[StepTrace]]]:
-    from agent_runner.results import ResultsError, read_traces
+    from agent_runner.reports.reading import ResultsError, read_traces
 
     try:
         contents = read_traces(directory)
@@ -83,7 +85,7 @@ def _from_database(run_id: str) -> list[tuple[SessionTrace, list[StepTrace]]]:
     import asyncpg
     from sqlalchemy.engine import make_url
 
-    from agent_runner.store import RunNotFound, load_run_traces
+    from agent_runner.run.store import RunNotFound, load_run_traces
     from crmbench.postgres import resolve_database_url
 
     url = resolve_database_url()
@@ -124,7 +126,7 @@ def export(
 
     Reads Postgres (DATABASE_URL, else the embedded server) unless --dir is given.
     """
-    from agent_runner.export import atlas_lines, write_atlas_jsonl
+    from agent_runner.reports.atlas import atlas_lines, write_atlas_jsonl
 
     pairs = _from_directory(directory, run_id) if directory else _from_database(run_id)
     if out is None:

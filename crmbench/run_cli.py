@@ -34,7 +34,7 @@ class RunEnvironment:
 
 
 def _corpus_dir(config: Any) -> Path:
-    from agent_runner.corpus import corpus_dir_of
+    from agent_runner.run.corpus import corpus_dir_of
 
     return corpus_dir_of(config)
 
@@ -142,8 +142,8 @@ async def _execute(
 ) -> tuple[Any, Any]:
     from agent_runner.agents.factory import build_agent
     from agent_runner.crm_client import CrmApiClient, VerifierClient
-    from agent_runner.runner import work_on_run
-    from agent_runner.store import RunStore
+    from agent_runner.run.runner import work_on_run
+    from agent_runner.run.store import RunStore
 
     agent = build_agent(config, simulated_url=env.simulated_url)
     store = await RunStore.connect(env.database_url, pool_size=min(config.concurrency + 2, 32))
@@ -192,9 +192,9 @@ async def _prepare(
     config: Any, database_url: str, out: Path, out_dir: str, join: str | None, flags_given: bool
 ) -> tuple[Any, str, list[Any], bool]:
     """Creates the run, or finds the one to resume; returns (config, run_id, cases, resumed)."""
-    from agent_runner.config import RunConfig
-    from agent_runner.runner import RunFiles, create_run, select_cases
-    from agent_runner.store import RunStore
+    from agent_runner.run.config import RunConfig
+    from agent_runner.run.runner import RunFiles, create_run, select_cases
+    from agent_runner.run.store import RunStore
     from crmbench_corpus.store import load_cases, load_manifest
 
     files = RunFiles(out)
@@ -282,9 +282,9 @@ def run_command(
     processes given the same --out (or --join RUN_ID) share the work.
     """
     from agent_runner.agents.factory import build_agent
-    from agent_runner.config import load_run_config
-    from agent_runner.runner import RunFiles
-    from agent_runner.store import RunNotFound
+    from agent_runner.run.config import load_run_config
+    from agent_runner.run.runner import RunFiles
+    from agent_runner.run.store import RunNotFound
     from crm_api.migrate import migrate
     from crm_api.settings import CrmApiSettings
     from crmbench.postgres import resolve_database_url

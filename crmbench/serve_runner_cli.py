@@ -43,8 +43,8 @@ def serve_agent_runner(
     from sqlalchemy.engine import make_url
 
     from agent_runner.app import create_app
-    from agent_runner.config import load_run_config
-    from agent_runner.corpus import corpus_dir_of
+    from agent_runner.run.config import load_run_config
+    from agent_runner.run.corpus import corpus_dir_of
     from agent_runner.settings import AgentRunnerSettings
     from crm_api.migrate import migrate
     from crm_api.settings import CrmApiSettings

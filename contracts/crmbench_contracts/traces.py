@@ -98,6 +98,70 @@ class StepTrace(BaseModel):
     started_at: datetime
 
 
+Lane = Literal["auto", "paired", "coach", "escalate"]
+"""Supervision lanes (design/learning.md): `auto` the student acts alone; `paired` the
+teacher reviews the outcome and may order one retry; `coach` the teacher reviews the plan
+before any write and each failed call; `escalate` the teacher takes over."""
+DecisionSource = Literal["rule", "teacher"]
+"""Who picked a lane: a rule on the memory's track record, or the teacher's probe."""
+CueMatch = Literal["semantic", "pattern", "both"]
+"""How a playbook entry's cue matched the task: embedding similarity above the threshold,
+an exact cue pattern, or both."""
+
+
+class PlaybookRetrieval(BaseModel):
+    """One playbook entry retrieved for an episode (before the agent acts)."""
+
+    entry_id: str
+    similarity: float | None = None
+    """Cosine similarity of the task to the entry's cue; None for a pattern-only match."""
+    cue_match: CueMatch
+    injected: bool = False
+    """Whether the entry made it into a system prompt (only the top entries do)."""
+    audience: Audience = "student"
+    """Whose prompt the entry is written for."""
+
+
+class LaneDecision(BaseModel):
+    """A supervision lane picked for an episode, and why."""
+
+    lane: Lane
+    reason: str
+    confidence: float | None = Field(default=None, ge=0, le=1)
+    """The probe's confidence in the lane; None when a rule decided without one."""
+    source: DecisionSource
+
+
+class SupervisionTransition(BaseModel):
+    """A lane decision taking effect in an episode: the triage's (from no lane, at step 0)
+    or a later change of lane after a step."""
+
+    step: int = Field(ge=0)
+    """The step after which it took effect; 0 is before the first tool call."""
+    from_lane: Lane | None = None
+    """None for the episode's first lane."""
+    to_lane: Lane
+    reason: str
+    confidence: float | None = Field(default=None, ge=0, le=1)
+    source: DecisionSource
+    guidance: list[str] = Field(default_factory=list)
+    """Guidance the teacher gave with the change, as the agent received it."""
+
+    @classmethod
+    def of(
+        cls, decision: LaneDecision, *, step: int = 0, from_lane: Lane | None = None
+    ) -> SupervisionTransition:
+        """The transition a lane decision makes at `step` (the first lane by default)."""
+        return cls(
+            step=step,
+            from_lane=from_lane,
+            to_lane=decision.lane,
+            reason=decision.reason,
+            confidence=decision.confidence,
+            source=decision.source,
+        )
+
+
 class CrmContext(BaseModel):
     """What the learning loop and the reports need to know about the case of a session."""
 
@@ -110,9 +174,12 @@ class CrmContext(BaseModel):
     failure_family: str | None = None
     verification_mode: str = "structured"
     """`structured`, or `structured+judges` when LLM judges scored the reply too."""
-    playbooks_retrieved: list[dict[str, Any]] = Field(default_factory=list)
+    playbooks_retrieved: list[PlaybookRetrieval] = Field(default_factory=list)
+    """The playbook entries retrieved for the episode, injected or not."""
     playbooks_adopted: list[str] = Field(default_factory=list)
-    supervision_transitions: list[dict[str, Any]] = Field(default_factory=list)
+    """Ids of the injected entries whose prescribed action the trace shows."""
+    supervision_transitions: list[SupervisionTransition] = Field(default_factory=list)
+    """The lane the episode started in (triage) and every change of lane after it."""
     baseline_score: float | None = None
 
 

@@ -24,14 +24,15 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent_runner.agents.factory import build_agent
-from agent_runner.config import ConfigError, RunConfig, load_run_config
-from agent_runner.corpus import CorpusCatalog, RunCorpus, corpus_dir_of
 from agent_runner.crm_client import CrmApiClient, VerifierClient
 from agent_runner.errors import ErrorResponse, RunnerError, RunnerErrorCode, from_problem
 from agent_runner.errors import translate_validation_errors as translate
-from agent_runner.queue_worker import AGENT_BUILD_ERRORS, QueueWorker, SimulatedLLMs, describe
-from agent_runner.results import RunInfo, build_report
-from agent_runner.runner import (
+from agent_runner.reports.reading import RunInfo
+from agent_runner.reports.statistics import build_report
+from agent_runner.run.config import ConfigError, RunConfig, load_run_config
+from agent_runner.run.corpus import CorpusCatalog, RunCorpus, corpus_dir_of
+from agent_runner.run.queue_worker import AGENT_BUILD_ERRORS, QueueWorker, SimulatedLLMs, describe
+from agent_runner.run.runner import (
     RunFiles,
     create_run,
     new_run_id,
@@ -39,6 +40,7 @@ from agent_runner.runner import (
     select_cases,
     worker_name,
 )
+from agent_runner.run.store import Progress, RunNotFound, RunRow, RunStore
 from agent_runner.schemas import (
     RUN_ID_PATTERN,
     Health,
@@ -49,7 +51,6 @@ from agent_runner.schemas import (
     RunSummary,
 )
 from agent_runner.settings import AgentRunnerSettings
-from agent_runner.store import Progress, RunNotFound, RunRow, RunStore
 from crmbench_contracts.api_errors import routing_problem
 from crmbench_llm.base import MissingApiKey
 

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_runner.config import AgentName
-from agent_runner.results import RunReport
-from agent_runner.store import Progress, RunRow
+from agent_runner.reports.statistics import RunReport
+from agent_runner.run.config import AgentName
+from agent_runner.run.store import Progress, RunRow
 from crmbench_contracts.cases import Split
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agent_runner.config import DEFAULT_RUN_CONFIG
+from agent_runner.run.config import DEFAULT_RUN_CONFIG
 
 
 class AgentRunnerSettings(BaseSettings):

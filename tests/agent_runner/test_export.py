@@ -10,11 +10,18 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agent_runner.export import atlas_lines, atlas_session, group_traces, write_atlas_jsonl
-from agent_runner.results import ResultsError
+from agent_runner.reports.atlas import atlas_lines, atlas_session, group_traces, write_atlas_jsonl
+from agent_runner.reports.reading import ResultsError
 from crmbench.results_cli import register
 from crmbench_contracts.rewards import CollateralChange, JudgeScore
-from crmbench_contracts.traces import SessionTrace, StateChange, StepTrace
+from crmbench_contracts.traces import (
+    LaneDecision,
+    PlaybookRetrieval,
+    SessionTrace,
+    StateChange,
+    StepTrace,
+    SupervisionTransition,
+)
 from tests.agent_runner.trace_factory import make_reward, make_session, make_step, write_run
 
 # The fields of the Atlas SDK's AtlasSessionTrace, AtlasStepTrace, AtlasRewardBreakdown
@@ -185,6 +192,70 @@ def test_steps_show_the_call_its_result_and_its_refusal() -> None:
         second["description"].startswith('create_note(body="xxx')
         and len(second["description"]) < 80
     )
+
+
+def test_learning_telemetry_is_typed_and_exported_as_plain_json() -> None:
+    session = make_session("A")
+    retrieval = PlaybookRetrieval(
+        entry_id="pb-3", similarity=0.71, cue_match="both", injected=True, audience="teacher"
+    )
+    lane = LaneDecision(
+        lane="paired", reason="failed twice before", confidence=0.8, source="teacher"
+    )
+    escalation = SupervisionTransition(
+        step=2,
+        from_lane="paired",
+        to_lane="escalate",
+        reason="the retry failed too",
+        source="teacher",
+        guidance=["the stage list is in the tool's error"],
+    )
+    context = session.crm_context.model_copy(
+        update={
+            "playbooks_retrieved": [retrieval],
+            "playbooks_adopted": ["pb-3"],
+            "supervision_transitions": [SupervisionTransition.of(lane), escalation],
+        }
+    )
+    traced = session.model_copy(update={"crm_context": context})
+    # A trace line read back (JSONL or Postgres) gives the same typed records.
+    assert SessionTrace.model_validate_json(traced.model_dump_json()) == traced
+    exported = atlas_session(traced, [])["session_metadata"]["crm_context"]
+    assert exported["playbooks_retrieved"] == [
+        {
+            "entry_id": "pb-3",
+            "similarity": 0.71,
+            "cue_match": "both",
+            "injected": True,
+            "audience": "teacher",
+        }
+    ]
+    first, second = exported["supervision_transitions"]
+    assert first == {
+        "step": 0,
+        "from_lane": None,
+        "to_lane": "paired",
+        "reason": "failed twice before",
+        "confidence": 0.8,
+        "source": "teacher",
+        "guidance": [],
+    }
+    assert (second["from_lane"], second["to_lane"], second["step"]) == ("paired", "escalate", 2)
+    json.dumps(exported)
+
+
+def test_a_trace_without_learning_telemetry_loads_and_exports_empty_lists() -> None:
+    record = make_session("A").model_dump(mode="json")
+    for name in ("playbooks_retrieved", "playbooks_adopted", "supervision_transitions"):
+        del record["crm_context"][name]
+    session = SessionTrace.model_validate(record)
+    exported = atlas_session(session, [])["session_metadata"]["crm_context"]
+    assert exported["playbooks_retrieved"] == exported["supervision_transitions"] == []
+
+
+def test_a_lane_outside_the_four_lanes_is_refused() -> None:
+    with pytest.raises(ValueError, match="lane"):
+        LaneDecision(lane="solo", reason="?", source="rule")  # type: ignore[arg-type]
 
 
 def test_export_does_not_depend_on_key_order() -> None:

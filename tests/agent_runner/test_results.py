@@ -10,15 +10,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agent_runner.results import (
-    ResultsError,
-    build_report,
-    load_report,
-    load_sessions,
-    pass_hat_k,
-    render_report,
-    wilson_interval,
-)
+from agent_runner.reports.reading import ResultsError, load_sessions
+from agent_runner.reports.rendering import render_report
+from agent_runner.reports.statistics import build_report, load_report, pass_hat_k, wilson_interval
 from crmbench.results_cli import register
 from crmbench_contracts.traces import SessionTrace
 from tests.agent_runner.trace_factory import make_session, write_run

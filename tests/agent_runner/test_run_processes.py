@@ -14,8 +14,8 @@ from pathlib import Path
 
 import asyncpg
 
-from agent_runner.store import asyncpg_dsn
-from agent_runner.trace_log import complete_blocks
+from agent_runner.run.store import asyncpg_dsn
+from agent_runner.run.trace_log import complete_blocks
 from tests.agent_runner.conftest import RunServices, stratified_sample
 
 CRMBENCH = str(Path(sys.executable).parent / "crmbench")

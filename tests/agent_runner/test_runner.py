@@ -10,16 +10,24 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agent_runner.agents.base import Agent
+from agent_runner.agents.base import Agent, AgentResult, EpisodeContext
 from agent_runner.agents.baselines import OracleAgent, RandomAgent
 from agent_runner.agents.llm_agent import LLMAgent, SystemPrompt
-from agent_runner.config import RunConfig
 from agent_runner.crm_client import CrmApiClient, ServiceError, VerifierClient
 from agent_runner.protocol import parse_tool_result
-from agent_runner.runner import WorkerStats, create_run, select_cases, work_on_run
-from agent_runner.store import Claim, RunStore, asyncpg_dsn
-from agent_runner.trace_log import complete_blocks
-from crmbench_contracts.traces import SessionTrace, StepTrace
+from agent_runner.run.config import RunConfig
+from agent_runner.run.hooks import EpisodeHooks, Guidance
+from agent_runner.run.runner import WorkerStats, create_run, select_cases, work_on_run
+from agent_runner.run.store import Claim, RunStore, asyncpg_dsn
+from agent_runner.run.trace_log import complete_blocks
+from crmbench_contracts.rewards import RewardRecord
+from crmbench_contracts.traces import (
+    LaneDecision,
+    PlaybookRetrieval,
+    SessionTrace,
+    StepTrace,
+    SupervisionTransition,
+)
 from crmbench_llm import Message, ScriptedProvider, ToolCall
 from crmbench_llm.types import Completion, Usage
 from tests.agent_runner.conftest import ApiUnderTest, RunServices, stratified_sample
@@ -40,6 +48,7 @@ async def execute(
     agent: Agent,
     *,
     worker: str = "test-worker",
+    hooks: EpisodeHooks | None = None,
 ) -> tuple[str, WorkerStats, RunStore]:
     store = await RunStore.connect(services.database_url, pool_size=4)
     cases = select_cases(config, list(services.cases.values()))
@@ -57,6 +66,7 @@ async def execute(
             verifier=verifier,
             trace_dir=out,
             worker=worker,
+            hooks=hooks,
         )
     finally:
         await agent.aclose()
@@ -166,6 +176,121 @@ async def test_tool_loop_sends_results_and_refusals_back_and_records_steps(
     assert session.token_usage["student"].input_tokens == 30
     assert session.cost_usd == pytest.approx(0.003)
     assert steps[0].tokens.input_tokens == 10 and steps[0].llm_latency_ms >= 0
+
+
+class RecordingHooks:
+    """Episode hooks that note what each call saw, and hand back the given guidance."""
+
+    def __init__(self, guidance: Guidance | None) -> None:
+        self.guidance = guidance
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def before_act(self, ctx: EpisodeContext) -> Guidance | None:
+        self.calls.append(
+            ("before_act", ctx.session_id, len(ctx.steps), ctx.usage["student"].calls)
+        )
+        return self.guidance
+
+    async def after_act(self, ctx: EpisodeContext, result: AgentResult) -> None:
+        self.calls.append(
+            (
+                "after_act",
+                ctx.session_id,
+                [s.tool for s in ctx.steps],
+                result.final_reply,
+                result.outcome,
+            )
+        )
+
+    async def after_reward(
+        self, ctx: EpisodeContext, result: AgentResult, reward: RewardRecord
+    ) -> None:
+        self.calls.append(
+            (
+                "after_reward",
+                ctx.session_id,
+                result.final_reply,
+                reward.case_id,
+                reward.score,
+                [s.reward for s in ctx.steps],
+            )
+        )
+
+
+async def test_episode_hooks_are_called_in_order_and_their_guidance_reaches_the_prompt(
+    run_services: RunServices, tmp_path: Path
+) -> None:
+    case_id = "CRM-00001"
+    reply = "Emberton Onboarding Package belongs to Emberton Pharma, not Quarry Software."
+    provider = ScriptedProvider(model="scripted").then(
+        turn(("client_search", {"criteria": {"name": "Quarry Software"}})),
+        turn(("create_new_client", {"name": ""})),
+        turn(text=reply),
+    )
+    agent = LLMAgent(
+        "student",
+        provider,
+        "scripted",
+        SystemPrompt("You act for $actor_name. Today is $today.\n$guidance"),
+        guidance="Search before you write.",
+    )
+    retrieval = PlaybookRetrieval(
+        entry_id="pb-7", similarity=0.83, cue_match="semantic", injected=True
+    )
+    lane = LaneDecision(lane="coach", reason="new workflow", confidence=0.6, source="rule")
+    hooks = RecordingHooks(
+        Guidance(text="Names must not be blank.", retrievals=[retrieval], lane=lane)
+    )
+    config = run_config(
+        agent="student",
+        cases=[case_id],
+        providers={"student": {"provider": "scripted", "model": "scripted"}},
+    )
+    run_id, _, store = await execute(run_services, config, tmp_path, agent, hooks=hooks)
+    try:
+        [(session, steps)] = await store.traces(run_id)
+    finally:
+        await store.close()
+    session_id = f"{run_id}/{case_id}/0"
+    assert session.passed
+    assert hooks.calls == [
+        ("before_act", session_id, 0, 0),
+        ("after_act", session_id, ["client_search", "create_new_client"], reply, "completed"),
+        ("after_reward", session_id, reply, case_id, session.score, [session.score] * 2),
+    ]
+    # The episode's guidance follows the agent's own in the $guidance slot, on every call.
+    systems = {call.system or "" for call in provider.calls}
+    assert len(provider.calls) == 3 and len(systems) == 1
+    assert systems.pop().endswith("\nSearch before you write.\n\nNames must not be blank.")
+    # What before_act chose is in the session's crm_context, typed, in Postgres and JSONL.
+    transition = SupervisionTransition(
+        step=0, to_lane="coach", reason="new workflow", confidence=0.6, source="rule"
+    )
+    sessions, _ = read_trace_file(tmp_path / "sessions.jsonl")
+    for traced in (session, *sessions):
+        assert traced.crm_context.playbooks_retrieved == [retrieval]
+        assert traced.crm_context.supervision_transitions == [transition]
+    assert all(step.guidance == [] for step in steps)
+
+
+async def test_without_hooks_the_prompt_has_only_the_agents_guidance(
+    run_services: RunServices,
+) -> None:
+    provider = ScriptedProvider(model="scripted").then(turn(text="Nothing to do."))
+    agent = LLMAgent("student", provider, "scripted", SystemPrompt("Today is $today.|$guidance|"))
+    config = run_config(
+        agent="student",
+        cases=["CRM-00001"],
+        providers={"student": {"provider": "scripted", "model": "scripted"}},
+    )
+    run_id, _, store = await execute(run_services, config, None, agent)
+    try:
+        [(session, _)] = await store.traces(run_id)
+    finally:
+        await store.close()
+    assert (provider.calls[0].system or "").endswith("||")
+    assert session.crm_context.playbooks_retrieved == []
+    assert session.crm_context.supervision_transitions == []
 
 
 async def test_step_limit_and_token_budget_end_the_episode(run_services: RunServices) -> None:

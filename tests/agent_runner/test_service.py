@@ -19,11 +19,11 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from agent_runner.app import create_app
-from agent_runner.config import RunConfig
-from agent_runner.corpus import RunCorpus
-from agent_runner.runner import create_run, select_cases
+from agent_runner.run.config import RunConfig
+from agent_runner.run.corpus import RunCorpus
+from agent_runner.run.runner import create_run, select_cases
+from agent_runner.run.store import RunStore, asyncpg_dsn
 from agent_runner.settings import AgentRunnerSettings
-from agent_runner.store import RunStore, asyncpg_dsn
 from crm_api.migrate import upgrade_schema
 from crmbench_clients.serving import serving_in_thread
 from crmbench_corpus.store import default_corpus_dir

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent_runner.trace_log import TRACE_FILE, episode_lines
+from agent_runner.run.trace_log import TRACE_FILE, episode_lines
 from crmbench_contracts.rewards import (
     REPORTED_THRESHOLDS,
     CheckResult,

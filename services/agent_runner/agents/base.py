@@ -47,6 +47,10 @@ class EpisodeContext:
     token: str
     limits: EpisodeLimits
     seed: int = 0
+    guidance: str = ""
+    """Guidance for this episode's system prompt (the learning loop's injected playbook
+    entries, set by `EpisodeHooks.before_act`); LLM agents add it to their own guidance,
+    agents without a prompt ignore it."""
     steps: list[StepTrace] = field(default_factory=list)
     usage: dict[Audience, TokenUsage] = field(
         default_factory=lambda: {"student": TokenUsage(), "teacher": TokenUsage()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from agent_runner.agents.base import Agent
 from agent_runner.agents.baselines import OracleAgent, RandomAgent
 from agent_runner.agents.llm_agent import LLMAgent, SystemPrompt
-from agent_runner.config import ConfigError, RunConfig
+from agent_runner.run.config import ConfigError, RunConfig
 from crmbench_llm import PriceTable, ProviderConfig, make_provider
 
 SIMULATED_MODEL = "simulated-llm"

@@ -71,8 +71,12 @@ class LLMAgent:
     async def aclose(self) -> None:
         await self.provider.aclose()
 
+    def _guidance(self, ctx: EpisodeContext) -> str:
+        """The agent's own guidance, then the episode's, a blank line apart."""
+        return "\n\n".join(text for text in (self.guidance, ctx.guidance) if text)
+
     async def run(self, ctx: EpisodeContext) -> AgentResult:
-        system = self.prompt.render(ctx, self.guidance)
+        system = self.prompt.render(ctx, self._guidance(ctx))
         messages: list[Message] = []
         reply = ""
         try:

@@ -4,6 +4,8 @@ left, writing each episode's result and telemetry exactly once.
 One episode: open it on the CRM API for the case, let the agent act through the tools,
 score the final state with the verifier, read the change log to attach each step's state
 change, close it, then commit the session and steps (Postgres) and append them (JSONL).
+The learning loop plugs in at the episode's `EpisodeHooks` (before acting, after acting,
+after the reward).
 """
 
 from __future__ import annotations
@@ -24,16 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from agent_runner.agents.base import Agent, EpisodeContext, EpisodeLimits
-from agent_runner.config import ConfigError, RunConfig
 from agent_runner.crm_client import CrmApiClient, ServiceError, VerifierClient
-from agent_runner.store import Claim, RunRow, RunStore
-from agent_runner.trace_log import RUN_FILE, TRACE_FILE, TraceLog
+from agent_runner.run.config import ConfigError, RunConfig
+from agent_runner.run.hooks import EpisodeHooks, Guidance, NoHooks
+from agent_runner.run.store import Claim, RunRow, RunStore
+from agent_runner.run.trace_log import RUN_FILE, TRACE_FILE, TraceLog
 from crmbench_contracts.cases import Case
 from crmbench_contracts.traces import (
     CrmContext,
     EpisodeOutcome,
     SessionTrace,
     StepTrace,
+    SupervisionTransition,
     new_usage,
 )
 from crmbench_llm.types import ToolSpec
@@ -88,6 +92,18 @@ def crm_context(case: Case) -> CrmContext:
         failure_category=case.failure.category if case.failure else None,
         failure_family=case.failure.family.value if case.failure else None,
     )
+
+
+def learning_context(guidance: Guidance | None) -> dict[str, Any]:
+    """The `CrmContext` fields a `before_act` guidance fills: its retrievals and its lane
+    (the first supervision transition); nothing without guidance."""
+    if guidance is None:
+        return {}
+    transitions = [SupervisionTransition.of(guidance.lane)] if guidance.lane else []
+    return {
+        "playbooks_retrieved": list(guidance.retrievals),
+        "supervision_transitions": transitions,
+    }
 
 
 @dataclass
@@ -196,6 +212,7 @@ class EpisodeRunner:
         verifier: VerifierClient,
         tools: list[ToolSpec],
         worker: str,
+        hooks: EpisodeHooks | None = None,
     ) -> None:
         self.run_id = run_id
         self.config = config
@@ -204,8 +221,11 @@ class EpisodeRunner:
         self.verifier = verifier
         self.tools = tools
         self.worker = worker
+        self.hooks: EpisodeHooks = hooks if hooks is not None else NoHooks()
 
     async def play(self, case: Case, trial: int) -> EpisodeRecord:
+        """Plays the episode; failures of the services, the agent or a hook end up in the
+        session's outcome (`harness_error`) rather than being raised."""
         started_at = datetime.now(UTC)
         clock = time.perf_counter()
         session_id = session_id_of(self.run_id, case.case_id, trial)
@@ -216,6 +236,7 @@ class EpisodeRunner:
         outcome: EpisodeOutcome = "completed"
         error: str | None = None
         reward = None
+        guidance: Guidance | None = None
         try:
             try:
                 episode = await self.crm.open_episode(
@@ -236,20 +257,27 @@ class EpisodeRunner:
                 seed=self.config.seed,
             )
             try:
+                guidance = await self.hooks.before_act(ctx)
+                if guidance is not None:
+                    ctx.guidance = guidance.text
                 result = await self.agent.run(ctx)
                 final_reply, outcome, error = result.final_reply, result.outcome, result.error
-                reward = await self.verifier.verify(
+                await self.hooks.after_act(ctx, result)
+                scored = await self.verifier.verify(
                     case.case_id, episode_id, final_reply, ctx.transcript
                 )
+                reward = scored
                 changes = await self.crm.changes(episode_id)
                 for step in ctx.steps:
                     step.state_change = changes.get(step.tool_call_id, [])
-                    step.reward = reward.score
+                    step.reward = scored.score
             finally:
                 try:
                     await self.crm.close_episode(episode_id)
                 except ServiceError as exc:
                     logger.warning("episode_close_failed", extra={"error": str(exc)})
+            # After the close: synthesis may take long and needs no live episode.
+            await self.hooks.after_reward(ctx, result, scored)
         except ServiceError as exc:
             outcome, error, reward = "harness_error", str(exc), None
         except Exception as exc:  # an agent bug must not stop the run; it is recorded
@@ -280,7 +308,8 @@ class EpisodeRunner:
                 update={
                     "verification_mode": "structured+judges"
                     if reward is not None and reward.judges
-                    else "structured"
+                    else "structured",
+                    **learning_context(guidance),
                 }
             ),
             started_at=started_at,
@@ -422,8 +451,10 @@ async def work_on_run(
     trace_dir: Path | None,
     worker: str | None = None,
     on_episode: ProgressCallback | None = None,
+    hooks: EpisodeHooks | None = None,
 ) -> WorkerStats:
-    """Plays this run's unclaimed items in this process until the queue is empty."""
+    """Plays this run's unclaimed items in this process until the queue is empty; `hooks`
+    (none by default) are called in every episode."""
     worker = worker or worker_name()
     episodes = EpisodeRunner(
         run_id=run_id,
@@ -433,6 +464,7 @@ async def work_on_run(
         verifier=verifier,
         tools=await crm.tool_specs(),
         worker=worker,
+        hooks=hooks,
     )
     trace_log = TraceLog(trace_dir / TRACE_FILE) if trace_dir is not None else None
     run_worker = RunWorker(

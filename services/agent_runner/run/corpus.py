@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent_runner.config import RunConfig
+from agent_runner.run.config import RunConfig
 from crmbench_contracts.cases import Case
 from crmbench_corpus.store import default_corpus_dir, load_cases, load_manifest
 

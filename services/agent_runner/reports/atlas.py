@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent_runner.results import parse_traces
+from agent_runner.reports.reading import parse_traces
 from crmbench_contracts.rewards import JudgeScore, RewardRecord
 from crmbench_contracts.traces import SessionTrace, StepTrace
 
@@ -251,6 +251,6 @@ def group_traces(
     lines: Iterable[str], source: str = "<traces>"
 ) -> list[tuple[SessionTrace, list[StepTrace]]]:
     """The (session, steps) pairs of a sessions.jsonl's lines; steps go to the session id
-    they carry. Same tolerance as `results.parse_traces` (a cut-short last line is
+    they carry. Same tolerance as `reading.parse_traces` (a cut-short last line is
     skipped; the last copy of a repeated session wins)."""
     return parse_traces(lines, source).pairs()

@@ -1,0 +1,1 @@
+"""Reports computed from a run's traces: reading them, statistics, rendering, Atlas export."""

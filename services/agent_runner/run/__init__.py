@@ -1,0 +1,1 @@
+"""Run orchestration: run configs, the Postgres queue, episode playing and trace files."""

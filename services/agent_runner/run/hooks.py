@@ -1,0 +1,68 @@
+"""Hook points of an episode for the learning loop (design/learning.md): before the agent
+acts (retrieve and inject playbooks, triage), after it acts (review), after the reward
+(synthesis, bookkeeping). `NoHooks`, used today, does nothing at each of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent_runner.agents.base import AgentResult, EpisodeContext
+from crmbench_contracts.rewards import RewardRecord
+from crmbench_contracts.traces import LaneDecision, PlaybookRetrieval
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """What `before_act` hands the episode: text for the agent's system prompt and the
+    record of how it was chosen."""
+
+    text: str = ""
+    """Goes into the `$guidance` slot of the agent's system prompt (after any guidance the
+    agent was built with); empty adds nothing."""
+    retrievals: list[PlaybookRetrieval] = field(default_factory=list)
+    """Recorded in the session's `crm_context.playbooks_retrieved`."""
+    lane: LaneDecision | None = None
+    """The triage's lane, recorded as the session's first supervision transition."""
+
+
+class EpisodeHooks(Protocol):
+    """Called by `EpisodeRunner.play` in this order, once each per episode.
+
+    Every hook gets the live `EpisodeContext` (the case, the session id, the steps so far,
+    token accounts a teacher's calls can be charged to with `record_completion`). An
+    exception from a hook ends the episode as a `harness_error`, like any harness failure.
+    `after_act` and `after_reward` are skipped when the episode fails before reaching them
+    (the CRM API or the verifier unreachable).
+    """
+
+    async def before_act(self, ctx: EpisodeContext) -> Guidance | None:
+        """Before the agent's first model call; None leaves the prompt as it is."""
+        ...
+
+    async def after_act(self, ctx: EpisodeContext, result: AgentResult) -> None:
+        """After the agent's final reply (or its limit), before the verifier scores it."""
+        ...
+
+    async def after_reward(
+        self, ctx: EpisodeContext, result: AgentResult, reward: RewardRecord
+    ) -> None:
+        """After scoring and the CRM episode's close: the steps carry their state change
+        and the episode's reward; the session trace is built after this returns."""
+        ...
+
+
+class NoHooks:
+    """The hooks of a run without the learning loop: nothing happens at any of them."""
+
+    async def before_act(self, ctx: EpisodeContext) -> Guidance | None:
+        return None
+
+    async def after_act(self, ctx: EpisodeContext, result: AgentResult) -> None:
+        return None
+
+    async def after_reward(
+        self, ctx: EpisodeContext, result: AgentResult, reward: RewardRecord
+    ) -> None:
+        return None
