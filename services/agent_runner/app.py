@@ -26,7 +26,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agent_runner.agents.factory import build_agent
 from agent_runner.config import ConfigError, RunConfig, load_run_config
 from agent_runner.corpus import CorpusCatalog, RunCorpus, corpus_dir_of
-from agent_runner.crm_client import CrmApiClient, VerifierClient
 from agent_runner.errors import ErrorResponse, RunnerError, RunnerErrorCode, from_problem
 from agent_runner.errors import translate_validation_errors as translate
 from agent_runner.llm.base import MissingApiKey
@@ -51,6 +50,8 @@ from agent_runner.schemas import (
 )
 from agent_runner.settings import AgentRunnerSettings
 from agent_runner.store import Progress, RunNotFound, RunRow, RunStore
+from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.verifier import VerifierClient
 from crmbench_contracts.api_errors import routing_problem
 
 log = logging.getLogger("agent_runner")

@@ -16,10 +16,11 @@ from agent_runner.agents.base import Agent
 from agent_runner.agents.factory import build_agent
 from agent_runner.config import ConfigError, RunConfig, first_problem
 from agent_runner.corpus import CorpusCatalog, RunCorpus
-from agent_runner.crm_client import CrmApiClient, VerifierClient
 from agent_runner.llm.base import LLMError
 from agent_runner.runner import RunFiles, work_on_run
 from agent_runner.store import RunRow, RunStore
+from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.verifier import VerifierClient
 
 logger = logging.getLogger(__name__)
 

@@ -25,10 +25,12 @@ from typing import Any
 
 from agent_runner.agents.base import Agent, EpisodeContext, EpisodeLimits
 from agent_runner.config import ConfigError, RunConfig
-from agent_runner.crm_client import CrmApiClient, ServiceError, VerifierClient
 from agent_runner.llm.types import ToolSpec
 from agent_runner.store import Claim, RunRow, RunStore
 from agent_runner.trace_log import RUN_FILE, TRACE_FILE, TraceLog
+from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.errors import ServiceError
+from crmbench_clients.verifier import VerifierClient
 from crmbench_contracts.cases import Case
 from crmbench_contracts.traces import (
     CrmContext,
@@ -219,7 +221,7 @@ class EpisodeRunner:
         try:
             try:
                 episode = await self.crm.open_episode(
-                    case.case_id, self.config.limits.episode_ttl_seconds
+                    case.case_id, ttl_seconds=self.config.limits.episode_ttl_seconds
                 )
             except ServiceError:
                 not_started = True
@@ -241,7 +243,7 @@ class EpisodeRunner:
                 reward = await self.verifier.verify(
                     case.case_id, episode_id, final_reply, ctx.transcript
                 )
-                changes = await self.crm.changes(episode_id)
+                changes = await self.crm.changes_by_tool_call(episode_id)
                 for step in ctx.steps:
                     step.state_change = changes.get(step.tool_call_id, [])
                     step.reward = reward.score
@@ -431,7 +433,10 @@ async def work_on_run(
         agent=agent,
         crm=crm,
         verifier=verifier,
-        tools=await crm.tool_specs(),
+        tools=[
+            ToolSpec(name=tool.name, description=tool.description, parameters=tool.parameters)
+            for tool in await crm.tools()
+        ],
         worker=worker,
     )
     trace_log = TraceLog(trace_dir / TRACE_FILE) if trace_dir is not None else None
