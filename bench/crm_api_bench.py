@@ -586,7 +586,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--shared-client",
         action="store_true",
-        help="one httpx.AsyncClient (pool of C connections) for all clients, instead of one each",
+        help="one CrmApiClient (pool of C connections) for all clients, instead of one each",
     )
     parser.add_argument(
         "--no-uvloop", action="store_true", help="use the default asyncio loop for the load"

@@ -84,7 +84,7 @@ async def test_a_tool_call_result_a_refusal_and_the_change_log(crm: CrmApiClient
         refused = await crm.call_tool(
             opened.token, "modify_opportunity", {"opportunity_id": "o-won", "probability": 5}
         )
-        assert not refused.ok and refused.status == 422
+        assert not refused.ok and refused.status == 409
         assert refused.error is not None and refused.error["code"] == "MODIFY_CLOSED_OPPORTUNITY"
         assert refused.as_error().code == "MODIFY_CLOSED_OPPORTUNITY"
 
