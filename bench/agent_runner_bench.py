@@ -25,10 +25,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,136 +34,64 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-import httpx
-import psutil
-from sqlalchemy.engine import make_url
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from harness import (
+    cpu_seconds,
+    log,
+    migrate_database,
+    postmaster_of,
+    setup_database,
+    start_service,
+    table,
+)
 
-from agent_runner.agents.base import Agent  # noqa: E402
-from agent_runner.agents.baselines import OracleAgent  # noqa: E402
-from agent_runner.agents.factory import build_agent  # noqa: E402
-from agent_runner.crm_client import CrmApiClient, VerifierClient  # noqa: E402
-from agent_runner.run.config import RunConfig  # noqa: E402
-from agent_runner.run.runner import create_run, select_cases, work_on_run  # noqa: E402
-from agent_runner.run.store import RunStore  # noqa: E402
-from crmbench_clients.serving import free_port  # noqa: E402
-from crmbench_contracts.cases import Case  # noqa: E402
-from crmbench_corpus.store import load_cases  # noqa: E402
+from agent_runner.agents.base import Agent
+from agent_runner.agents.baselines import OracleAgent
+from agent_runner.agents.factory import build_agent
+from agent_runner.run.config import RunConfig
+from agent_runner.run.runner import create_run, select_cases, work_on_run
+from agent_runner.run.store import RunStore
+from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.verifier import VerifierClient
+from crmbench_contracts.cases import Case
+from crmbench_corpus.store import load_cases
 
 HARNESS_SHARE_TARGET = 0.05
-PIDS: dict[str, int] = {}
-"""Service name -> pid of its subprocess, for CPU accounting."""
-CRMBENCH = str(Path(sys.executable).parent / "crmbench")
-
-
-def fresh_database(server_url: str) -> str:
-    name = f"crmbench_bench_{secrets.token_hex(4)}"
-
-    async def create() -> None:
-        url = make_url(server_url).set(drivername="postgresql", database="postgres")
-        conn = await asyncpg.connect(url.render_as_string(hide_password=False))
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(url: str) -> None:
-    async def drop() -> None:
-        server = make_url(url).set(drivername="postgresql", database="postgres")
-        conn = await asyncpg.connect(server.render_as_string(hide_password=False))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{url}: the service exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not become healthy in {timeout:.0f}s")
+PIDS: dict[str, int | None] = {"runner": None}
+"""Party -> pid of its process tree, for CPU accounting (None: this process)."""
 
 
 @contextlib.contextmanager
 def services(database_url: str, latency_ms: float, log_dir: Path) -> Iterator[dict[str, str]]:
     """The CRM API, the verifier and the simulated LLM as subprocesses."""
     admin_key = secrets.token_urlsafe(16)
-    crm_port, verifier_port, sim_port = free_port(), free_port(), free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "CRMBENCH_ADMIN_KEY": admin_key}
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str, args: list[str], extra: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (log_dir / f"{name}.log").open("wb")
-        process = subprocess.Popen([CRMBENCH, *args], env={**env, **extra}, stdout=log, stderr=log)
-        processes.append(process)
-        PIDS[name] = process.pid
-        return process
-
-    try:
-        crm_url = f"http://127.0.0.1:{crm_port}"
-        crm = start("crm_api", ["serve", "crm-api", "--port", str(crm_port), "--load-corpus"], {})
-        wait_healthy(crm_url, crm)
-        verifier_url = f"http://127.0.0.1:{verifier_port}"
-        verifier = start(
+    env = {"DATABASE_URL": database_url, "CRMBENCH_ADMIN_KEY": admin_key}
+    with contextlib.ExitStack() as cleanup:
+        crm = start_service("crm_api", ["crm-api", "--load-corpus"], env, cleanup, log_dir=log_dir)
+        verifier = start_service(
             "verifier",
-            ["serve", "verifier", "--port", str(verifier_port)],
-            {"CRMBENCH_CRM_API_URL": crm_url},
+            ["verifier"],
+            {**env, "CRMBENCH_CRM_API_URL": crm.base_url},
+            cleanup,
+            log_dir=log_dir,
         )
-        wait_healthy(verifier_url, verifier)
-        sim_url = f"http://127.0.0.1:{sim_port}"
-        sim = start(
+        sim = start_service(
             "simulated_llm",
-            ["serve", "simulated-llm", "--port", str(sim_port), "--latency-ms", str(latency_ms)],
-            {},
+            ["simulated-llm", "--latency-ms", str(latency_ms)],
+            env,
+            cleanup,
+            log_dir=log_dir,
         )
-        wait_healthy(sim_url, sim)
+        for service in (crm, verifier, sim):
+            PIDS[service.name] = service.process.pid
+        PIDS["postgres"] = asyncio.run(postmaster_of(database_url))
         yield {
-            "crm_api": crm_url,
+            "crm_api": crm.base_url,
             "admin_key": admin_key,
-            "verifier": verifier_url,
-            "simulated": f"{sim_url}/v1",
+            "verifier": verifier.base_url,
+            "simulated": f"{sim.base_url}/v1",
         }
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
-    """CPU time used so far by each service process and by all Postgres processes."""
-    used = {}
-    for name, process in processes.items():
-        with contextlib.suppress(psutil.Error):
-            times = process.cpu_times()
-            used[name] = times.user + times.system
-    total = 0.0
-    for process in psutil.process_iter(["name"]):
-        if process.info["name"] == "postgres":
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                total += times.user + times.system
-    used["postgres"] = total
-    return used
 
 
 async def measure(
@@ -182,9 +108,7 @@ async def measure(
     verifier = VerifierClient(urls["verifier"])
     try:
         run = await create_run(store, config, cases, "bench", None)
-        processes = {name: psutil.Process(int(pid)) for name, pid in PIDS.items()}
-        processes["runner"] = psutil.Process()
-        cpu_before = cpu_seconds(processes)
+        cpu_before = cpu_seconds(PIDS)
         with tempfile.TemporaryDirectory() as traces:
             started = time.perf_counter()
             stats = await work_on_run(
@@ -198,7 +122,7 @@ async def measure(
                 trace_dir=Path(traces),
             )
             elapsed = time.perf_counter() - started
-        cpu_after = cpu_seconds(processes)
+        cpu_after = cpu_seconds(PIDS)
         records = await store.traces(run.run_id)
     finally:
         await agent.aclose()
@@ -232,20 +156,33 @@ async def measure(
     }
 
 
-def row(result: dict[str, Any], speedup: float | None = None) -> str:
-    share = result["outside_agent_share"]
-    return (
-        f"{result['agent']:>9} {result['concurrency']:>5} {result['episodes']:>8} "
-        f"{result['episodes_per_s']:>8.2f} {speedup if speedup is not None else '-':>8} "
-        f"{result['episode_wall_ms_p50']:>9.1f} {result['harness_ms_mean']:>10.1f} "
-        f"{result['agent_ms_mean']:>9.1f} {share:>8.1%} {result['passed']:>6}"
-    )
-
-
 HEADER = (
-    f"{'agent':>9} {'conc':>5} {'episodes':>8} {'ep/s':>8} {'speedup':>8} "
-    f"{'wall p50':>9} {'harness ms':>10} {'agent ms':>9} {'outside':>8} {'passed':>6}"
+    "agent",
+    "conc",
+    "episodes",
+    "ep/s",
+    "speedup",
+    "wall p50",
+    "harness ms",
+    "agent ms",
+    "outside",
+    "passed",
 )
+
+
+def row(result: dict[str, Any], speedup: float | None = None) -> tuple[str, ...]:
+    return (
+        result["agent"],
+        str(result["concurrency"]),
+        str(result["episodes"]),
+        f"{result['episodes_per_s']:.2f}",
+        "-" if speedup is None else f"{speedup}",
+        f"{result['episode_wall_ms_p50']:.1f}",
+        f"{result['harness_ms_mean']:.1f}",
+        f"{result['agent_ms_mean']:.1f}",
+        f"{result['outside_agent_share']:.1%}",
+        str(result["passed"]),
+    )
 
 
 def main() -> int:
@@ -267,49 +204,45 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    database_url = os.environ.get("DATABASE_URL") or fresh_database(args.database_url)
-    created = "DATABASE_URL" not in os.environ
-    subprocess.run(
-        [CRMBENCH, "db", "migrate"], env={**os.environ, "DATABASE_URL": database_url}, check=True
-    )
     corpus = load_cases()
     index = {case.case_id: case for case in corpus}
     results: list[dict[str, Any]] = []
-    try:
-        with (
-            tempfile.TemporaryDirectory() as logs,
-            services(database_url, args.latency_ms, Path(logs)) as urls,
-        ):
-            print(HEADER)
-            for level in [int(c) for c in args.oracle_concurrency.split(",")]:
-                config = RunConfig(agent="oracle", concurrency=level, limit=args.oracle_limit)
-                cases = select_cases(config, corpus)
-                result = asyncio.run(measure(database_url, urls, cases, OracleAgent, config, index))
-                results.append(result)
-                print(row(result), flush=True)
-            base: float | None = None
-            for level in [int(c) for c in args.sim_concurrency.split(",")]:
-                config = RunConfig(
-                    agent="simulated",
-                    concurrency=level,
-                    limit=max(args.sim_cases, args.sim_cases_per_slot * level),
-                    simulated={"url": urls["simulated"]},
-                )
-                cases = select_cases(config, corpus)
+    rows: list[tuple[str, ...]] = [HEADER]
+    with contextlib.ExitStack() as cleanup:
+        database = setup_database(args.database_url, cleanup)
+        log(f"database: {database.description}")
+        database_url = database.url
+        migrate_database(database_url)
+        logs = Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
+        urls = cleanup.enter_context(services(database_url, args.latency_ms, logs))
+        for level in [int(c) for c in args.oracle_concurrency.split(",")]:
+            config = RunConfig(agent="oracle", concurrency=level, limit=args.oracle_limit)
+            cases = select_cases(config, corpus)
+            result = asyncio.run(measure(database_url, urls, cases, OracleAgent, config, index))
+            results.append(result)
+            rows.append(row(result))
+            log(" ".join(rows[-1]))
+        base: float | None = None
+        for level in [int(c) for c in args.sim_concurrency.split(",")]:
+            config = RunConfig(
+                agent="simulated",
+                concurrency=level,
+                limit=max(args.sim_cases, args.sim_cases_per_slot * level),
+                simulated={"url": urls["simulated"]},
+            )
+            cases = select_cases(config, corpus)
 
-                def simulated_agent(config: RunConfig = config) -> Agent:
-                    return build_agent(config, simulated_url=urls["simulated"])
+            def simulated_agent(config: RunConfig = config) -> Agent:
+                return build_agent(config, simulated_url=urls["simulated"])
 
-                result = asyncio.run(
-                    measure(database_url, urls, cases, simulated_agent, config, index)
-                )
-                results.append(result)
-                base = base or result["episodes_per_s"]
-                print(row(result, round(result["episodes_per_s"] / base, 2)), flush=True)
-    finally:
-        if created:
-            drop_database(database_url)
+            result = asyncio.run(measure(database_url, urls, cases, simulated_agent, config, index))
+            results.append(result)
+            base = base or result["episodes_per_s"]
+            rows.append(row(result, round(result["episodes_per_s"] / base, 2)))
+            log(" ".join(rows[-1]))
 
+    print("agent runner benchmark")
+    print(table(rows, right=range(1, len(HEADER))))
     print()
     print("CPU ms per episode (where the harness's time goes):")
     for result in results:

@@ -3,9 +3,10 @@
 
 For each concurrency level C, C closed-loop clients each repeat: create an episode (admin
 key), run a fixed mix of 20 tool calls (12 reads, 8 writes, all expected to succeed), drop
-the episode. Latencies are client-side (time.perf_counter around each request). The server
-runs as a subprocess (`crmbench serve crm-api`), so the load generator and the service do
-not share a CPU-bound event loop, as in production.
+the episode. Every episode gets the tool-rule tests' seed (tests/crm_api/seed.py). Latencies
+are client-side (time.perf_counter around each request, through crmbench_clients). The
+server runs as a subprocess (`crmbench serve crm-api`), so the load generator and the
+service do not share a CPU-bound event loop, as in production.
 
     python bench/crm_api_bench.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
 
@@ -19,31 +20,44 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import asyncpg
-import httpx
 import psutil
-from sqlalchemy.engine import make_url
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import (
+    MemoryWatcher,
+    Service,
+    asyncpg_dsn,
+    git_commit,
+    log,
+    machine_busy,
+    migrate_database,
+    ms,
+    own_cpu,
+    percentile,
+    postgres_pid,
+    run_async,
+    setup_database,
+    start_service,
+    stop_on_signals,
+    table,
+    tree_cpu,
+)
+
+from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.errors import ServiceError
+from tests.crm_api.seed import payload
 
 # Targets (2-core machine). Latency targets are judged at concurrency 1: with C closed-loop
 # clients the median latency is about C / throughput (Little's law), so at 32 clients it
@@ -53,82 +67,8 @@ TOOL_P50_TARGET_MS = 5.0
 CALLS_PER_S_TARGET = 300.0
 THROUGHPUT_TARGET_MIN_CLIENTS = 32
 
-# A small seed with known ids (as in tests/crm_api/seed.py); every episode gets the same
-# one, since episodes are isolated schemas.
-SEED: dict[str, Any] = {
-    "client": [
-        {
-            "client_id": "c-acme",
-            "name": "Acme Test Corp",
-            "email": "ops@acme-test.com",
-            "status": "Active",
-        },
-        {"client_id": "c-beta", "name": "Beta Test LLC", "email": "hi@beta-test.com"},
-    ],
-    "contact": [
-        {
-            "contact_id": "p-jane",
-            "first_name": "Jane",
-            "last_name": "Doe",
-            "client_id": "c-acme",
-            "email": "jane.doe@acme-test.com",
-        },
-    ],
-    "opportunity": [
-        {
-            "opportunity_id": "o-open",
-            "name": "Acme expansion",
-            "client_id": "c-acme",
-            "stage": "Qualification",
-            "amount": 100000,
-            "probability": 30,
-            "close_date": "2026-03-31",
-        },
-        {
-            "opportunity_id": "o-nego",
-            "name": "Acme renewal",
-            "client_id": "c-acme",
-            "stage": "Negotiation",
-            "amount": 50000,
-            "probability": 60,
-        },
-        {
-            "opportunity_id": "o-beta",
-            "name": "Beta rollout",
-            "client_id": "c-beta",
-            "stage": "Proposal",
-            "amount": 40000,
-        },
-    ],
-    "quote": [
-        {
-            "quote_id": "q-deep",
-            "opportunity_id": "o-nego",
-            "version": "1",
-            "amount": 35000,
-            "status": "Sent",
-        },
-        {
-            "quote_id": "q-fair",
-            "opportunity_id": "o-nego",
-            "version": "2",
-            "amount": 45000,
-            "status": "Sent",
-        },
-        {
-            "quote_id": "q-draft",
-            "opportunity_id": "o-open",
-            "version": "1",
-            "amount": 90000,
-            "status": "Draft",
-        },
-    ],
-}
-EPISODE_REQUEST: dict[str, Any] = {
-    "today": "2025-11-12",
-    "actor": {"name": "Riley Rep", "role": "sales_rep"},
-    "seed": SEED,
-}
+# Every episode gets the same seed with known ids, since episodes are isolated schemas.
+EPISODE_REQUEST: dict[str, Any] = payload()
 
 
 def _unique_email() -> str:
@@ -173,331 +113,6 @@ def tool_mix() -> list[tuple[str, bool, dict[str, Any]]]:
     ]
 
 
-# ---------------------------------------------------------------------------- helpers
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile (q in 0..100); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def ms(value: float | None) -> float | None:
-    return None if value is None else round(value * 1000, 3)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def asyncpg_dsn(url: str) -> str:
-    """A libpq-style URL asyncpg accepts (drops a SQLAlchemy '+driver' suffix)."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-# ---------------------------------------------------------------------------- database
-
-
-@dataclass
-class Database:
-    url: str
-    source: str  # "DATABASE_URL", "--database-url" or "embedded"
-    description: str
-
-
-async def _admin_execute(url: str, statement: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(url), timeout=30)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-def _fresh_database(url: str, cleanup: contextlib.ExitStack) -> tuple[str, str]:
-    """CREATE DATABASE crmbench_bench_<hex> on the server of `url` (dropped at the end).
-
-    Falls back to `url` itself when the role may not create databases.
-    """
-    name = f"crmbench_bench_{secrets.token_hex(4)}"
-    try:
-        asyncio.run(_admin_execute(url, f'CREATE DATABASE "{name}"'))
-    except asyncpg.PostgresError as exc:
-        log(f"cannot create a database ({exc}); using the given database as is")
-        return url, f"{make_url(url).database} (given database, not fresh)"
-
-    def drop() -> None:
-        try:
-            asyncio.run(_admin_execute(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            log(f"dropped database {name}")
-        except (OSError, asyncpg.PostgresError) as exc:
-            log(f"could not drop database {name}: {exc}")
-
-    cleanup.callback(drop)
-    fresh = make_url(url).set(database=name).render_as_string(hide_password=False)
-    return fresh, f"{name} (fresh, dropped at the end)"
-
-
-def setup_database(option_url: str | None, cleanup: contextlib.ExitStack) -> Database:
-    env_url = os.environ.get("DATABASE_URL")
-    if env_url:
-        if option_url and option_url != env_url:
-            log("DATABASE_URL is set; it wins over --database-url")
-        url, description = _fresh_database(env_url, cleanup)
-        return Database(url, "DATABASE_URL", description)
-    if option_url:
-        url, description = _fresh_database(option_url, cleanup)
-        return Database(url, "--database-url", description)
-
-    from crmbench import postgres
-
-    folder = Path(tempfile.mkdtemp(prefix="crmbench-bench-pg-"))
-    cleanup.callback(shutil.rmtree, folder, True)
-
-    def stop_embedded() -> None:
-        server = postgres._embedded
-        if server is not None:
-            server.cleanup()  # stops it: cleanup_mode is "stop"
-            postgres._embedded = None
-            log("embedded Postgres stopped")
-
-    cleanup.callback(stop_embedded)
-    log(f"starting an embedded Postgres in {folder}")
-    url = postgres.start_embedded(folder)
-    return Database(url, "embedded", f"embedded Postgres in {folder}")
-
-
-def migrate_database(url: str) -> None:
-    from crm_api.migrate import migrate
-    from crm_api.settings import CrmApiSettings
-
-    started = time.perf_counter()
-    _, version = migrate(url, CrmApiSettings().world_seed)
-    log(f"migrated; world {version} ({time.perf_counter() - started:.1f} s)")
-
-
-# ---------------------------------------------------------------------------- server
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    log_path: Path
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def crmbench_executable() -> str:
-    beside = Path(sys.executable).with_name("crmbench")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("crmbench")
-    if found is None:
-        raise RuntimeError("the crmbench command is not installed (pip install -e .)")
-    return found
-
-
-def start_server(
-    database_url: str,
-    admin_key: str,
-    pool_size: int,
-    workers: int,
-    cleanup: contextlib.ExitStack,
-) -> Server:
-    port = free_port()
-    log_dir = Path(tempfile.mkdtemp(prefix="crmbench-bench-log-"))
-    cleanup.callback(shutil.rmtree, log_dir, True)
-    log_path = log_dir / "server.log"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "CRMBENCH_ADMIN_KEY": admin_key,
-        "CRMBENCH_POOL_SIZE": str(pool_size),
-    }
-    command = [
-        crmbench_executable(),
-        "serve",
-        "crm-api",
-        "--no-migrate",
-        "--port",
-        str(port),
-        "--host",
-        HOST,
-        "--workers",
-        str(workers),
-    ]
-    with log_path.open("wb") as out:
-        # Its own session, so that the server and its worker processes stop together.
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    server = Server(process, f"http://{HOST}:{port}", log_path)
-    cleanup.callback(stop_server, server)
-    wait_healthy(server)
-    return server
-
-
-def stop_server(server: Server) -> None:
-    if server.process.poll() is not None:
-        return
-    group = server.process.pid  # the process group we created with start_new_session
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, signal.SIGTERM)
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
-        server.process.wait(timeout=5)
-    log("server stopped")
-
-
-def wait_healthy(server: Server, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"the server exited with status {server.process.returncode}:\n{server.log_tail()}"
-            )
-        try:
-            response = httpx.get(f"{server.base_url}/health", timeout=5)
-            if response.status_code == 200:
-                return
-            last = f"{response.status_code} {response.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.2)
-    raise RuntimeError(f"GET /health did not answer 200 in {timeout:.0f} s ({last})")
-
-
-# ---------------------------------------------------------------------------- processes
-
-
-def process_tree(pid: int | None) -> list[psutil.Process]:
-    if pid is None:
-        return []
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def tree_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) of a process tree, including its exited children.
-
-    A process's children_* times hold the CPU of the children it has reaped, so short-lived
-    processes (e.g. Postgres backends of connections opened and closed during the run) are
-    counted too, and the difference of two samples is the CPU used in between.
-    """
-    total = 0.0
-    for process in process_tree(pid):
-        with contextlib.suppress(psutil.Error):
-            times = process.cpu_times()
-            total += times.user + times.system + times.children_user + times.children_system
-    return total
-
-
-def tree_rss(pid: int | None) -> int:
-    total = 0
-    for process in process_tree(pid):
-        with contextlib.suppress(psutil.Error):
-            total += process.memory_info().rss
-    return total
-
-
-def own_cpu() -> float:
-    times = psutil.Process().cpu_times()
-    return float(times.user + times.system)
-
-
-def machine_busy() -> float:
-    """Busy CPU seconds over all cores since boot (guest time is already in user)."""
-    times = psutil.cpu_times()
-    busy = times.user + times.system
-    for extra in ("nice", "irq", "softirq", "steal"):
-        busy += getattr(times, extra, 0.0)
-    return float(busy)
-
-
-class MemoryWatcher(threading.Thread):
-    """Samples the RSS of the server's process tree; keeps the peak since the last reset."""
-
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
-        super().__init__(daemon=True, name="rss-watcher")
-        self.pid = pid
-        self.interval = interval
-        self._lock = threading.Lock()
-        self._peak = 0
-        self._overall = 0
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            self.sample()
-
-    def sample(self) -> int:
-        rss = tree_rss(self.pid)
-        with self._lock:
-            self._peak = max(self._peak, rss)
-            self._overall = max(self._overall, rss)
-        return rss
-
-    def reset_peak(self) -> None:
-        with self._lock:
-            self._peak = 0
-
-    def peak(self) -> int:
-        with self._lock:
-            return self._peak
-
-    def overall_peak(self) -> int:
-        with self._lock:
-            return self._overall
-
-    def stop(self) -> None:
-        self._stop_event.set()
-
-
 # ---------------------------------------------------------------------------- the load
 
 
@@ -528,13 +143,17 @@ class LevelRun:
             self.error_examples.append(f"{what}: {detail[:300]}")
         self.errors[what] += 1
 
+    def service_error(self, route: str, exc: ServiceError) -> None:
+        answered = exc.status if exc.status is not None else type(exc).__name__
+        self.fail(f"{route} -> {answered}", str(exc))
+
 
 class Bench:
     """Drives the load against one running server."""
 
     def __init__(
         self,
-        server: Server,
+        server: Service,
         database_url: str,
         admin_key: str,
         pool_size: int,
@@ -546,7 +165,7 @@ class Bench:
     ) -> None:
         self.server = server
         self.database_url = database_url
-        self.admin = {"Authorization": f"Bearer {admin_key}"}
+        self.admin_key = admin_key
         self.pool_size = pool_size
         self.seconds = seconds
         self.warmup = warmup
@@ -560,12 +179,8 @@ class Bench:
         self.db = await asyncpg.create_pool(asyncpg_dsn(self.database_url), min_size=1, max_size=4)
         async with self.db.acquire() as conn:
             backend = await conn.fetchval("SELECT pg_backend_pid()")
-        try:
-            parent = psutil.Process(int(backend)).parent()
-            if parent is not None and "postgres" in parent.name():
-                self.postmaster_pid = parent.pid
-        except psutil.Error:
-            pass  # a remote server: no CPU figures for Postgres
+        # None for a remote server: no CPU figures for Postgres.
+        self.postmaster_pid = postgres_pid(int(backend))
 
     async def close(self) -> None:
         if self.db is not None:
@@ -576,7 +191,7 @@ class Bench:
         count = await self.db.fetchval("SELECT count(*) FROM crm_meta.episode_pool")
         return int(count)
 
-    async def wait_for_pool(self, http: httpx.AsyncClient) -> tuple[float, float]:
+    async def wait_for_pool(self, crm: CrmApiClient) -> tuple[float, float]:
         """Waits until /health answers and the schema pool is full, then 2 s more.
 
         Returns the seconds waited and the CPU cores the machine used during the last 2 s,
@@ -586,9 +201,13 @@ class Bench:
         started = time.perf_counter()
         deadline = started + timeout
         while True:
-            health = await http.get("/health")
+            try:
+                await crm.health()
+                healthy = True
+            except ServiceError:
+                healthy = False
             ready = await self.pool_ready()
-            if health.status_code == 200 and ready >= self.pool_size:
+            if healthy and ready >= self.pool_size:
                 break
             if time.perf_counter() > deadline:
                 log(f"pool has {ready}/{self.pool_size} schemas after {timeout:.0f} s; going on")
@@ -616,64 +235,52 @@ class Bench:
             return None
         return bool(row["schema_x"] != row["table_x"])
 
-    async def _request(
-        self,
-        run: LevelRun,
-        http: httpx.AsyncClient,
-        method: str,
-        path: str,
-        expected: int,
-        headers: dict[str, str],
-        body: dict[str, Any] | None = None,
-    ) -> tuple[float, float, httpx.Response | None]:
-        start = time.perf_counter()
-        try:
-            response = await http.request(method, path, json=body, headers=headers)
-        except httpx.HTTPError as exc:
-            latency = time.perf_counter() - start
-            run.fail(f"{method} {path.split('/')[1]}: {type(exc).__name__}", repr(exc))
-            return start, latency, None
-        latency = time.perf_counter() - start
-        if response.status_code != expected:
-            name = path if path.startswith("/tools/") else f"/{path.split('/')[1]}"
-            run.fail(f"{method} {name} -> {response.status_code}", response.text)
-            return start, latency, None
-        return start, latency, response
-
     async def client_loop(
-        self, run: LevelRun, http: httpx.AsyncClient, stop: asyncio.Event, counter: list[int]
+        self, run: LevelRun, crm: CrmApiClient, stop: asyncio.Event, counter: list[int]
     ) -> None:
         while not stop.is_set():
-            start, latency, response = await self._request(
-                run, http, "POST", "/episodes", 201, self.admin, EPISODE_REQUEST
-            )
-            create = Sample("create", "create_episode", start, latency, response is not None)
-            run.samples.append(create)
-            if response is None:
+            start = time.perf_counter()
+            try:
+                opened = await crm.open_episode(**EPISODE_REQUEST)
+            except ServiceError as exc:
+                run.samples.append(
+                    Sample("create", "create_episode", start, time.perf_counter() - start, False)
+                )
+                run.service_error("POST /episodes", exc)
                 await asyncio.sleep(0.05)  # no tight loop when creation fails
                 continue
-            created = response.json()
-            episode_id: str = created["episode_id"]
-            auth = {"Authorization": f"Bearer {created['token']}"}
+            create = Sample("create", "create_episode", start, time.perf_counter() - start, True)
+            run.samples.append(create)
             calls = [c for _ in range(-(-self.calls_per_episode // 20)) for c in tool_mix()]
             for tool, write, args in calls[: self.calls_per_episode]:
                 if stop.is_set():
                     break
-                start, latency, response = await self._request(
-                    run, http, "POST", f"/tools/{tool}", 200, auth, args
-                )
+                start = time.perf_counter()
+                try:
+                    outcome = await crm.call_tool(opened.token, tool, args)
+                    ok = outcome.status == 200
+                    if not ok:
+                        run.fail(f"POST /tools/{tool} -> {outcome.status}", str(outcome.body))
+                except ServiceError as exc:
+                    ok = False
+                    run.service_error(f"POST /tools/{tool}", exc)
                 run.samples.append(
-                    Sample("tool", tool, start, latency, response is not None, write)
+                    Sample("tool", tool, start, time.perf_counter() - start, ok, write)
                 )
                 counter[0] += 1
                 if counter[0] >= self.max_calls:
                     stop.set()
-            create.pooled = await self.created_from_pool(episode_id)
-            start, latency, response = await self._request(
-                run, http, "DELETE", f"/episodes/{episode_id}", 200, self.admin
-            )
+            create.pooled = await self.created_from_pool(opened.episode_id)
+            start = time.perf_counter()
+            try:
+                dropped = await crm.close_episode(opened.episode_id)
+                if not dropped:
+                    run.fail("DELETE /episodes -> 404", opened.episode_id)
+            except ServiceError as exc:
+                dropped = False
+                run.service_error("DELETE /episodes", exc)
             run.samples.append(
-                Sample("drop", "delete_episode", start, latency, response is not None)
+                Sample("drop", "delete_episode", start, time.perf_counter() - start, dropped)
             )
 
     async def usage(self) -> dict[str, Any]:
@@ -693,12 +300,13 @@ class Bench:
             "pg_sessions": int(sessions or 0),
         }
 
-    def http_client(self, connections: int) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        return httpx.AsyncClient(base_url=self.server.base_url, limits=limits, timeout=60)
+    def client(self, connections: int) -> CrmApiClient:
+        return CrmApiClient(
+            self.server.base_url, self.admin_key, timeout=60, max_connections=connections
+        )
 
-    async def run_level(self, http: httpx.AsyncClient, concurrency: int) -> dict[str, Any]:
-        waited, idle_cores = await self.wait_for_pool(http)
+    async def run_level(self, crm: CrmApiClient, concurrency: int) -> dict[str, Any]:
+        waited, idle_cores = await self.wait_for_pool(crm)
         log(
             f"{concurrency} client(s): pool full ({self.pool_size}) after {waited:.1f} s; "
             f"{self.warmup:g} s warm-up + {self.seconds:g} s"
@@ -714,15 +322,13 @@ class Bench:
             # By default every simulated client has its own client and keep-alive connection,
             # as separate agent processes would; one shared pool of C connections costs the
             # load generator about three times more CPU per request (httpcore scans its pool).
-            https = [
-                http
-                if self.shared_client
-                else await connections.enter_async_context(self.http_client(1))
+            crms = [
+                crm if self.shared_client else await connections.enter_async_context(self.client(1))
                 for _ in range(concurrency)
             ]
             clients = [
-                asyncio.create_task(self.client_loop(run, client_http, stop, counter))
-                for client_http in https
+                asyncio.create_task(self.client_loop(run, client_crm, stop, counter))
+                for client_crm in crms
             ]
             try:
                 with contextlib.suppress(TimeoutError):
@@ -820,9 +426,9 @@ async def run_all(bench: Bench, levels: list[int]) -> list[dict[str, Any]]:
     results = []
     try:
         connections = max(levels) + 4 if bench.shared_client else 2
-        async with bench.http_client(connections) as http:
+        async with bench.client(connections) as crm:
             for concurrency in levels:
-                result = await bench.run_level(http, concurrency)
+                result = await bench.run_level(crm, concurrency)
                 log(
                     f"{concurrency} client(s): {result['tool_calls']} calls, "
                     f"{result['calls_per_s']} calls/s, {result['errors']} error(s)"
@@ -831,21 +437,6 @@ async def run_all(bench: Bench, levels: list[int]) -> list[dict[str, Any]]:
     finally:
         await bench.close()
     return results
-
-
-def run_async(
-    factory: Callable[[], Coroutine[Any, Any, list[dict[str, Any]]]], use_uvloop: bool
-) -> list[dict[str, Any]]:
-    loop_factory = None
-    if use_uvloop:
-        try:
-            import uvloop
-
-            loop_factory = uvloop.new_event_loop
-        except ImportError:
-            loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(factory())
 
 
 # ---------------------------------------------------------------------------- report
@@ -910,7 +501,6 @@ def render(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
     for level in results:
         for metric, measured, target, result in verdicts(level):
             rows.append((str(level["concurrency"]), metric, measured, target, result))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [
         "crm_api benchmark",
         f"  commit {header['commit'] or 'unknown'}, {header['cpu_count']} CPU(s), "
@@ -919,13 +509,9 @@ def render(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
         f"{header['seconds']:g} s per level after {header['warmup']:g} s warm-up; "
         f"httpx clients: {header['http_clients']}",
         "",
+        table(rows, right=(0,)),
+        "",
     ]
-    for i, row in enumerate(rows):
-        cells = [row[0].rjust(widths[0]), *(row[j].ljust(widths[j]) for j in (1, 2, 3))]
-        lines.append("  " + " | ".join(cells) + " | " + row[4])
-        if i == 0:
-            lines.append("  " + "-+-".join("-" * w for w in widths) + "-+-" + "-" * 10)
-    lines.append("")
     for level in results:
         cpu = level["cpu_cores"]
         pg = "n/a" if cpu["postgres"] is None else f"{cpu['postgres']:.2f}"
@@ -1000,7 +586,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--shared-client",
         action="store_true",
-        help="one httpx.AsyncClient (pool of C connections) for all clients, instead of one each",
+        help="one CrmApiClient (pool of C connections) for all clients, instead of one each",
     )
     parser.add_argument(
         "--no-uvloop", action="store_true", help="use the default asyncio loop for the load"
@@ -1017,16 +603,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+    stop_on_signals()
     admin_key = secrets.token_urlsafe(24)
     try:
         with contextlib.ExitStack() as cleanup:
             database = setup_database(args.database_url, cleanup)
             log(f"database: {database.description}")
             migrate_database(database.url)
-            server = start_server(database.url, admin_key, args.pool_size, args.workers, cleanup)
-            log(f"server up at {server.base_url} (pid {server.process.pid})")
+            server = start_service(
+                "crm_api",
+                ["crm-api", "--no-migrate", "--workers", str(args.workers)],
+                {
+                    "DATABASE_URL": database.url,
+                    "CRMBENCH_ADMIN_KEY": admin_key,
+                    "CRMBENCH_POOL_SIZE": str(args.pool_size),
+                },
+                cleanup,
+            )
             bench = Bench(
                 server,
                 database.url,

@@ -13,56 +13,43 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
-import secrets
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-import httpx
-from sqlalchemy.engine import make_url
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import log, percentile, setup_database, table
 
 from crm_api.database import create_engine
 from crm_api.world_store import load_golden_cases
 from crmbench.local_services import running_crm_api, running_verifier
+from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.errors import ServiceError
+from crmbench_clients.verifier import VerifierClient
 from crmbench_contracts.cases import Case
 from crmbench_corpus.replay import replay
 from crmbench_corpus.store import case_line, default_corpus_dir, load_cases
 from verifier.scoring import score_case
 
 
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-async def _prepare(
-    crm: httpx.AsyncClient, admin_key: str, cases: list[Case]
-) -> list[tuple[Case, str]]:
+async def _prepare(crm: CrmApiClient, cases: list[Case]) -> list[tuple[Case, str]]:
     """One finished episode per case: its reference actions played."""
     done = []
     for case in cases:
-        made = await crm.post(
-            "/episodes",
-            json={"case_id": case.case_id},
-            headers={"Authorization": f"Bearer {admin_key}"},
-        )
-        made.raise_for_status()
-        await replay(crm, made.json()["token"], case.expected.reference_actions)
-        done.append((case, made.json()["episode_id"]))
+        opened = await crm.open_episode(case.case_id)
+        await replay(crm, opened.token, case.expected.reference_actions)
+        done.append((case, opened.episode_id))
     return done
 
 
 async def _measure(
-    verifier: httpx.AsyncClient, episodes: list[tuple[Case, str]], concurrency: int, seconds: float
+    verifier: VerifierClient, episodes: list[tuple[Case, str]], concurrency: int, seconds: float
 ) -> dict[str, float]:
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
@@ -74,41 +61,37 @@ async def _measure(
         while time.perf_counter() < stop:
             case, episode_id = episodes[i % len(episodes)]
             started = time.perf_counter()
-            response = await verifier.post(
-                "/verify",
-                json={
-                    "case_id": case.case_id,
-                    "episode_id": episode_id,
-                    "final_reply": case.expected.reference_reply,
-                },
-            )
+            try:
+                record = await verifier.verify(
+                    case.case_id, episode_id, case.expected.reference_reply
+                )
+                failed = record.score != 1.0
+            except ServiceError:
+                failed = True
             latencies.append(time.perf_counter() - started)
-            if response.status_code != 200 or response.json()["score"] != 1.0:
-                errors += 1
+            errors += failed
             i += concurrency
 
     began = time.perf_counter()
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
     wall = time.perf_counter() - began
-    latencies.sort()
     return {
         "concurrency": concurrency,
         "verifications": len(latencies),
         "per_second": len(latencies) / wall,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p95_ms": latencies[int(len(latencies) * 0.95) - 1] * 1000,
+        "p50_ms": (percentile(latencies, 50) or 0.0) * 1000,
+        "p95_ms": (percentile(latencies, 95) or 0.0) * 1000,
         "errors": errors,
     }
 
 
 async def _offline(
-    crm: httpx.AsyncClient, admin_key: str, episodes: list[tuple[Case, str]], seconds: float
+    crm: CrmApiClient, episodes: list[tuple[Case, str]], seconds: float
 ) -> dict[str, float]:
-    auth = {"Authorization": f"Bearer {admin_key}"}
     inputs = []
     for case, episode_id in episodes:
-        state = (await crm.get(f"/episodes/{episode_id}/state", headers=auth)).json()
-        changes = (await crm.get(f"/episodes/{episode_id}/changes", headers=auth)).json()
+        state = await crm.episode_state(episode_id)
+        changes = await crm.episode_changes(episode_id)
         inputs.append((case, state, changes))
     count = 0
     began = time.perf_counter()
@@ -131,33 +114,22 @@ def main() -> None:
         help="also time `crmbench cases validate` on the whole corpus",
     )
     args = parser.parse_args()
-    server = args.database_url or os.environ.get("DATABASE_URL")
-    url = None
-    name = None
-    if server:
-        name = f"crmbench_bench_{secrets.token_hex(4)}"
-        asyncio.run(_admin(server, f'CREATE DATABASE "{name}"'))
-        url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    try:
-        figures = _run(url, args)
-    finally:
-        if server and name:
-            asyncio.run(_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with contextlib.ExitStack() as cleanup:
+        database = setup_database(args.database_url, cleanup)
+        log(f"database: {database.description}")
+        figures = _run(database.url, args)
     print(json.dumps(figures))
 
 
-def _run(url: str | None, args: argparse.Namespace) -> dict[str, Any]:
+def _run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     corpus = load_cases()
     step = max(1, len(corpus) // args.cases)
     sample = corpus[::step][: args.cases]
     figures: dict[str, Any] = {"cpus": os.cpu_count(), "cases": len(sample)}
     with running_crm_api(url) as (crm_url, admin_key):
-        from crmbench.postgres import resolve_database_url
-
-        database = url or resolve_database_url()
 
         async def load() -> None:
-            engine = create_engine(database, pool_size=1, max_overflow=0)
+            engine = create_engine(url, pool_size=1, max_overflow=0)
             try:
                 await load_golden_cases(
                     engine, [(c.case_id, json.loads(case_line(c))) for c in corpus], "bench"
@@ -170,29 +142,35 @@ def _run(url: str | None, args: argparse.Namespace) -> dict[str, Any]:
 
             async def measure() -> None:
                 async with (
-                    httpx.AsyncClient(base_url=crm_url, timeout=60) as crm,
-                    httpx.AsyncClient(base_url=verifier_url, timeout=60) as verifier,
+                    CrmApiClient(crm_url, admin_key, timeout=60) as crm,
+                    VerifierClient(verifier_url, timeout=60) as verifier,
                 ):
-                    episodes = await _prepare(crm, admin_key, sample)
+                    episodes = await _prepare(crm, sample)
                     figures["http"] = [
                         await _measure(verifier, episodes, int(c), args.seconds)
                         for c in args.concurrency.split(",")
                     ]
-                    figures["in_process"] = await _offline(crm, admin_key, episodes, args.seconds)
+                    figures["in_process"] = await _offline(crm, episodes, args.seconds)
 
             asyncio.run(measure())
     print(f"verifier throughput ({figures['cases']} finished episodes, {figures['cpus']} CPUs)")
-    print(f"{'mode':<28} {'per second':>11} {'p50 ms':>8} {'p95 ms':>8} {'errors':>7}")
+    rows: list[tuple[str, ...]] = [("mode", "per second", "p50 ms", "p95 ms", "errors")]
     for row in figures["http"]:
-        print(
-            f"{'POST /verify x' + str(row['concurrency']):<28} {row['per_second']:>11.1f} "
-            f"{row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {row['errors']:>7}"
+        rows.append(
+            (
+                f"POST /verify x{row['concurrency']}",
+                f"{row['per_second']:.1f}",
+                f"{row['p50_ms']:.1f}",
+                f"{row['p95_ms']:.1f}",
+                str(row["errors"]),
+            )
         )
-    print(f"{'score_case in process':<28} {figures['in_process']['per_second']:>11.1f}")
+    rows.append(
+        ("score_case in process", f"{figures['in_process']['per_second']:.1f}", "-", "-", "-")
+    )
+    print(table(rows, right=(1, 2, 3, 4)))
     if args.full_validation:
-        env = dict(os.environ)
-        if url:
-            env["DATABASE_URL"] = url
+        env = {**os.environ, "DATABASE_URL": url}
         began = time.perf_counter()
         done = subprocess.run(
             [

@@ -146,18 +146,18 @@ async def _validate(
     concurrency: int,
     limit: int | None,
 ) -> list[Any]:
-    import httpx
-
+    from crmbench_clients.crm_api import CrmApiClient
+    from crmbench_clients.verifier import VerifierClient
     from crmbench_corpus.store import load_cases
     from crmbench_corpus.validation import ServiceClients, validate_cases
 
     cases = load_cases(folder)[:limit] if limit else load_cases(folder)
-    limits = httpx.Limits(max_connections=concurrency * 2)
+    connections = concurrency * 2
     async with (
-        httpx.AsyncClient(base_url=crm_api_url, timeout=120, limits=limits) as crm,
-        httpx.AsyncClient(base_url=verifier_url, timeout=120, limits=limits) as verifier,
+        CrmApiClient(crm_api_url, admin_key, timeout=120, max_connections=connections) as crm,
+        VerifierClient(verifier_url, timeout=120, max_connections=connections) as verifier,
     ):
-        clients = ServiceClients(crm, verifier, admin_key)
+        clients = ServiceClients(crm, verifier)
         with typer.progressbar(length=len(cases), label="validating") as bar:
             return await validate_cases(
                 clients, cases, concurrency=concurrency, progress=lambda _: bar.update(1)

@@ -444,9 +444,8 @@ def cases_import_clbench(
     ] = None,
 ) -> None:
     """Import CL-Bench conversations as cases, replaying each against the CRM API."""
-    import httpx
-
     from crmbench.local_services import running_crm_api
+    from crmbench_clients.errors import ServiceError
     from crmbench_corpus.clbench import (
         REPORT_FILE,
         CrmApiUnavailable,
@@ -468,7 +467,7 @@ def cases_import_clbench(
                 result = import_file(file, base_url, admin_key)
     except CrmApiUnavailable as exc:
         raise fail(str(exc)) from None
-    except httpx.HTTPError as exc:
+    except ServiceError as exc:
         raise fail(f"the CRM API at {crm_api_url or 'the local service'} failed: {exc}") from None
     manifest = write_import(result, out)
     typer.echo(render_report(result))

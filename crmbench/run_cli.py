@@ -141,9 +141,10 @@ async def _execute(
     config: Any, env: RunEnvironment, run_id: str, out: Path, cases: list[Any], show: bool
 ) -> tuple[Any, Any]:
     from agent_runner.agents.factory import build_agent
-    from agent_runner.crm_client import CrmApiClient, VerifierClient
     from agent_runner.run.runner import work_on_run
     from agent_runner.run.store import RunStore
+    from crmbench_clients.crm_api import CrmApiClient
+    from crmbench_clients.verifier import VerifierClient
 
     agent = build_agent(config, simulated_url=env.simulated_url)
     store = await RunStore.connect(env.database_url, pool_size=min(config.concurrency + 2, 32))

@@ -20,6 +20,7 @@ otherwise the conversation is not imported. Every conversation appears in the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -31,12 +32,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crm_api.episode_schemas import SeedRows
 from crm_api.errors import ErrorCode
-from crm_api.tools import TOOLS
+from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.errors import RequestRefused, ServiceError, ServiceUnavailable
 from crmbench_contracts.cases import (
     FAILURE_CATEGORIES,
     Action,
@@ -384,26 +385,56 @@ def _display_name(table: str, row: Mapping[str, Any]) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _result_fields(tool: str) -> set[str]:
-    """Fields a tool's result (or the items of its page) has."""
-    model = TOOLS[tool].response_model
-    fields = set(model.model_fields)
-    items = model.model_fields.get("items")
-    if items is not None:
-        for arg in typing.get_args(items.annotation):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                fields |= set(arg.model_fields)
-    return fields
+@dataclass(frozen=True)
+class ToolFields:
+    """The field names of one tool's request and result, as the CRM API documents them."""
+
+    arguments: frozenset[str]
+    criteria: frozenset[str] | None
+    """Fields of its `criteria` object, when it takes one (the searches)."""
+    results: frozenset[str]
+    """Fields of its result, plus those of its page's items."""
 
 
-def _criteria_fields(tool: str) -> set[str] | None:
-    criteria = TOOLS[tool].request_model.model_fields.get("criteria")
-    if criteria is None:
-        return None
-    annotation = criteria.annotation
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return set(annotation.model_fields)
-    return None
+def _component(node: Any, components: Mapping[str, Any]) -> dict[str, Any]:
+    """`node` with a `$ref` to a component schema followed; {} for anything else."""
+    if isinstance(node, dict) and isinstance(node.get("$ref"), str):
+        return _component(components.get(node["$ref"].rsplit("/", 1)[-1]), components)
+    return node if isinstance(node, dict) else {}
+
+
+def _properties(node: Any, components: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(_component(node, components).get("properties", {}))
+
+
+def tool_fields(openapi: Mapping[str, Any]) -> dict[str, ToolFields]:
+    """Per tool (POST /tools/{name} operation), its field names, from an OpenAPI document."""
+    components = openapi.get("components", {}).get("schemas", {})
+    tools: dict[str, ToolFields] = {}
+    for path, item in openapi.get("paths", {}).items():
+        if not path.startswith("/tools/") or "post" not in item:
+            continue
+        operation = item["post"]
+
+        def body(content: Any) -> Any:
+            return (content or {}).get("content", {}).get("application/json", {}).get("schema")
+
+        request = _component(body(operation.get("requestBody")), components)
+        criteria = request.get("properties", {}).get("criteria")
+        # Only a criteria object of its own (not an optional one) is lifted into.
+        direct = isinstance(criteria, dict) and "$ref" in criteria
+        result = _component(body(operation.get("responses", {}).get("200")), components)
+        results = set(result.get("properties", {}))
+        items = result.get("properties", {}).get("items")
+        page_item = items.get("items") if isinstance(items, dict) else None
+        if isinstance(page_item, dict) and "$ref" in page_item:
+            results |= _properties(page_item, components)
+        tools[operation["operationId"]] = ToolFields(
+            arguments=frozenset(request.get("properties", {})),
+            criteria=_properties(criteria, components) if direct else None,
+            results=frozenset(results),
+        )
+    return tools
 
 
 def _flat_args(args: Mapping[str, Any]) -> dict[str, Any]:
@@ -514,6 +545,8 @@ class _Draft:
     """Per turn: the user's words with {{step_N.path}} references still in them."""
     step_of_turn: list[int | None]
     steps: list[_Step]
+    tools: Mapping[str, ToolFields]
+    """The CRM API's tools, by name."""
     notes: list[str] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
     inconsistent: bool = False
@@ -712,7 +745,11 @@ def _task_category(conversation: ClConversation, first_tool: str) -> str:
     return TASK_BY_TOOL.get(first_tool, first_tool.replace("_", " ").upper())
 
 
-def _draft(conversation: ClConversation, world_ids: Mapping[str, set[str]]) -> _Draft:
+def _draft(
+    conversation: ClConversation,
+    world_ids: Mapping[str, set[str]],
+    tools: Mapping[str, ToolFields],
+) -> _Draft:
     """The static conversion: seed, placeholders, argument names and references."""
     notes: list[str] = []
     seed = _seed_rows(conversation, notes)
@@ -727,6 +764,7 @@ def _draft(conversation: ClConversation, world_ids: Mapping[str, set[str]]) -> _
         texts=[],
         step_of_turn=[],
         steps=[],
+        tools=tools,
     )
     for message in notes:
         draft.note(message)
@@ -736,7 +774,7 @@ def _draft(conversation: ClConversation, world_ids: Mapping[str, set[str]]) -> _
     step_by_turn_id: dict[int, int] = {}
     for position, turn in enumerate(conversation.turns, start=1):
         tool = turn.expected_tool
-        if tool and tool not in TOOLS:
+        if tool and tool not in draft.tools:
             raise Unimportable(f"turn {turn.turn_id}: {tool!r} is not a tool of the CRM API")
         step_no = len(draft.steps) + 1 if tool else None
         convert = _Converter(draft, turn, step_no, step_by_turn_id)
@@ -803,7 +841,7 @@ class _Converter:
                 )
                 return ids[0]
         for earlier in range(len(self.draft.steps), 0, -1):
-            if field_name in _result_fields(self.draft.steps[earlier - 1].tool):
+            if field_name in self.draft.tools[self.draft.steps[earlier - 1].tool].results:
                 self.draft.repair(
                     f"{problem}; used the result of turn {self.draft.steps[earlier - 1].turn_id} "
                     f"(the latest with a {field_name})",
@@ -849,8 +887,8 @@ def _normalise_args(draft: _Draft, turn: ClTurn, tool: str, args: dict[str, Any]
         if old in args and new not in args:
             args[new] = args.pop(old)
             draft.note(f"{tool}: argument {old} renamed {new}")
-    fields = set(TOOLS[tool].request_model.model_fields)
-    criteria_fields = _criteria_fields(tool)
+    fields = draft.tools[tool].arguments
+    criteria_fields = draft.tools[tool].criteria
     if criteria_fields is not None:
         lifted = [k for k in args if k not in fields and k in criteria_fields]
         if lifted:
@@ -965,58 +1003,39 @@ def _criteria_text(criteria: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------- the CRM API
 
 
-class CrmApiClient:
-    """The admin side of the CRM API this importer needs: episodes, their changes, state."""
-
-    def __init__(self, http: httpx.AsyncClient, admin_key: str) -> None:
-        self.http = http
-        self.headers = {"Authorization": f"Bearer {admin_key}"}
-
-    async def open(self, seed: Mapping[str, list[Row]], role: str) -> tuple[str, str]:
-        body = {
-            "today": TODAY.isoformat(),
-            "actor": {"name": ACTOR_NAME, "role": role},
-            "seed": dict(seed),
-        }
-        response = await self.http.post("/episodes", json=body, headers=self.headers)
-        if response.status_code in (401, 403):
-            raise CrmApiUnavailable(f"the CRM API refused the admin key ({_error_text(response)})")
-        if response.status_code != 201:
-            raise Unimportable(f"the CRM API refused the episode: {_error_text(response)}")
-        created = response.json()
-        return str(created["episode_id"]), str(created["token"])
-
-    async def changes(self, episode_id: str) -> list[dict[str, Any]]:
-        response = await self.http.get(f"/episodes/{episode_id}/changes", headers=self.headers)
-        response.raise_for_status()
-        calls: list[dict[str, Any]] = response.json()["tool_calls"]
-        return calls
-
-    async def state(self, episode_id: str) -> Tables:
-        response = await self.http.get(f"/episodes/{episode_id}/state", headers=self.headers)
-        response.raise_for_status()
-        tables: Tables = response.json()["tables"]
-        return tables
-
-    async def close(self, episode_id: str) -> None:
-        await self.http.delete(f"/episodes/{episode_id}", headers=self.headers)
-
-    async def world_ids(self) -> dict[str, set[str]]:
-        """Ids of the world template's records (an episode without seed)."""
-        episode_id, _ = await self.open({}, "sales_rep")
-        try:
-            tables = await self.state(episode_id)
-        finally:
-            await self.close(episode_id)
-        return {t: {str(r[_pk(t)]) for r in tables.get(t, [])} for t in TABLES}
-
-
-def _error_text(response: httpx.Response) -> str:
+async def _open(api: CrmApiClient, seed: Mapping[str, list[Row]], role: str) -> tuple[str, str]:
+    """A fresh episode of the world plus `seed`, on the import's day and actor."""
     try:
-        error = response.json().get("error", {})
-        return f"{error.get('code')}: {error.get('message')}"
-    except (ValueError, AttributeError):
-        return f"HTTP {response.status_code}"
+        opened = await api.open_episode(
+            today=TODAY, actor={"name": ACTOR_NAME, "role": role}, seed=seed
+        )
+    except RequestRefused as exc:
+        if exc.status in (401, 403):
+            raise CrmApiUnavailable(
+                f"the CRM API refused the admin key ({exc.code}: {exc.message})"
+            ) from None
+        raise Unimportable(f"the CRM API refused the episode: {exc.code}: {exc.message}") from None
+    except ServiceUnavailable:
+        raise
+    except ServiceError as exc:
+        raise Unimportable(f"the CRM API refused the episode: {exc.code}: {exc.message}") from None
+    return opened.episode_id, opened.token
+
+
+async def _close(api: CrmApiClient, episode_id: str) -> None:
+    # A failed drop must not hide the attempt's outcome; the reaper removes the episode.
+    with contextlib.suppress(ServiceError):
+        await api.close_episode(episode_id)
+
+
+async def _world_ids(api: CrmApiClient) -> dict[str, set[str]]:
+    """Ids of the world template's records (an episode without seed)."""
+    episode_id, _ = await _open(api, {}, "sales_rep")
+    try:
+        tables: Tables = (await api.episode_state(episode_id))["tables"]
+    finally:
+        await _close(api, episode_id)
+    return {t: {str(r[_pk(t)]) for r in tables.get(t, [])} for t in TABLES}
 
 
 @dataclass
@@ -1066,17 +1085,17 @@ def _initial_tables(final: Tables, changes: Sequence[tuple[int, dict[str, Any]]]
 
 
 async def _attempt(api: CrmApiClient, draft: _Draft, world_ids: Mapping[str, set[str]]) -> _Attempt:
-    episode_id, token = await api.open(draft.seed, draft.role)
+    episode_id, token = await _open(api, draft.seed, draft.role)
     try:
-        outcomes = await replay(api.http, token, draft.actions(), strict=False)
-        calls = await api.changes(episode_id)
-        final = await api.state(episode_id)
+        outcomes = await replay(api, token, draft.actions(), strict=False)
+        calls: list[dict[str, Any]] = (await api.episode_changes(episode_id))["tool_calls"]
+        final: Tables = (await api.episode_state(episode_id))["tables"]
         attempt = _Attempt(outcomes, calls, {}, final, {})
         attempt.initial = _initial_tables(final, attempt.changes())
         attempt.pins = await _world_first_references(api, token, draft, attempt, world_ids)
         return attempt
     finally:
-        await api.close(episode_id)
+        await _close(api, episode_id)
 
 
 async def _world_first_references(
@@ -1141,12 +1160,10 @@ async def _first_own_match(
     offset = 0
     for _ in range(MAX_SEARCH_PAGES):
         args = {**source.args, "limit": 50, "offset": offset}
-        response = await api.http.post(
-            f"/tools/{source.tool}", json=args, headers={"Authorization": f"Bearer {token}"}
-        )
-        if response.status_code != 200:
+        answer = await api.call_tool(token, source.tool, args)
+        if answer.status != 200:
             return None
-        page = response.json()
+        page = answer.body
         for item in page["items"]:
             key = str(item.get(_pk(table)))
             if key not in world_ids[table] and key not in exclude:
@@ -1735,9 +1752,12 @@ def _render_turns(draft: _Draft, attempt: _Attempt, created: Mapping[str, Any]) 
 
 
 async def _import_one(
-    api: CrmApiClient, conversation: ClConversation, world_ids: Mapping[str, set[str]]
+    api: CrmApiClient,
+    conversation: ClConversation,
+    world_ids: Mapping[str, set[str]],
+    tools: Mapping[str, ToolFields],
 ) -> tuple[Case, _Draft]:
-    draft = _draft(conversation, world_ids)
+    draft = _draft(conversation, world_ids, tools)
     attempt = await _attempt(api, draft, world_ids)
     for _ in range(MAX_ATTEMPTS):
         if not _review(draft, attempt):
@@ -1846,8 +1866,11 @@ async def import_conversations(
     source: str,
     raw_lines: Mapping[int, str] | None = None,
 ) -> ImportResult:
-    """Imports every conversation; each ends up in the report, imported or not."""
-    world_ids = await api.world_ids()
+    """Imports every conversation; each ends up in the report, imported or not.
+
+    `api` needs the admin key. The tools' fields come from the CRM API's OpenAPI document."""
+    world_ids = await _world_ids(api)
+    tools = tool_fields(await api.openapi())
     cases: list[Case] = []
     entries: list[ImportEntry] = []
     seen: dict[str, int] = {}
@@ -1869,7 +1892,7 @@ async def import_conversations(
             continue
         seen[conversation_id] = number
         try:
-            case, draft = await _import_one(api, item, world_ids)
+            case, draft = await _import_one(api, item, world_ids, tools)
         except Unimportable as exc:
             entries.append(
                 ImportEntry(
@@ -1909,10 +1932,8 @@ async def import_clbench(path: Path, base_url: str, admin_key: str) -> ImportRes
     text = await asyncio.to_thread(path.read_text, encoding="utf-8")
     raw = dict(enumerate(text.splitlines(), start=1))
     items = read_conversations(text)
-    async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
-        return await import_conversations(
-            items, CrmApiClient(http, admin_key), source=str(path), raw_lines=raw
-        )
+    async with CrmApiClient(base_url, admin_key, timeout=120) as api:
+        return await import_conversations(items, api, source=str(path), raw_lines=raw)
 
 
 def import_file(path: Path, base_url: str, admin_key: str) -> ImportResult:

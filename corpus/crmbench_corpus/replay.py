@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
+from crmbench_clients.crm_api import CrmApiClient
 from crmbench_contracts.cases import Action
 
 _REFERENCE = re.compile(r"\{\{\s*step_(\d+)\.([A-Za-z0-9_.]+)\s*\}\}")
@@ -90,12 +89,13 @@ class StepOutcome:
 
 
 async def replay(
-    http: httpx.AsyncClient, token: str, actions: Sequence[Action], *, strict: bool = True
+    crm: CrmApiClient, token: str, actions: Sequence[Action], *, strict: bool = True
 ) -> list[StepOutcome]:
-    """Runs actions in order against a CRM API episode.
+    """Runs actions in order against a CRM API episode (tool call ids `step-N`).
 
     With strict, a step whose outcome differs from what the action expects (success, or
-    the refusal code in `expect_error`) raises ReplayError naming the step.
+    the refusal code in `expect_error`) raises ReplayError naming the step. A refusal is
+    an outcome; a CRM API failure (5xx, no answer) raises ServiceError.
     """
     outcomes: list[StepOutcome] = []
     results: list[Any] = []
@@ -108,16 +108,9 @@ async def replay(
             outcomes.append(StepOutcome(action.tool, action.args, 0, str(exc)))
             results.append(None)
             continue
-        response = await http.post(
-            f"/tools/{action.tool}",
-            json=args,
-            headers={"Authorization": f"Bearer {token}", "X-Tool-Call-Id": f"step-{number}"},
-        )
-        try:
-            body = response.json()
-        except ValueError:
-            body = response.text
-        outcome = StepOutcome(action.tool, args, response.status_code, body)
+        answer = await crm.call_tool(token, action.tool, args, tool_call_id=f"step-{number}")
+        body = answer.body
+        outcome = StepOutcome(action.tool, args, answer.status, body)
         outcomes.append(outcome)
         results.append(body if outcome.ok else None)
         if strict:

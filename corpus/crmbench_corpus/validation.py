@@ -7,13 +7,15 @@ failure scenario the naive trap actions (with the naive reply) must fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.errors import ServiceError
+from crmbench_clients.verifier import VerifierClient
 from crmbench_contracts.cases import Action, Case
 from crmbench_corpus.replay import ReplayError, replay
 
@@ -37,23 +39,13 @@ class CaseValidation:
         return all(run.ok for run in self.runs)
 
 
+@dataclass(frozen=True)
 class ServiceClients:
-    """HTTP clients of the CRM API (admin key) and the verifier."""
+    """The services a validation plays cases on: the CRM API (with its admin key) and the
+    verifier."""
 
-    def __init__(self, crm_api: httpx.AsyncClient, verifier: httpx.AsyncClient, admin_key: str):
-        self.crm_api = crm_api
-        self.verifier = verifier
-        self.admin = {"Authorization": f"Bearer {admin_key}"}
-
-
-async def _episode(clients: ServiceClients, case: Case) -> tuple[str, str]:
-    response = await clients.crm_api.post(
-        "/episodes", json={"case_id": case.case_id}, headers=clients.admin
-    )
-    if response.status_code != 201:
-        raise RuntimeError(f"episode for {case.case_id} not created: {response.text}")
-    body = response.json()
-    return body["episode_id"], body["token"]
+    crm_api: CrmApiClient
+    verifier: VerifierClient
 
 
 async def _run(
@@ -64,19 +56,15 @@ async def _run(
     reply: str,
     strict: bool,
 ) -> dict[str, Any]:
-    episode_id, token = await _episode(clients, case)
+    episode = await clients.crm_api.open_episode(case.case_id)
     try:
-        await replay(clients.crm_api, token, actions, strict=strict)
-        verdict = await clients.verifier.post(
-            "/verify",
-            json={"case_id": case.case_id, "episode_id": episode_id, "final_reply": reply},
-        )
-        if verdict.status_code != 200:
-            raise RuntimeError(f"verifier answered {verdict.status_code}: {verdict.text}")
-        record: dict[str, Any] = verdict.json()
-        return record
+        await replay(clients.crm_api, episode.token, actions, strict=strict)
+        verdict = await clients.verifier.verify(case.case_id, episode.episode_id, reply)
+        return verdict.model_dump(mode="json")
     finally:
-        await clients.crm_api.delete(f"/episodes/{episode_id}", headers=clients.admin)
+        # A failed drop must not hide the run's outcome; the reaper removes the episode.
+        with contextlib.suppress(ServiceError):
+            await clients.crm_api.close_episode(episode.episode_id)
 
 
 def _failed_checks(record: dict[str, Any]) -> str:
@@ -96,7 +84,7 @@ async def validate_case(clients: ServiceClients, case: Case) -> CaseValidation:
     for kind, actions, reply, strict in plans:
         try:
             record = await _run(clients, case, kind, actions, reply, strict)
-        except (ReplayError, RuntimeError, httpx.HTTPError) as exc:
+        except (ReplayError, ServiceError) as exc:
             result.runs.append(RunResult(kind, None, None, False, str(exc)))
             continue
         score, passed = float(record["score"]), bool(record["passed"])

@@ -24,7 +24,6 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent_runner.agents.factory import build_agent
-from agent_runner.crm_client import CrmApiClient, VerifierClient
 from agent_runner.errors import ErrorResponse, RunnerError, RunnerErrorCode, from_problem
 from agent_runner.errors import translate_validation_errors as translate
 from agent_runner.reports.reading import RunInfo
@@ -51,6 +50,8 @@ from agent_runner.schemas import (
     RunSummary,
 )
 from agent_runner.settings import AgentRunnerSettings
+from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.verifier import VerifierClient
 from crmbench_contracts.api_errors import routing_problem
 from crmbench_llm.base import MissingApiKey
 

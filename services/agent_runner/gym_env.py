@@ -12,22 +12,22 @@ import functools
 import json
 import re
 import string
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gymnasium
-import httpx
 import numpy as np
 from gymnasium.spaces import Text
 from numpy.typing import NDArray
-from pydantic import ValidationError
 
 from agent_runner.protocol import tool_result_content
+from crmbench_clients import errors as client_errors
+from crmbench_clients.crm_api import SyncCrmApiClient
+from crmbench_clients.verifier import SyncVerifierClient
 from crmbench_contracts.cases import Case
-from crmbench_contracts.rewards import RewardRecord
 from crmbench_corpus.store import default_corpus_dir, load_index
 from crmbench_llm.types import Message, ToolCall
 
@@ -99,6 +99,20 @@ class ServiceError(CrmEnvError):
         self.service = service
         self.status = status
         """HTTP status; 0 when no response arrived (connection refused, timeout)."""
+
+    @classmethod
+    def from_client(cls, error: client_errors.ServiceError) -> ServiceError:
+        """The env's form of a service client's error (same service, status and code)."""
+        return cls(error.service, error.status or 0, error.code, error.message)
+
+
+@contextmanager
+def _service_errors() -> Iterator[None]:
+    """Raises the services' failures as this module's ServiceError (a CrmEnvError)."""
+    try:
+        yield
+    except client_errors.ServiceError as exc:
+        raise ServiceError.from_client(exc) from exc
 
 
 # -------------------------------------------------------------------------------- actions
@@ -234,13 +248,6 @@ class _Episode:
     """The CRM API has deleted it."""
 
 
-@dataclass
-class _Response:
-    status: int
-    body: Any
-    latency_ms: float
-
-
 class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
     """One golden case per episode, played over the CRM API and scored by the verifier.
 
@@ -281,7 +288,6 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
         self.crm_api_url = crm_api_url.rstrip("/")
         self.verifier_url = verifier_url.rstrip("/")
         self.max_steps = max_steps
-        self._admin = {"Authorization": f"Bearer {admin_key}"}
         self._cases = _corpus((corpus_dir or default_corpus_dir()).resolve())
         chosen = tuple(case_ids) if case_ids is not None else tuple(self._cases)
         unknown = [case_id for case_id in chosen if case_id not in self._cases]
@@ -292,16 +298,15 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
                 else "case_ids is empty"
             )
         self.case_ids = chosen
-        self._http = httpx.Client(timeout=timeout)
+        self._crm = SyncCrmApiClient(self.crm_api_url, admin_key, timeout=timeout)
+        self._verifier = SyncVerifierClient(self.verifier_url, timeout=timeout)
         self._episode: _Episode | None = None
         self._closed = False
         try:
-            listed = self._request("crm_api", "GET", "/tools", params={"format": "openai"})
-            if listed.status != 200 or not isinstance(listed.body, list):
-                raise self._failure("crm_api", listed)
-            self._tools: list[dict[str, Any]] = listed.body
+            with _service_errors():
+                self._tools: list[dict[str, Any]] = self._crm.tool_definitions("openai")
         except BaseException:
-            self._http.close()
+            self._close_clients()
             raise
         names = [tool["function"]["name"] for tool in self._tools]
         self.action_space = CrmActionSpace(names)
@@ -323,16 +328,13 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
         case = self._pick_case(options or {})
         self._drop_episode()
         self._episode = None
-        created = self._request(
-            "crm_api", "POST", "/episodes", json={"case_id": case.case_id}, headers=self._admin
-        )
-        if created.status != 201 or not isinstance(created.body, dict):
-            raise self._failure("crm_api", created)
-        body = created.body
+        with _service_errors():
+            opened = self._crm.open_episode(case.case_id)
+        body = opened.body
         turns = [turn.content for turn in case.turns]
         self._episode = _Episode(
-            episode_id=body["episode_id"],
-            token=body["token"],
+            episode_id=opened.episode_id,
+            token=opened.token,
             case=case,
             transcript=[Message.user(text).model_dump(mode="json") for text in turns],
         )
@@ -368,9 +370,15 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
             self._drop_episode()
         finally:
             self._closed = True
-            self._http.close()
+            self._close_clients()
 
     # ------------------------------------------------------------------- internals
+
+    def _close_clients(self) -> None:
+        try:
+            self._crm.close()
+        finally:
+            self._verifier.close()
 
     def _ensure_open(self) -> None:
         if self._closed:
@@ -404,17 +412,21 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
         number = episode.tool_calls + 1
         call_id = f"step-{number}"
         try:
-            response = self._request(
-                "crm_api",
-                "POST",
-                f"/tools/{call.tool}",
-                json=call.arguments,
-                headers={"Authorization": f"Bearer {episode.token}", "X-Tool-Call-Id": call_id},
-            )
+            with _service_errors():
+                response = self._crm.call_tool(
+                    episode.token, call.tool, call.arguments, tool_call_id=call_id
+                )
+            if not response.is_json:
+                raise ServiceError(
+                    "crm_api",
+                    response.status,
+                    client_errors.INVALID_RESPONSE,
+                    f"POST /tools/{call.tool} did not answer JSON: {str(response.body)[:200]!r}",
+                )
             # 401/403 mean the episode's token no longer works (expired, dropped): the
             # harness's fault, not a refusal the agent could learn from.
             if response.status in (401, 403) or not 200 <= response.status < 500:
-                raise self._failure("crm_api", response)
+                raise ServiceError.from_client(response.as_error())
         except ServiceError:
             # Whether the call committed is unknown, so the episode cannot go on.
             episode.ended = "failed on a CRM API error"
@@ -436,7 +448,7 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
             "status": response.status,
             "ok": ok,
             "error_code": error.get("code") if not ok and isinstance(error, dict) else None,
-            "latency_ms": response.latency_ms,
+            "latency_ms": round(response.latency_ms, 3),
         }
         return observation, info
 
@@ -445,25 +457,11 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
         episode.ended = "failed: the verifier could not score it"
         if reply:
             episode.transcript.append(Message.assistant(reply).model_dump(mode="json"))
-        verdict = self._request(
-            "verifier",
-            "POST",
-            "/verify",
-            json={
-                "case_id": episode.case.case_id,
-                "episode_id": episode.episode_id,
-                "final_reply": reply,
-                "transcript": episode.transcript,
-            },
-        )
-        if verdict.status != 200:
-            raise self._failure("verifier", verdict)
-        try:
-            record = RewardRecord.model_validate(verdict.body).model_dump(mode="json")
-        except ValidationError as exc:
-            raise ServiceError(
-                "verifier", verdict.status, "INVALID_RESPONSE", f"not a reward record: {exc}"
-            ) from None
+        with _service_errors():
+            verdict = self._verifier.verify(
+                episode.case.case_id, episode.episode_id, reply, episode.transcript
+            )
+        record = verdict.model_dump(mode="json")
         episode.ended = why
         self._drop_episode()
         return record
@@ -472,54 +470,10 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
         episode = self._episode
         if episode is None or episode.dropped:
             return
-        response = self._request(
-            "crm_api", "DELETE", f"/episodes/{episode.episode_id}", headers=self._admin
-        )
-        # 404: the reaper dropped it already, which is what was wanted.
-        if response.status not in (200, 404):
-            raise self._failure("crm_api", response)
+        # False (404): the reaper dropped it already, which is what was wanted.
+        with _service_errors():
+            self._crm.close_episode(episode.episode_id)
         episode.dropped = True
-
-    def _request(
-        self,
-        service: str,
-        method: str,
-        path: str,
-        **kwargs: Any,
-    ) -> _Response:
-        base = self.crm_api_url if service == "crm_api" else self.verifier_url
-        started = time.perf_counter()
-        try:
-            response = self._http.request(method, base + path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise ServiceError(service, 0, "TIMEOUT", f"{method} {path} timed out: {exc}") from exc
-        except httpx.HTTPError as exc:
-            raise ServiceError(
-                service, 0, "UNREACHABLE", f"{method} {base}{path} failed: {exc}"
-            ) from exc
-        latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        try:
-            body = response.json()
-        except ValueError:
-            raise ServiceError(
-                service,
-                response.status_code,
-                "INVALID_RESPONSE",
-                f"{method} {path} did not answer JSON: {response.text[:200]!r}",
-            ) from None
-        return _Response(response.status_code, body, latency_ms)
-
-    @staticmethod
-    def _failure(service: str, response: _Response) -> ServiceError:
-        error = response.body.get("error") if isinstance(response.body, dict) else None
-        if isinstance(error, dict):
-            return ServiceError(
-                service,
-                response.status,
-                str(error.get("code", "ERROR")),
-                str(error.get("message", "")),
-            )
-        return ServiceError(service, response.status, "UNEXPECTED_RESPONSE", str(response.body))
 
 
 def register_env() -> None:

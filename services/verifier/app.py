@@ -15,17 +15,17 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.errors import ServiceError, ServiceUnavailable
 from crmbench_contracts.api_errors import RequestProblem, routing_problem, validation_problem
 from crmbench_contracts.cases import Case
 from crmbench_contracts.rewards import RewardRecord
 from crmbench_corpus.store import CASES_FILE, load_index
-from verifier.crm_client import CrmEpisodeReader
 from verifier.errors import ErrorResponse, VerifierError, VerifierErrorCode
 from verifier.judges import Judge, JudgeFailed, JudgeOutcome, JudgeRequest, run_judges
 from verifier.llm_judges import load_judges, load_prices
@@ -114,16 +114,35 @@ class VerifierServices:
         self,
         settings: VerifierSettings,
         catalog: CaseCatalog,
-        http: httpx.AsyncClient,
+        crm: CrmApiClient,
         judges: Sequence[Judge],
         arbiter: Judge | None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.http = http
-        self.reader = CrmEpisodeReader(http, settings.admin_key)
+        self.crm = crm
         self.judges = list(judges)
         self.arbiter = arbiter
+
+    async def read_episode(
+        self, episode_id: str, tables: Sequence[str] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(state, changes) of one episode from the CRM API, fetched concurrently; state
+        limited to `tables`. CRM API failures are VerifierErrors."""
+        if not self.settings.admin_key:
+            raise VerifierError(
+                VerifierErrorCode.NOT_CONFIGURED,
+                "The verifier has no admin key for the CRM API; set CRMBENCH_ADMIN_KEY to "
+                "the CRM API's admin key.",
+                status_code=503,
+            )
+        try:
+            state, changes = await asyncio.gather(
+                self.crm.episode_state(episode_id, tables), self.crm.episode_changes(episode_id)
+            )
+        except ServiceError as exc:
+            raise crm_api_failure(exc, self.crm.base_url, episode_id) from exc
+        return state, changes
 
     async def score(
         self,
@@ -184,6 +203,36 @@ def tables_of(case: Case) -> list[str]:
     return sorted(found)
 
 
+def crm_api_failure(error: ServiceError, base_url: str, episode_id: str) -> VerifierError:
+    """What the verifier answers when reading an episode from the CRM API failed."""
+    request = f"{error.method} {error.path}"
+    if isinstance(error, ServiceUnavailable):
+        return VerifierError(
+            VerifierErrorCode.CRM_API_UNAVAILABLE,
+            f"The CRM API at {base_url} did not answer {request} ({error.message}); is it running?",
+            status_code=502,
+        )
+    if error.status == 404:
+        return VerifierError(
+            VerifierErrorCode.EPISODE_NOT_FOUND,
+            f"The CRM API has no live episode {episode_id!r} (closed, expired or never created).",
+            field="episode_id",
+            status_code=404,
+        )
+    if error.status in (401, 403):
+        return VerifierError(
+            VerifierErrorCode.CRM_API_ERROR,
+            f"The CRM API refused the verifier's admin key ({error.status}); set "
+            "CRMBENCH_ADMIN_KEY to the CRM API's admin key.",
+            status_code=502,
+        )
+    return VerifierError(
+        VerifierErrorCode.CRM_API_ERROR,
+        f"The CRM API answered {request} with {error.status}: {error.code}: {error.message[:300]}",
+        status_code=502,
+    )
+
+
 def _services(request: Request) -> VerifierServices:
     services: VerifierServices = request.app.state.services
     return services
@@ -215,10 +264,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         catalog = CaseCatalog(settings.cases_dir, cases)
         await catalog.load()
-        async with httpx.AsyncClient(
-            base_url=settings.crm_api_url, timeout=settings.http_timeout_seconds
-        ) as http:
-            app.state.services = VerifierServices(settings, catalog, http, judges, arbiter)
+        async with CrmApiClient(
+            settings.crm_api_url,
+            settings.admin_key,
+            timeout=settings.http_timeout_seconds,
+            max_connections=100,
+        ) as crm:
+            app.state.services = VerifierServices(settings, catalog, crm, judges, arbiter)
             yield
 
     app = FastAPI(
@@ -258,7 +310,7 @@ def _add_routes(app: FastAPI) -> None:
     async def verify(body: VerifyRequest, services: ServicesDep) -> RewardRecord:
         """Score a live episode: reads its final state and change log from the CRM API."""
         case = await services.catalog.get(body.case_id)
-        raw_state, raw_changes = await services.reader.read(body.episode_id, tables_of(case))
+        raw_state, raw_changes = await services.read_episode(body.episode_id, tables_of(case))
         try:
             state, changes = parse_state(raw_state), parse_changes(raw_changes)
         except InvalidEpisodeData as exc:

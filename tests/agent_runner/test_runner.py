@@ -13,13 +13,15 @@ import pytest
 from agent_runner.agents.base import Agent, AgentResult, EpisodeContext
 from agent_runner.agents.baselines import OracleAgent, RandomAgent
 from agent_runner.agents.llm_agent import LLMAgent, SystemPrompt
-from agent_runner.crm_client import CrmApiClient, ServiceError, VerifierClient
 from agent_runner.protocol import parse_tool_result
 from agent_runner.run.config import RunConfig
 from agent_runner.run.hooks import EpisodeHooks, Guidance
 from agent_runner.run.runner import WorkerStats, create_run, select_cases, work_on_run
 from agent_runner.run.store import Claim, RunStore, asyncpg_dsn
 from agent_runner.run.trace_log import complete_blocks
+from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.errors import ServiceUnavailable
+from crmbench_clients.verifier import VerifierClient
 from crmbench_contracts.rewards import RewardRecord
 from crmbench_contracts.traces import (
     LaneDecision,
@@ -531,7 +533,7 @@ async def test_student_and_teacher_play_an_episode_through_their_real_sdks(
     first, second = api.fake.received
     crm = CrmApiClient(run_services.crm_api_url, ADMIN_KEY)
     try:
-        offered = await crm.tool_specs()
+        offered = await crm.tools()
     finally:
         await crm.aclose()
     assert len(first.body["tools"]) == len(offered)
@@ -544,11 +546,11 @@ class OutageAtFirstOpen(CrmApiClient):
 
     failures_left = 1
 
-    async def open_episode(self, case_id: str, ttl_seconds: int) -> Any:
+    async def open_episode(self, case_id: str | None = None, **fields: Any) -> Any:
         if self.failures_left:
             self.failures_left -= 1
-            raise ServiceError("crm_api", "connection refused (injected outage)")
-        return await super().open_episode(case_id, ttl_seconds)
+            raise ServiceUnavailable("crm_api", "connection refused (injected outage)")
+        return await super().open_episode(case_id, **fields)
 
 
 async def test_an_episode_that_could_not_be_opened_is_retried_not_failed(

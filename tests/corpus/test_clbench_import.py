@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from crmbench.cli import app
+from crmbench_clients.crm_api import CrmApiClient
 from crmbench_contracts.cases import Case
 from crmbench_corpus.clbench import (
     INCONSISTENT_TAG,
@@ -62,7 +63,8 @@ async def _play(http: httpx.AsyncClient, case: Case) -> tuple[Any, Any, Any]:
     )
     try:
         before = json.loads(await episode.state())
-        await replay(http, episode.token, case.expected.reference_actions, strict=True)
+        async with CrmApiClient(str(http.base_url), ADMIN_KEY) as crm:
+            await replay(crm, episode.token, case.expected.reference_actions, strict=True)
         return before, json.loads(await episode.state()), await episode.changes()
     finally:
         await http.delete(f"/episodes/{episode.episode_id}", headers=admin())

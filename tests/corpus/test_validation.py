@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from crm_api.database import create_engine
 from crm_api.world_store import load_golden_cases
 from crmbench.local_services import running_verifier
+from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.verifier import VerifierClient
 from crmbench_contracts.cases import Case
 from crmbench_corpus.store import case_line, default_corpus_dir, load_cases
 from crmbench_corpus.validation import ServiceClients, validate_cases
@@ -46,10 +47,10 @@ async def test_sampled_cases_are_solvable_and_not_trivial(
     finally:
         await engine.dispose()
     async with (
-        httpx.AsyncClient(base_url=crm_api.base_url, timeout=60) as crm,
-        httpx.AsyncClient(base_url=verifier_url, timeout=60) as verifier,
+        CrmApiClient(crm_api.base_url, ADMIN_KEY, timeout=60) as crm,
+        VerifierClient(verifier_url, timeout=60) as verifier,
     ):
-        results = await validate_cases(ServiceClients(crm, verifier, ADMIN_KEY), cases,
+        results = await validate_cases(ServiceClients(crm, verifier), cases,
                                        concurrency=4)  # fmt: skip
     misses = [(r.case.case_id, run.kind, run.detail) for r in results for run in r.runs
               if not run.ok]  # fmt: skip

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from agent_runner.crm_client import CrmApiClient, ToolOutcome
+from crmbench_clients.crm_api import CrmApiClient, ToolOutcome
 from crmbench_contracts.cases import Case
 from crmbench_contracts.traces import Audience, EpisodeOutcome, StepTrace, TokenUsage
 from crmbench_llm.types import Completion, ToolSpec
@@ -98,7 +98,9 @@ class EpisodeContext:
         step_id = len(self.steps) + 1
         tool_call_id = f"{self.session_id}#{step_id}"
         started_at = datetime.now(UTC)
-        outcome = await self.crm.call_tool(self.token, name, arguments, tool_call_id[-128:])
+        outcome = await self.crm.call_tool(
+            self.token, name, arguments, tool_call_id=tool_call_id[-128:]
+        )
         llm_latency, tokens = self._pending_llm or (0.0, TokenUsage())
         # A turn's model call is charged to its first tool call only.
         self._pending_llm = None

@@ -14,11 +14,12 @@ from pydantic import ValidationError
 
 from agent_runner.agents.base import Agent
 from agent_runner.agents.factory import build_agent
-from agent_runner.crm_client import CrmApiClient, VerifierClient
 from agent_runner.run.config import ConfigError, RunConfig, first_problem
 from agent_runner.run.corpus import CorpusCatalog, RunCorpus
 from agent_runner.run.runner import RunFiles, work_on_run
 from agent_runner.run.store import RunRow, RunStore
+from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.verifier import VerifierClient
 from crmbench_llm.base import LLMError
 
 logger = logging.getLogger(__name__)

@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from agent_runner.agents.base import Agent, EpisodeContext, EpisodeLimits
-from agent_runner.crm_client import CrmApiClient, ServiceError, VerifierClient
 from agent_runner.run.config import ConfigError, RunConfig
 from agent_runner.run.hooks import EpisodeHooks, Guidance, NoHooks
 from agent_runner.run.store import Claim, RunRow, RunStore
 from agent_runner.run.trace_log import RUN_FILE, TRACE_FILE, TraceLog
+from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.errors import ServiceError
+from crmbench_clients.verifier import VerifierClient
 from crmbench_contracts.cases import Case
 from crmbench_contracts.traces import (
     CrmContext,
@@ -240,7 +242,7 @@ class EpisodeRunner:
         try:
             try:
                 episode = await self.crm.open_episode(
-                    case.case_id, self.config.limits.episode_ttl_seconds
+                    case.case_id, ttl_seconds=self.config.limits.episode_ttl_seconds
                 )
             except ServiceError:
                 not_started = True
@@ -267,7 +269,7 @@ class EpisodeRunner:
                     case.case_id, episode_id, final_reply, ctx.transcript
                 )
                 reward = scored
-                changes = await self.crm.changes(episode_id)
+                changes = await self.crm.changes_by_tool_call(episode_id)
                 for step in ctx.steps:
                     step.state_change = changes.get(step.tool_call_id, [])
                     step.reward = scored.score
@@ -462,7 +464,10 @@ async def work_on_run(
         agent=agent,
         crm=crm,
         verifier=verifier,
-        tools=await crm.tool_specs(),
+        tools=[
+            ToolSpec(name=tool.name, description=tool.description, parameters=tool.parameters)
+            for tool in await crm.tools()
+        ],
         worker=worker,
         hooks=hooks,
     )
