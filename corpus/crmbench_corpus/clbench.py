@@ -34,7 +34,6 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from crm_api.episode_schemas import SeedRows
 from crm_api.errors import ErrorCode
 from crm_api.tools import TOOLS
 from crmbench_contracts.cases import (
@@ -53,6 +52,7 @@ from crmbench_contracts.cases import (
     Trap,
     Turn,
 )
+from crmbench_contracts.seeds import SeedRows
 from crmbench_corpus.builder import (
     DEAL_KINDS,
     FIRST,
