@@ -34,7 +34,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from crm_api.episode_schemas import SeedRows
 from crm_api.errors import ErrorCode
 from crmbench_clients.crm_api import CrmApiClient
 from crmbench_clients.errors import RequestRefused, ServiceError, ServiceUnavailable
@@ -54,6 +53,7 @@ from crmbench_contracts.cases import (
     Trap,
     Turn,
 )
+from crmbench_contracts.seeds import SeedRows
 from crmbench_corpus.builder import (
     DEAL_KINDS,
     FIRST,

@@ -6,55 +6,16 @@ from datetime import date
 from enum import StrEnum
 from typing import Final
 
+from crmbench_contracts import seeds
 
-class ClientStatus(StrEnum):
-    ACTIVE = "Active"
-    PROSPECT = "Prospect"
-    INACTIVE = "Inactive"
-
-
-class OpportunityStage(StrEnum):
-    PROSPECTING = "Prospecting"
-    QUALIFICATION = "Qualification"
-    PROPOSAL = "Proposal"
-    NEGOTIATION = "Negotiation"
-    CLOSED_WON = "Closed-Won"
-    CLOSED_LOST = "Closed-Lost"
-
-
-class QuoteStatus(StrEnum):
-    DRAFT = "Draft"
-    SENT = "Sent"
-    APPROVED = "Approved"
-    REJECTED = "Rejected"
-    CANCELED = "Canceled"
-
-
-class ContractStatus(StrEnum):
-    ACTIVE = "Active"
-    PENDING = "Pending"
-    EXPIRED = "Expired"
-
-
-class CompanyType(StrEnum):
-    PARTNER = "Partner"
-    VENDOR = "Vendor"
-    COMPETITOR = "Competitor"
-
-
-class DocumentEntityType(StrEnum):
-    OPPORTUNITY = "Opportunity"
-    CONTRACT = "Contract"
-    QUOTE = "Quote"
-    CLIENT = "Client"
-
-
-class NoteEntityType(StrEnum):
-    OPPORTUNITY = "Opportunity"
-    CLIENT = "Client"
-    CONTACT = "Contact"
-    QUOTE = "Quote"
-    CONTRACT = "Contract"
+# The entity values are the seed-rows contract's (shared with the corpus); the CRM's too.
+ClientStatus = seeds.ClientStatus
+OpportunityStage = seeds.OpportunityStage
+QuoteStatus = seeds.QuoteStatus
+ContractStatus = seeds.ContractStatus
+CompanyType = seeds.CompanyType
+DocumentEntityType = seeds.DocumentEntityType
+NoteEntityType = seeds.NoteEntityType
 
 
 class ActorRole(StrEnum):

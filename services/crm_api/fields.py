@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import PydanticCustomError, core_schema
-
 from crm_api.domain import ALLOWED_FILE_EXTENSIONS, MAX_AMOUNT
 from crm_api.errors import ErrorCode
+from crmbench_contracts.seeds import Checked, refuse, text_validator
+from crmbench_contracts.seeds import text as text  # one of the strict field types
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -29,72 +25,12 @@ _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.][^@\s]*\.[^@\s.]{2,}$")
 
 
-@dataclass(frozen=True, eq=False)
-class Checked:
-    """Annotated metadata: validate with `check` alone, document with `schema`.
-
-    Use as `Annotated[str, text(200)]`; pydantic's own coercion never runs, so "$5,000",
-    true or "50%" reach `check` as they were sent and are refused with a precise code.
-    """
-
-    check: Callable[[Any], Any]
-    schema: dict[str, Any] = field(default_factory=dict)
-
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(self.check)
-
-    def __get_pydantic_json_schema__(
-        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        return dict(self.schema)
-
-
-def refuse(code: ErrorCode, message: str, allowed: list[Any] | None = None) -> PydanticCustomError:
-    """A validation error that the API renders with `code` (see app.validation_error)."""
-    return PydanticCustomError(
-        "crm", "{crm_message}", {"crm_code": code.value, "crm_message": message, "allowed": allowed}
-    )
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_storable(value: str) -> None:
-    # Postgres text cannot hold NUL, and lone surrogates cannot be encoded as UTF-8.
-    if "\x00" in value:
-        raise refuse(ErrorCode.TYPE_MISMATCH, "text must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise refuse(ErrorCode.TYPE_MISMATCH, "text contains invalid unicode") from None
-
-
-def _text_validator(max_length: int, optional: bool) -> Any:
-    def validate(value: Any) -> str | None:
-        if value is None and optional:
-            return None
-        if not isinstance(value, str):
-            raise refuse(ErrorCode.TYPE_MISMATCH, f"expected a string, got {type(value).__name__}")
-        _check_storable(value)
-        if not value.strip():
-            raise refuse(ErrorCode.BLANK_STRING, "must not be empty or only whitespace")
-        if len(value) > max_length:
-            raise refuse(ErrorCode.TYPE_MISMATCH, f"must be at most {max_length} characters")
-        return value
-
-    return validate
-
-
-def text(max_length: int = 200, *, optional: bool = False) -> Checked:
-    schema = {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": r"\S"}
-    return Checked(_text_validator(max_length, optional), schema)
-
-
 def _email_validator(optional: bool) -> Any:
-    base = _text_validator(254, optional)
+    base = text_validator(254, optional)
 
     def validate(value: Any) -> str | None:
         checked: str | None = base(value)
@@ -219,7 +155,7 @@ def enum_field(enum_cls: type[E], *, optional: bool = False) -> Checked:
 
 
 def _file_name(value: Any) -> str:
-    name: str | None = _text_validator(255, optional=False)(value)
+    name: str | None = text_validator(255, optional=False)(value)
     assert name is not None
     if "/" in name or "\\" in name or ".." in name or name.startswith("."):
         raise refuse(

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crm_api.domain import ENTITY_TABLES
-from crm_api.episodes import (
+from crm_api.episodes.repository import (
     change_log_rows,
     insert_rows,
     quote_ident,
