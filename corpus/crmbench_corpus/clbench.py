@@ -35,8 +35,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crm_api.episode_schemas import SeedRows
-from crm_api.errors import ErrorCode
 from crm_api.tools import TOOLS
+from crmbench_contracts.api_errors import ErrorCode
 from crmbench_contracts.cases import (
     FAILURE_CATEGORIES,
     Action,

@@ -26,7 +26,7 @@ from rich.text import Text
 
 from agent_runner.trace_log import RUN_FILE, TRACE_FILE
 from crmbench_contracts.cases import FAILURE_CATEGORIES, Difficulty, FailureFamily, Split
-from crmbench_contracts.rewards import PASS_THRESHOLD, REPORTED_THRESHOLDS
+from crmbench_contracts.rewards import PASS_THRESHOLD, REPORTED_THRESHOLDS, threshold_key
 from crmbench_contracts.traces import Audience, EpisodeOutcome, SessionTrace, StepTrace
 
 SUCCESS_PATH = "success path"
@@ -49,11 +49,6 @@ class ResultsError(ValueError):
     def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def threshold_key(threshold: float) -> str:
-    """The key of a threshold in `SessionTrace.verdicts` and in the report: 0.7 -> "0.7"."""
-    return f"{threshold:g}"
 
 
 THRESHOLD_KEYS = tuple(threshold_key(t) for t in REPORTED_THRESHOLDS)

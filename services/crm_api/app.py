@@ -36,12 +36,14 @@ from crm_api.episode_schemas import (
     SnapshotList,
     SnapshotOut,
 )
-from crm_api.episodes import EpisodeManager, canonical_json, episode_public
-from crm_api.errors import TOOL_ERROR_RESPONSES, CrmError, ErrorCode, ErrorResponse
+from crm_api.episodes import EpisodeManager, episode_public
+from crm_api.errors import TOOL_ERROR_RESPONSES, CrmError, ErrorResponse
 from crm_api.settings import CrmApiSettings, get_settings
 from crm_api.tool_schemas import AgentToolFormat, agent_tools
 from crm_api.tools import TOOLS, Tool, ToolKind
 from crm_api.validation import translate_validation_errors
+from crmbench_contracts.api_errors import ErrorCode
+from crmbench_contracts.canonical import canonical_json
 
 log = logging.getLogger("crm_api")
 
@@ -167,8 +169,8 @@ def create_app(settings: CrmApiSettings | None = None) -> FastAPI:
             )
         engine = create_engine(
             settings.database_url,
-            pool_size=settings.db_pool_size,
-            max_overflow=settings.db_max_overflow,
+            pool_size=settings.crm_api_db_pool_size,
+            max_overflow=settings.crm_api_db_max_overflow,
         )
         services = Services(settings, engine)
         app.state.services = services

@@ -25,8 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from crm_api.context import EpisodeRef
 from crm_api.domain import ENTITY_TABLES, PRIMARY_KEYS, WORLD_DATE, ActorRole
 from crm_api.episode_schemas import Actor, EpisodeCreate, SeedRows
-from crm_api.errors import CrmError, ErrorCode
+from crm_api.errors import CrmError
 from crm_api.models import WORLD_SCHEMA
+from crmbench_contracts.api_errors import ErrorCode
 
 log = logging.getLogger("crm_api.episodes")
 
@@ -40,13 +41,6 @@ def json_default(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def canonical_json(value: Any) -> str:
-    """The one serialisation used for states and snapshots: sorted keys, no spaces."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=json_default
-    )
 
 
 def hash_token(token: str) -> str:

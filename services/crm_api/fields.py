@@ -21,7 +21,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from crm_api.domain import ALLOWED_FILE_EXTENSIONS, MAX_AMOUNT
-from crm_api.errors import ErrorCode
+from crmbench_contracts.api_errors import ErrorCode
 
 E = TypeVar("E", bound=StrEnum)
 
