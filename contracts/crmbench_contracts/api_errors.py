@@ -17,10 +17,10 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
+# The CRM API's machine codes: what a refused tool call says, and what a case's
+# `expect_error` and failure categories name. (No docstring: it would become the enum's
+# description in docs/openapi.json.)
 class ErrorCode(StrEnum):
-    """The CRM API's machine codes: what a refused tool call says, and what a case's
-    `expect_error` and failure categories name."""
-
     # schema
     INVALID_ENUM = "INVALID_ENUM"
     ENUM_CASE_MISMATCH = "ENUM_CASE_MISMATCH"
