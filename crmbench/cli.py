@@ -102,8 +102,8 @@ def db_snapshot(
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write the dump to.")],
 ) -> None:
     """Write the whole CRM state (world, episodes, change logs, snapshots) as canonical JSON."""
-    from crm_api.episodes import canonical_json
     from crm_api.world_store import dump_database
+    from crmbench_contracts.canonical import canonical_json
 
     url = resolve_database_url()
     dump = run(_with_engine(url, dump_database))

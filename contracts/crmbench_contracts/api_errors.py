@@ -1,13 +1,148 @@
-"""How a refused request maps onto the services' error format
-({"error": {code, field, message, allowed}}): one translation of FastAPI's validation and
-routing failures, shared by the verifier and the agent runner so both answer bad input
-alike. Each service wraps a `RequestProblem` in its own typed error."""
+"""The services' error format ({"error": {code, field, message, allowed}}) and the CRM
+API's machine codes. One typed error base and one set of FastAPI handlers serve the
+verifier and the agent runner (each keeps its own code enum), and one translation of
+FastAPI's validation and routing failures makes every service answer bad input alike."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+# The CRM API's machine codes: what a refused tool call says, and what a case's
+# `expect_error` and failure categories name. (No docstring: it would become the enum's
+# description in docs/openapi.json.)
+class ErrorCode(StrEnum):
+    # schema
+    INVALID_ENUM = "INVALID_ENUM"
+    ENUM_CASE_MISMATCH = "ENUM_CASE_MISMATCH"
+    ENUM_WHITESPACE = "ENUM_WHITESPACE"
+    MISSING_REQUIRED_FIELD = "MISSING_REQUIRED_FIELD"
+    EXTRA_FIELD = "EXTRA_FIELD"
+    TYPE_MISMATCH = "TYPE_MISMATCH"
+    # domain values
+    NEGATIVE_AMOUNT = "NEGATIVE_AMOUNT"
+    ZERO_AMOUNT = "ZERO_AMOUNT"
+    AMOUNT_EXCEEDS_MAX = "AMOUNT_EXCEEDS_MAX"
+    PROBABILITY_OUT_OF_RANGE = "PROBABILITY_OUT_OF_RANGE"
+    PROBABILITY_DECIMAL = "PROBABILITY_DECIMAL"
+    PAST_DATE = "PAST_DATE"
+    INVALID_DATE_FORMAT = "INVALID_DATE_FORMAT"
+    # relations
+    UNKNOWN_FOREIGN_KEY = "UNKNOWN_FOREIGN_KEY"
+    DUPLICATE_UNIQUE_FIELD = "DUPLICATE_UNIQUE_FIELD"
+    CROSS_ENTITY_MISMATCH = "CROSS_ENTITY_MISMATCH"
+    # strings
+    BLANK_STRING = "BLANK_STRING"
+    MALFORMED_EMAIL = "MALFORMED_EMAIL"
+    UNSAFE_FILENAME = "UNSAFE_FILENAME"
+    UNSUPPORTED_FILE_EXTENSION = "UNSUPPORTED_FILE_EXTENSION"
+    MISSING_FILE_EXTENSION = "MISSING_FILE_EXTENSION"
+    # workflow
+    MODIFY_CLOSED_OPPORTUNITY = "MODIFY_CLOSED_OPPORTUNITY"
+    INVALID_STAGE_TRANSITION = "INVALID_STAGE_TRANSITION"
+    UNKNOWN_FIELD_UPDATE = "UNKNOWN_FIELD_UPDATE"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    # outside the customer's taxonomy
+    NOT_FOUND = "NOT_FOUND"
+    INVALID_DATE_RANGE = "INVALID_DATE_RANGE"
+    MODIFY_FINAL_QUOTE = "MODIFY_FINAL_QUOTE"
+    HAS_DEPENDENTS = "HAS_DEPENDENTS"
+    NO_CHANGES = "NO_CHANGES"
+    INVALID_REQUEST = "INVALID_REQUEST"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
+    EPISODE_NOT_FOUND = "EPISODE_NOT_FOUND"
+    SNAPSHOT_NOT_FOUND = "SNAPSHOT_NOT_FOUND"
+    UNKNOWN_TOOL = "UNKNOWN_TOOL"
+    CONFLICT = "CONFLICT"
+
+
+# ---------------------------------------------------------------------------- error base
+
+CodeT = TypeVar("CodeT", bound=StrEnum)
+
+# A service subclasses ErrorDetail[ItsCode] and ErrorResponse[ItsCode] (with `error` of its
+# ErrorDetail) under the plain names, so its OpenAPI document calls them ErrorDetail and
+# ErrorResponse and lists its codes. They carry no docstring: it would become the schema's
+# description.
+
+
+class ErrorDetail(BaseModel, Generic[CodeT]):
+    code: CodeT = Field(description="Stable machine code of the error.")
+    field: str | None = Field(default=None, description="The input field that was wrong.")
+    message: str = Field(description="What was wrong and how to fix it.")
+    allowed: list[Any] | None = Field(default=None, description="Allowed values, where known.")
+
+
+class ErrorResponse(BaseModel, Generic[CodeT]):
+    error: ErrorDetail[CodeT]
+
+
+class ServiceError(Exception, Generic[CodeT]):
+    """A refused or failed request of a service; raised below an endpoint, rendered as
+    its JSON body by the handlers of install_error_handlers."""
+
+    def __init__(
+        self,
+        code: CodeT,
+        message: str,
+        *,
+        status_code: int,
+        field: str | None = None,
+        allowed: list[Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status_code = status_code
+        self.field = field
+        self.allowed = allowed
+
+    def to_response(self) -> ErrorResponse[CodeT]:
+        detail = ErrorDetail[Any](
+            code=self.code, field=self.field, message=self.message, allowed=self.allowed
+        )
+        return ErrorResponse[Any](error=detail)
+
+
+def error_response(error: ServiceError[Any]) -> JSONResponse:
+    """The JSON response of a service error: its status and {"error": {...}} body."""
+    return JSONResponse(
+        status_code=error.status_code, content=error.to_response().model_dump(mode="json")
+    )
+
+
+def install_error_handlers(
+    app: FastAPI, refused: Callable[[RequestProblem], ServiceError[Any]]
+) -> None:
+    """Renders every ServiceError as its JSON body, and a refused request (FastAPI's
+    validation, no route, wrong method, unreadable body) as the error `refused` makes of
+    its RequestProblem. Service-specific handlers are added after this."""
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError[Any]) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(refused(validation_problem(list(exc.errors()))))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        problem = routing_problem(exc.status_code, exc.detail, request.method, request.url.path)
+        return error_response(refused(problem))
+
+
+# ---------------------------------------------------------------------------- refused requests
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ PASS_THRESHOLD = 0.9
 REPORTED_THRESHOLDS = (0.7, 0.8, 0.9)
 
 
+def threshold_key(threshold: float) -> str:
+    """The key of a threshold in `RewardRecord.verdicts`, traces and reports: 0.7 -> "0.7"."""
+    return f"{threshold:g}"
+
+
 class CheckResult(BaseModel):
     check_id: str
     kind: str

@@ -34,9 +34,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from crm_api.errors import ErrorCode
 from crmbench_clients.crm_api import CrmApiClient
 from crmbench_clients.errors import RequestRefused, ServiceError, ServiceUnavailable
+from crmbench_contracts import expectations
+from crmbench_contracts.api_errors import ErrorCode
 from crmbench_contracts.cases import (
     FAILURE_CATEGORIES,
     Action,
@@ -52,6 +53,13 @@ from crmbench_contracts.cases import (
     StateAssertion,
     Trap,
     Turn,
+)
+from crmbench_contracts.expectations import (
+    FinalState,
+    LoggedChange,
+    Unresolvable,
+    equal,
+    select,
 )
 from crmbench_contracts.seeds import SeedRows
 from crmbench_corpus.builder import (
@@ -1276,113 +1284,44 @@ def _later_references(draft: _Draft, number: int) -> bool:
 # ---------------------------------------------------------------------------- expectations
 
 
-class _Unresolvable(Exception):
-    pass
-
-
-def _equal(expected: Any, actual: Any) -> bool:
-    if expected is None or actual is None:
-        return expected is None and actual is None
-    if isinstance(expected, int | float) and not isinstance(expected, bool):
-        try:
-            return abs(float(expected) - float(actual)) <= 0.005
-        except (TypeError, ValueError):
-            return False
-    return bool(expected == actual)
-
-
-def _value_matches(expected: Any, actual: Any, tables: Tables) -> bool:
-    """The verifier's value rules, for the operators this importer writes ($ref, $ne, $in)."""
-    if isinstance(expected, dict) and expected and all(str(k).startswith("$") for k in expected):
-        for op, argument in expected.items():
-            if op == "$ref":
-                ok = _equal(_resolve_ref(argument, tables), actual)
-            elif op == "$ne":
-                ok = not _value_matches(argument, actual, tables)
-            elif op == "$in":
-                ok = any(_value_matches(option, actual, tables) for option in argument)
-            else:
-                raise _Unresolvable(f"operator {op} is not written by the importer")
-            if not ok:
-                return False
-        return True
-    return _equal(expected, actual)
-
-
-def _select(table: str, where: Mapping[str, Any], tables: Tables) -> list[Row]:
-    return [
-        row
-        for row in tables.get(table, [])
-        if all(k in row and _value_matches(v, row[k], tables) for k, v in where.items())
-    ]
-
-
-def _resolve_ref(argument: Mapping[str, Any], tables: Tables) -> Any:
-    rows = _select(argument["table"], argument["where"], tables)
-    if len(rows) != 1:
-        raise _Unresolvable(f"$ref names {len(rows)} {argument['table']} rows")
-    return rows[0][argument["field"]]
-
-
 def assertion_holds(assertion: StateAssertion, tables: Tables) -> bool:
-    """Whether one state assertion holds in `tables` (an unresolvable $ref: it does not)."""
-    try:
-        rows = _select(assertion.table, assertion.where, tables)
-        if assertion.kind == "row_exists":
-            return bool(rows)
-        if assertion.kind == "row_absent":
-            return not rows
-        if assertion.kind == "count":
-            return len(rows) == assertion.count
-        return (
-            len(rows) == 1
-            and assertion.field is not None
-            and _value_matches(assertion.value, rows[0].get(assertion.field), tables)
-        )
-    except _Unresolvable:
-        return False
+    """Whether one state assertion holds in `tables`, by the verifier's rules (one that
+    cannot be evaluated, e.g. an unresolvable $ref, does not)."""
+    return expectations.assertion_holds(assertion, FinalState(tables))
 
 
 def collateral(
     allowed: Sequence[AllowedChange], calls: Sequence[Mapping[str, Any]], final: Tables
 ) -> list[str]:
-    """Change-log entries no allowed-change rule takes (the verifier's attribution rules)."""
-    covered: list[set[str]] = [set() for _ in allowed]
-    problems = []
-    for call in calls:
-        for change in call["changes"]:
-            row = change["before"] if change["op"] == "DELETE" else change["after"]
-            taken = False
-            for index, rule in enumerate(allowed):
-                if rule.table != change["table"] or change["op"] not in rule.ops:
-                    continue
-                try:
-                    if not all(
-                        k in row and _value_matches(v, row[k], final) for k, v in rule.where.items()
-                    ):
-                        continue
-                except _Unresolvable:
-                    continue
-                if change["op"] == "UPDATE" and rule.fields is not None:
-                    before, after = change["before"], change["after"]
-                    diff = {k for k in after if before.get(k) != after.get(k)}
-                    if not diff <= set(rule.fields):
-                        continue
-                key = str(change["key"])
-                full = rule.max_rows is not None and len(covered[index]) >= rule.max_rows
-                if key not in covered[index] and full:
-                    continue
-                covered[index].add(key)
-                taken = True
-                break
-            if not taken:
-                problems.append(f"{change['op']} {change['table']} {change['key']}")
-    return problems
+    """Change-log entries (the CRM API's tool_calls) no allowed-change rule takes, by the
+    verifier's attribution rules, as "op table key"."""
+    changes = [
+        LoggedChange(
+            call.get("tool_call_id"),
+            call.get("tool"),
+            change.get("seq"),
+            change["table"],
+            change["op"],
+            str(change["key"]),
+            change.get("before"),
+            change.get("after"),
+        )
+        for call in calls
+        for change in call["changes"]
+    ]
+    found = expectations.find_collateral(allowed, changes, FinalState(final))
+    return [f"{change.op} {change.table} {change.key}" for change in found]
 
 
-def fact_holds(fact: CommunicationFact, reply: str) -> bool:
-    text = " ".join(reply.split()).casefold()
-    return any(" ".join(p.split()).casefold() in text for p in fact.any_of)
+def fact_holds(fact: CommunicationFact, reply: str, final: Tables | None = None) -> bool:
+    """Whether the reply gives a mentions or mentions_value fact (its ref resolved in
+    `final`), by the verifier's rules; a judge fact or a defective one does not hold."""
+    if fact.kind == "judge":
+        return False
+    try:
+        return expectations.fact_found(fact, reply, FinalState(final or {})) is not None
+    except Unresolvable:
+        return False
 
 
 @dataclass
@@ -1462,7 +1401,7 @@ class _Expectations:
 
     def stable(self, history: _History, name: str) -> bool:
         versions = history.versions()
-        return all(_equal(_plain(v.get(name)), _plain(versions[0].get(name))) for v in versions)
+        return all(equal(_plain(v.get(name)), _plain(versions[0].get(name))) for v in versions)
 
     def ref_key(self, history: _History) -> dict[str, Any]:
         """A where naming exactly one row in the final state: the created record."""
@@ -1476,14 +1415,14 @@ class _Expectations:
         if not fields:
             fields = [f for f in self.business_fields(table, row) if self.stable(history, f)]
         key = {f: self.value(f, row[f], row) for f in fields}
-        others = [str(m[_pk(table)]) for m in _select(table, key, self.final)]
+        others = [str(m[_pk(table)]) for m in select(table, key, FinalState(self.final))]
         others = [other for other in others if other != history.key]
         existing = [other for other in others if other not in self.created]
         if existing:  # records that were there before: exclude them by id
             key[_pk(table)] = {"$ne": existing[0] if len(existing) == 1 else {"$in": existing}}
         if len(existing) < len(others):  # another record the conversation made: more fields
             key.update({f: self.value(f, row[f], row) for f in self.business_fields(table, row)})
-            if len(_select(table, key, self.final)) != 1:
+            if len(select(table, key, FinalState(self.final))) != 1:
                 raise Unimportable(f"two {table} records made by the conversation look alike")
         self._refs[history.key] = key
         return key
@@ -1542,7 +1481,7 @@ class _Expectations:
             before = history.entries[0][1]["before"]
             after = self.final_index[table][key]
             for name in history.updated_fields():
-                if _equal(_plain(before.get(name)), _plain(after.get(name))):
+                if equal(_plain(before.get(name)), _plain(after.get(name))):
                     continue
                 assertions.append(
                     StateAssertion(
@@ -1569,8 +1508,8 @@ class _Expectations:
             fields = self.business_fields(table, row)
         where = {f: self.value(f, row[f], row) for f in fields}
         try:
-            before = [str(r[_pk(table)]) for r in _select(table, where, self.initial)]
-        except _Unresolvable:
+            before = [str(r[_pk(table)]) for r in select(table, where, FinalState(self.initial))]
+        except Unresolvable:
             before = []  # it names a record made by the conversation: none existed before
         if before:
             where[_pk(table)] = {"$ne": before[0] if len(before) == 1 else {"$in": before}}
@@ -1824,7 +1763,7 @@ def self_check(
     problems += [
         f"reference reply lacks: {f.fact}"
         for f in expected.communicate
-        if not fact_holds(f, expected.reference_reply)
+        if not fact_holds(f, expected.reference_reply, final)
     ]
     weights = [a.weight for a in expected.state] + [1.0] + [f.weight for f in expected.communicate]
     held = [a.weight for a in expected.state if assertion_holds(a, initial)] + [1.0]

@@ -13,19 +13,16 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent_runner.agents.factory import build_agent
 from agent_runner.errors import ErrorResponse, RunnerError, RunnerErrorCode, from_problem
-from agent_runner.errors import translate_validation_errors as translate
 from agent_runner.reports.reading import RunInfo
 from agent_runner.reports.statistics import build_report
 from agent_runner.run.config import ConfigError, RunConfig, load_run_config
@@ -52,7 +49,11 @@ from agent_runner.schemas import (
 from agent_runner.settings import AgentRunnerSettings
 from crmbench_clients.crm_api import CrmApiClient
 from crmbench_clients.verifier import VerifierClient
-from crmbench_contracts.api_errors import routing_problem
+from crmbench_contracts.api_errors import (
+    RequestProblem,
+    error_response,
+    install_error_handlers,
+)
 from crmbench_llm.base import MissingApiKey
 
 log = logging.getLogger("agent_runner")
@@ -316,7 +317,9 @@ def create_app(
         corpora = CorpusCatalog(default_corpus)
         async with contextlib.AsyncExitStack() as stack:
             assert settings.database_url is not None
-            store = await RunStore.connect(settings.database_url, pool_size=settings.db_pool_size)
+            store = await RunStore.connect(
+                settings.database_url, pool_size=settings.runner_db_pool_size
+            )
             stack.push_async_callback(store.close)
             worker: QueueWorker | None = None
             if settings.work:
@@ -427,31 +430,19 @@ def _add_routes(app: FastAPI) -> None:
         return await services.detail(run_id, report)
 
 
-def _error_response(error: RunnerError) -> JSONResponse:
-    return JSONResponse(
-        status_code=error.status_code, content=error.to_response().model_dump(mode="json")
-    )
-
-
-def _validation_problem(errors: Sequence[Any]) -> RunnerError:
-    error = translate(errors)
+def _refused(problem: RequestProblem) -> RunnerError:
+    error = from_problem(problem)
     if error.field == "run_id":
         error.message = f"Not a run id: use the run_id POST /runs returned ({RUN_ID_PATTERN})."
     return error
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RunnerError)
-    async def runner_error(request: Request, exc: RunnerError) -> JSONResponse:
-        return _error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_response(_validation_problem(list(exc.errors())))
+    install_error_handlers(app, _refused)
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("database unavailable: %s", exc)
-        return _error_response(
+        return error_response(
             RunnerError(
                 RunnerErrorCode.DATABASE_UNAVAILABLE,
                 f"The run database is unavailable: {describe(exc)}",
@@ -461,8 +452,3 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, database_error)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        problem = routing_problem(exc.status_code, exc.detail, request.method, request.url.path)
-        return _error_response(from_problem(problem))

@@ -1,15 +1,12 @@
-"""Typed errors of the agent runner service, rendered in the CRM API's error format
-({"error": {code, field, message, allowed}}); refused request bodies become 422s."""
+"""The agent runner's error codes and typed error, in the services' error format
+({"error": {code, field, message, allowed}}, crmbench_contracts.api_errors)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
 
-from pydantic import BaseModel, Field
-
-from crmbench_contracts.api_errors import RequestProblem, validation_problem
+from crmbench_contracts import api_errors
+from crmbench_contracts.api_errors import RequestProblem, ServiceError
 
 
 class RunnerErrorCode(StrEnum):
@@ -29,54 +26,26 @@ class RunnerErrorCode(StrEnum):
     DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
 
 
-class ErrorDetail(BaseModel):
-    code: RunnerErrorCode = Field(description="Stable machine code of the error.")
-    field: str | None = Field(default=None, description="The input field that was wrong.")
-    message: str = Field(description="What was wrong and how to fix it.")
-    allowed: list[Any] | None = Field(default=None, description="Allowed values, where known.")
+# The error body under its plain OpenAPI names (see crmbench_contracts.api_errors).
+class ErrorDetail(api_errors.ErrorDetail[RunnerErrorCode]):
+    pass
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(api_errors.ErrorResponse[RunnerErrorCode]):
     error: ErrorDetail
 
 
-class RunnerError(Exception):
+class RunnerError(ServiceError[RunnerErrorCode]):
     """A refused or failed request; raised below an endpoint, rendered as a JSON body."""
 
-    def __init__(
-        self,
-        code: RunnerErrorCode,
-        message: str,
-        *,
-        status_code: int,
-        field: str | None = None,
-        allowed: list[Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status_code = status_code
-        self.field = field
-        self.allowed = allowed
 
-    def to_response(self) -> ErrorResponse:
-        return ErrorResponse(
-            error=ErrorDetail(
-                code=self.code, field=self.field, message=self.message, allowed=self.allowed
-            )
-        )
-
-
-def from_problem(problem: RequestProblem, *, with_allowed: bool = True) -> RunnerError:
+def from_problem(problem: RequestProblem) -> RunnerError:
+    """A refused request (validation or routing) as a RunnerError, with the allowed
+    values of an enum or literal field."""
     return RunnerError(
         RunnerErrorCode(problem.code),
         problem.message,
         status_code=problem.status_code,
         field=problem.field,
-        allowed=problem.allowed if with_allowed else None,
+        allowed=problem.allowed,
     )
-
-
-def translate_validation_errors(errors: Sequence[Any]) -> RunnerError:
-    """The first problem of a refused request as a RunnerError (422); the rest are counted."""
-    return from_problem(validation_problem(errors))

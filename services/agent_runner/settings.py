@@ -46,8 +46,9 @@ class AgentRunnerSettings(BaseSettings):
     work: bool = True
     """Whether this replica plays queued episodes (False: it only serves the API)."""
 
-    db_pool_size: int = Field(default=16, ge=2, le=256)
-    """Connections to Postgres kept by the service (queue claims, results, the API)."""
+    runner_db_pool_size: int = Field(default=16, ge=2, le=256)
+    """Connections to Postgres kept by the service (queue claims, results, the API). Named
+    for the service: the CRM API's pool is CRMBENCH_CRM_API_DB_POOL_SIZE."""
 
     recent_runs: int = Field(default=50, ge=1, le=1000)
     """How many runs GET /runs lists by default."""

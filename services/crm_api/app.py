@@ -24,11 +24,12 @@ from crm_api.context import ToolContext
 from crm_api.database import create_engine
 from crm_api.episodes import Credentials, EpisodeManager, bearer_token
 from crm_api.episodes import router as episode_router
-from crm_api.errors import TOOL_ERROR_RESPONSES, CrmError, ErrorCode, ErrorResponse
+from crm_api.errors import TOOL_ERROR_RESPONSES, CrmError, ErrorResponse
 from crm_api.settings import CrmApiSettings, get_settings
 from crm_api.tool_schemas import AgentToolFormat, agent_tools
 from crm_api.tools import TOOLS, Tool, ToolKind
 from crm_api.validation import translate_validation_errors
+from crmbench_contracts.api_errors import ErrorCode
 
 log = logging.getLogger("crm_api")
 
@@ -76,8 +77,8 @@ def create_app(settings: CrmApiSettings | None = None) -> FastAPI:
             )
         engine = create_engine(
             settings.database_url,
-            pool_size=settings.db_pool_size,
-            max_overflow=settings.db_max_overflow,
+            pool_size=settings.crm_api_db_pool_size,
+            max_overflow=settings.crm_api_db_max_overflow,
         )
         services = Services(settings, engine)
         app.state.services = services

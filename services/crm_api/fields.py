@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from crm_api.domain import ALLOWED_FILE_EXTENSIONS, MAX_AMOUNT
-from crm_api.errors import ErrorCode
+from crmbench_contracts.api_errors import ErrorCode
 from crmbench_contracts.seeds import Checked, refuse, text_validator
 from crmbench_contracts.seeds import text as text  # one of the strict field types
 

@@ -27,13 +27,16 @@ class CrmApiSettings(BaseSettings):
     """How often the reaper looks for expired episodes."""
 
     pool_size: int = Field(default=4, ge=0, le=64)
-    """Pre-built episode schemas kept ready so that creating an episode is fast."""
+    """Pre-built episode schemas kept ready so that creating an episode is fast
+    (CRMBENCH_POOL_SIZE; schemas, not database connections)."""
 
-    db_pool_size: int = Field(default=32, ge=1)
-    """Connections kept open by the service."""
+    # The connection settings are named for the service (CRMBENCH_CRM_API_DB_*): the agent
+    # runner sizes its own pool (CRMBENCH_RUNNER_DB_POOL_SIZE) from the same environment.
+    crm_api_db_pool_size: int = Field(default=32, ge=1)
+    """Database connections kept open by the service."""
 
-    db_max_overflow: int = Field(default=8, ge=0)
-    """Extra connections allowed under load."""
+    crm_api_db_max_overflow: int = Field(default=8, ge=0)
+    """Extra database connections allowed under load."""
 
     world_seed: int = 20251112
     """Seed of the deterministic world data set every episode clones."""

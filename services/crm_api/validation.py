@@ -6,7 +6,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from crm_api.errors import CrmError, ErrorCode
+from crm_api.errors import CrmError
+from crmbench_contracts.api_errors import ErrorCode
 
 _TYPE_ERRORS = (
     "string_type",

@@ -6,12 +6,10 @@ Same seed, same rows (Faker is pinned); it carries the traps real CRM data has.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import re
 import uuid
-from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -35,6 +33,7 @@ from crm_api.domain import (
     OpportunityStage,
     QuoteStatus,
 )
+from crmbench_contracts.canonical import canonical_json
 
 WORLD_SEED: Final[int] = 20251112
 
@@ -957,23 +956,7 @@ def sales_reps(seed: int = WORLD_SEED) -> tuple[str, ...]:
     return _built(seed).sales_reps
 
 
-def _json_default(value: object) -> str:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def canonical_json(world: Mapping[str, Sequence[Mapping[str, Any]]]) -> bytes:
-    """A canonical JSON encoding of a world (sorted keys, no whitespace, UTF-8)."""
-    text = json.dumps(
-        world, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
-    )
-    return text.encode("utf-8")
-
-
 @lru_cache(maxsize=4)
 def world_version(seed: int = WORLD_SEED) -> str:
     """A short digest of the world's rows: equal versions mean identical worlds."""
-    return hashlib.sha256(canonical_json(build_world(seed))).hexdigest()[:16]
+    return hashlib.sha256(canonical_json(build_world(seed)).encode("utf-8")).hexdigest()[:16]

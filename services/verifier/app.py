@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crmbench_clients.crm_api import CrmApiClient
 from crmbench_clients.errors import ServiceError, ServiceUnavailable
-from crmbench_contracts.api_errors import RequestProblem, routing_problem, validation_problem
+from crmbench_contracts.api_errors import (
+    install_error_handlers,
+)
 from crmbench_contracts.cases import Case
 from crmbench_contracts.rewards import RewardRecord
 from crmbench_corpus.store import CASES_FILE, load_index
-from verifier.errors import ErrorResponse, VerifierError, VerifierErrorCode
+from verifier.errors import ErrorResponse, VerifierError, VerifierErrorCode, from_problem
 from verifier.judges import Judge, JudgeFailed, JudgeOutcome, JudgeRequest, run_judges
 from verifier.llm_judges import load_judges, load_prices
 from verifier.schemas import (
@@ -284,7 +283,7 @@ def create_app(
         ),
         lifespan=lifespan,
     )
-    _install_error_handlers(app)
+    install_error_handlers(app, from_problem)
     _add_routes(app)
     return app
 
@@ -336,38 +335,3 @@ def _add_routes(app: FastAPI) -> None:
         return await services.score(
             case, body.state, body.changes, body.final_reply, body.transcript, body.episode_id
         )
-
-
-def _error_response(error: VerifierError) -> JSONResponse:
-    return JSONResponse(
-        status_code=error.status_code, content=error.to_response().model_dump(mode="json")
-    )
-
-
-def _from_problem(problem: RequestProblem) -> VerifierError:
-    return VerifierError(
-        VerifierErrorCode(problem.code),
-        problem.message,
-        status_code=problem.status_code,
-        field=problem.field,
-    )
-
-
-def translate_validation_errors(errors: Sequence[Any]) -> VerifierError:
-    """The first problem of a refused body as a VerifierError (422); the rest are counted."""
-    return _from_problem(validation_problem(errors))
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(VerifierError)
-    async def verifier_error(request: Request, exc: VerifierError) -> JSONResponse:
-        return _error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_response(translate_validation_errors(list(exc.errors())))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        problem = routing_problem(exc.status_code, exc.detail, request.method, request.url.path)
-        return _error_response(_from_problem(problem))

@@ -1,11 +1,12 @@
-"""Typed verifier errors, rendered in the CRM API's error format ({"error": {code, field, ...}})."""
+"""The verifier's error codes and typed error, in the services' error format
+({"error": {code, field, message, allowed}}, crmbench_contracts.api_errors)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
 
-from pydantic import BaseModel, Field
+from crmbench_contracts import api_errors
+from crmbench_contracts.api_errors import RequestProblem, ServiceError
 
 
 class VerifierErrorCode(StrEnum):
@@ -24,39 +25,25 @@ class VerifierErrorCode(StrEnum):
     JUDGE_FAILED = "JUDGE_FAILED"
 
 
-class ErrorDetail(BaseModel):
-    code: VerifierErrorCode = Field(description="Stable machine code of the error.")
-    field: str | None = Field(default=None, description="The input field that was wrong.")
-    message: str = Field(description="What was wrong and how to fix it.")
-    allowed: list[Any] | None = Field(default=None, description="Allowed values, where known.")
+# The error body under its plain OpenAPI names (see crmbench_contracts.api_errors).
+class ErrorDetail(api_errors.ErrorDetail[VerifierErrorCode]):
+    pass
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(api_errors.ErrorResponse[VerifierErrorCode]):
     error: ErrorDetail
 
 
-class VerifierError(Exception):
+class VerifierError(ServiceError[VerifierErrorCode]):
     """A refused or failed verification; raised below an endpoint, rendered as a JSON body."""
 
-    def __init__(
-        self,
-        code: VerifierErrorCode,
-        message: str,
-        *,
-        status_code: int,
-        field: str | None = None,
-        allowed: list[Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status_code = status_code
-        self.field = field
-        self.allowed = allowed
 
-    def to_response(self) -> ErrorResponse:
-        return ErrorResponse(
-            error=ErrorDetail(
-                code=self.code, field=self.field, message=self.message, allowed=self.allowed
-            )
-        )
+def from_problem(problem: RequestProblem) -> VerifierError:
+    """A refused request (validation or routing) as a VerifierError; unlike the agent
+    runner, the verifier does not report the allowed values."""
+    return VerifierError(
+        VerifierErrorCode(problem.code),
+        problem.message,
+        status_code=problem.status_code,
+        field=problem.field,
+    )

@@ -35,7 +35,8 @@ from crm_api.domain import (
     OpportunityStage,
     QuoteStatus,
 )
-from crm_api.world import WORLD_SEED, build_world, canonical_json, sales_reps, world_version
+from crm_api.world import WORLD_SEED, build_world, sales_reps, world_version
+from crmbench_contracts.canonical import canonical_json
 
 World = dict[str, list[dict[str, Any]]]
 
@@ -116,7 +117,7 @@ def test_world_version_is_a_stable_digest_of_the_rows() -> None:
     version = world_version()
     assert re.fullmatch(r"[0-9a-f]{16}", version)
     assert version == world_version(WORLD_SEED)
-    assert version == hashlib.sha256(canonical_json(build_world())).hexdigest()[:16]
+    assert version == hashlib.sha256(canonical_json(build_world()).encode("utf-8")).hexdigest()[:16]
     assert world_version(7) != version
 
 
@@ -145,7 +146,7 @@ def test_callers_cannot_change_the_cached_world() -> None:
     world["client"].pop()
     world["company"][0]["contacts"].append("not-a-contact")
     world["note"].clear()
-    assert hashlib.sha256(canonical_json(build_world())).hexdigest()[:16] == version
+    assert hashlib.sha256(canonical_json(build_world()).encode("utf-8")).hexdigest()[:16] == version
 
 
 # shape ---------------------------------------------------------------------------------

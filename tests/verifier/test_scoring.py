@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from crmbench_contracts.expectations import find_mention, number_renderings, value_renderings
 from crmbench_contracts.rewards import CheckResult, JudgeScore, RewardRecord
 from tests.verifier.factories import (
     EMPTY_LOG,
@@ -27,7 +28,7 @@ from tests.verifier.factories import (
 )
 from verifier.judges import JudgeOutcome
 from verifier.schemas import InvalidEpisodeData
-from verifier.scoring import find_mention, number_renderings, score_case, value_renderings
+from verifier.scoring import score_case
 
 ACME = client("c-acme", "Acme Corp")
 BETA = client("c-beta", "Beta LLC")

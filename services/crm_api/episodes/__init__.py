@@ -6,6 +6,6 @@ statement); `schemas` holds the request and response models.
 
 from crm_api.episodes.dependencies import Credentials, bearer_token
 from crm_api.episodes.routes import router
-from crm_api.episodes.service import EpisodeManager, canonical_json
+from crm_api.episodes.service import EpisodeManager
 
-__all__ = ["Credentials", "EpisodeManager", "bearer_token", "canonical_json", "router"]
+__all__ = ["Credentials", "EpisodeManager", "bearer_token", "router"]

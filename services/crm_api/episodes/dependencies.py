@@ -8,7 +8,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from crm_api.episodes.service import EpisodeManager
-from crm_api.errors import CrmError, ErrorCode
+from crm_api.errors import CrmError
+from crmbench_contracts.api_errors import ErrorCode
 
 bearer_scheme = HTTPBearer(auto_error=False, description="Admin key or episode token")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,14 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crm_api.domain import ENTITY_TABLES, PRIMARY_KEYS
 from crm_api.models import WORLD_SCHEMA
-
-
-def json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+from crmbench_contracts.canonical import json_default
 
 
 def quote_ident(name: str) -> str:

@@ -20,9 +20,10 @@ from crm_api.episodes.schemas import (
     SnapshotList,
     SnapshotOut,
 )
-from crm_api.episodes.service import canonical_json, episode_public, select_tables
+from crm_api.episodes.service import episode_public, select_tables
 from crm_api.errors import ErrorResponse
 from crm_api.tools import TOOLS
+from crmbench_contracts.canonical import canonical_json
 
 ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing bearer credentials."},

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import re
 import secrets
@@ -26,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from crm_api.context import EpisodeRef
 from crm_api.domain import ENTITY_TABLES, WORLD_DATE, ActorRole
 from crm_api.episodes import repository
-from crm_api.episodes.repository import json_default
 from crm_api.episodes.schemas import Actor, EpisodeCreate
-from crm_api.errors import CrmError, ErrorCode
+from crm_api.errors import CrmError
+from crmbench_contracts.api_errors import ErrorCode
 from crmbench_contracts.seeds import SeedRows
 
 log = logging.getLogger("crm_api.episodes")
@@ -38,13 +37,6 @@ _EPISODE_ID = re.compile(r"^ep_[0-9a-f]{16}$")
 
 # The pool loop wakes at least this often even when no episode asked for a schema.
 _POOL_IDLE_SECONDS = 10
-
-
-def canonical_json(value: Any) -> str:
-    """The one serialisation used for states and snapshots: sorted keys, no spaces."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=json_default
-    )
 
 
 def hash_token(token: str) -> str:

@@ -8,11 +8,12 @@ import sqlalchemy as sa
 
 from crm_api.context import ToolContext
 from crm_api.domain import ClientStatus
-from crm_api.errors import CrmError, ErrorCode
+from crm_api.errors import CrmError
 from crm_api.repository import contains, new_id, public
 from crm_api.schemas import ClientOut, ClientPage, ClientSearch, CreateClient, ModifyClient
 from crm_api.tools.common import changes_of, page, repo, require
 from crm_api.tools.registry import ToolKind, tool
+from crmbench_contracts.api_errors import ErrorCode
 
 
 async def _ensure_email_free(ctx: ToolContext, email: str, own_id: str | None = None) -> None:

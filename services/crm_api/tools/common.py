@@ -10,8 +10,9 @@ from pydantic import BaseModel
 
 from crm_api.context import ToolContext
 from crm_api.domain import CLOSED_STAGES, ActorRole, OpportunityStage
-from crm_api.errors import CrmError, ErrorCode, not_found, unknown_reference
+from crm_api.errors import CrmError, not_found, unknown_reference
 from crm_api.repository import EntityRepository, Row, public
+from crmbench_contracts.api_errors import ErrorCode
 
 
 def repo(ctx: ToolContext, table: str) -> EntityRepository:

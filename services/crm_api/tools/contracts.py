@@ -8,11 +8,12 @@ import sqlalchemy as sa
 
 from crm_api.context import ToolContext
 from crm_api.domain import ContractStatus, OpportunityStage
-from crm_api.errors import CrmError, ErrorCode
+from crm_api.errors import CrmError
 from crm_api.repository import new_id, public
 from crm_api.schemas import ContractOut, ContractPage, ContractSearch, CreateContract
 from crm_api.tools.common import page, reference, repo
 from crm_api.tools.registry import ToolKind, tool
+from crmbench_contracts.api_errors import ErrorCode
 
 
 @tool(

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from crm_api.context import ToolContext
-from crm_api.errors import CrmError, ErrorCode
+from crm_api.errors import CrmError
 from crm_api.schemas import (
     GROUPABLE_FIELDS,
     ClientPage,
@@ -27,6 +27,7 @@ from crm_api.schemas import (
 )
 from crm_api.tools.common import page, repo
 from crm_api.tools.registry import Handler, ToolKind, tool
+from crmbench_contracts.api_errors import ErrorCode
 
 # tool name -> (table, plural noun, request model, response model)
 _LISTS: dict[str, tuple[str, str, type[BaseModel], type[BaseModel]]] = {

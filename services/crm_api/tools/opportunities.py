@@ -14,7 +14,7 @@ from crm_api.domain import (
     QuoteStatus,
     next_opportunity_stages,
 )
-from crm_api.errors import CrmError, ErrorCode
+from crm_api.errors import CrmError
 from crm_api.repository import contains, new_id, public
 from crm_api.schemas import (
     CloneOpportunity,
@@ -40,6 +40,7 @@ from crm_api.tools.common import (
     require,
 )
 from crm_api.tools.registry import ToolKind, tool
+from crmbench_contracts.api_errors import ErrorCode
 
 _OPEN_ORDERED = [s.value for s in OpportunityStage if s in OPEN_STAGES]
 

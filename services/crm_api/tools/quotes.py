@@ -15,7 +15,7 @@ from crm_api.domain import (
     QuoteStatus,
     next_quote_stages,
 )
-from crm_api.errors import CrmError, ErrorCode
+from crm_api.errors import CrmError
 from crm_api.repository import Row, new_id, public
 from crm_api.schemas import (
     CompareQuoteDetailsRequest,
@@ -45,6 +45,7 @@ from crm_api.tools.common import (
 )
 from crm_api.tools.opportunities import delete_attachments
 from crm_api.tools.registry import ToolKind, tool
+from crmbench_contracts.api_errors import ErrorCode
 
 DEFAULT_PREFIX = "Q"
 

@@ -1,0 +1,188 @@
+"""The import graph the architecture allows, checked by walking every module's imports.
+
+Layers, lowest first: contracts <- llm <- clients <- corpus <- services; the CLI sits on
+top and nothing imports it. A service never imports another service. The one exception:
+the corpus builder uses the CRM API's deterministic world builder at build time (the
+golden cases are generated against the same world the API serves), and only
+`crmbench_corpus.builder` may do so, only from `crm_api.world`.
+
+Standard library only (ast), so the check itself has no dependency that could hide a
+violation.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+PACKAGES: dict[str, str] = {
+    "crmbench_contracts": "contracts/crmbench_contracts",
+    "crmbench_llm": "llm/crmbench_llm",
+    "crmbench_clients": "clients/crmbench_clients",
+    "crmbench_corpus": "corpus/crmbench_corpus",
+    "crm_api": "services/crm_api",
+    "verifier": "services/verifier",
+    "agent_runner": "services/agent_runner",
+    "crmbench": "crmbench",
+}
+"""Each first-party top-level package and its folder, relative to the repository root."""
+
+LIBRARIES = ("crmbench_contracts", "crmbench_llm", "crmbench_clients")
+
+ALLOWED: dict[str, frozenset[str]] = {
+    "crmbench_contracts": frozenset(),
+    "crmbench_llm": frozenset({"crmbench_contracts"}),
+    "crmbench_clients": frozenset({"crmbench_contracts", "crmbench_llm"}),
+    "crmbench_corpus": frozenset(LIBRARIES),
+    "crm_api": frozenset(LIBRARIES),
+    "verifier": frozenset({*LIBRARIES, "crmbench_corpus"}),
+    "agent_runner": frozenset({*LIBRARIES, "crmbench_corpus"}),
+    "crmbench": frozenset(set(PACKAGES) - {"crmbench"}),
+}
+"""Which other first-party packages each package may import (its own is always allowed)."""
+
+EXCEPTIONS: dict[str, frozenset[str]] = {
+    # Build time only: the corpus is generated against the world the CRM API serves.
+    "crmbench_corpus.builder": frozenset({"crm_api.world"}),
+}
+"""Module-level exceptions: importing module -> the exact modules it may import besides."""
+
+
+@dataclass(frozen=True)
+class Violation:
+    path: str
+    line: int
+    importer: str
+    imported: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.importer} imports {self.imported}"
+
+
+def module_name(package: str, folder: Path, path: Path) -> str:
+    parts = list(path.relative_to(folder).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join([package, *parts])
+
+
+def import_statements(
+    tree: ast.AST, importer: str, is_package: bool
+) -> Iterator[tuple[int, str, list[str]]]:
+    """(line, absolute module, imported names) of every import statement in a module."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, []
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = importer.split(".")
+                base = base[: len(base) - node.level + (1 if is_package else 0)]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            yield node.lineno, module, [alias.name for alias in node.names]
+
+
+def _within(name: str, modules: frozenset[str]) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def violations(
+    root: Path,
+    packages: Mapping[str, str] = PACKAGES,
+    allowed: Mapping[str, frozenset[str]] = ALLOWED,
+    exceptions: Mapping[str, frozenset[str]] = EXCEPTIONS,
+) -> list[Violation]:
+    """Every first-party import outside the allowed graph, in package, file and line order."""
+    found: list[Violation] = []
+    for package, relative in packages.items():
+        folder = root / relative
+        for path in sorted(folder.rglob("*.py")):
+            importer = module_name(package, folder, path)
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            is_package = path.name == "__init__.py"
+            for line, module, names in import_statements(tree, importer, is_package):
+                target = module.split(".")[0]
+                if target not in packages or target == package or target in allowed[package]:
+                    continue
+                # `from crm_api import world` names the module crm_api.world.
+                candidates = [module, *(f"{module}.{name}" for name in names)]
+                permitted = exceptions.get(importer, frozenset())
+                if any(_within(candidate, permitted) for candidate in candidates[1:]) or (
+                    not names and _within(module, permitted)
+                ):
+                    continue
+                if names and _within(module, permitted):
+                    continue
+                found.append(Violation(str(path.relative_to(root)), line, importer, module))
+    return found
+
+
+def test_the_tree_imports_only_along_the_allowed_graph() -> None:
+    found = violations(REPO_ROOT)
+    assert not found, "imports outside the allowed graph:\n" + "\n".join(map(str, found))
+
+
+def test_every_first_party_package_is_covered() -> None:
+    for package, relative in PACKAGES.items():
+        assert (REPO_ROOT / relative / "__init__.py").is_file(), package
+    assert set(ALLOWED) == set(PACKAGES)
+
+
+@pytest.mark.parametrize(
+    ("importer_file", "statement", "expected"),
+    [
+        ("services/verifier/judges.py", "from agent_runner.llm import x", "agent_runner.llm"),
+        ("services/agent_runner/policy.py", "import crm_api.tools", "crm_api.tools"),
+        (
+            "services/agent_runner/sim.py",
+            "from crmbench.local_services import f",
+            "crmbench.local_services",
+        ),
+        ("contracts/crmbench_contracts/x.py", "from crmbench_llm import types", "crmbench_llm"),
+        (
+            "llm/crmbench_llm/x.py",
+            "from crmbench_clients.serving import s",
+            "crmbench_clients.serving",
+        ),
+        ("services/crm_api/x.py", "from crmbench_corpus import store", "crmbench_corpus"),
+        ("services/agent_runner/run/x.py", "from ...verifier import scoring", "verifier"),
+        ("corpus/crmbench_corpus/clbench.py", "from crm_api.world import w", "crm_api.world"),
+        ("corpus/crmbench_corpus/builder.py", "from crm_api.tools import T", "crm_api.tools"),
+        ("corpus/crmbench_corpus/builder.py", "from crm_api import tools", "crm_api"),
+    ],
+)
+def test_a_forbidden_import_is_named(
+    tmp_path: Path, importer_file: str, statement: str, expected: str
+) -> None:
+    for relative in PACKAGES.values():
+        (tmp_path / relative).mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative / "__init__.py").write_text("")
+    target = tmp_path / importer_file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(f'"""A module."""\n\n{statement}\n')
+    found = violations(tmp_path)
+    assert len(found) == 1, found
+    assert found[0].path == importer_file and found[0].line == 3
+    assert found[0].imported == expected
+    assert str(found[0]).startswith(f"{importer_file}:3: ")
+
+
+def test_allowed_imports_pass(tmp_path: Path) -> None:
+    for relative in PACKAGES.values():
+        (tmp_path / relative).mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative / "__init__.py").write_text("")
+    (tmp_path / "corpus/crmbench_corpus/builder.py").write_text("from crm_api.world import b\n")
+    (tmp_path / "services/verifier/a.py").write_text("from crmbench_llm import base\n")
+    (tmp_path / "services/agent_runner/sub").mkdir()
+    (tmp_path / "services/agent_runner/sub/__init__.py").write_text("from . import x\n")
+    (tmp_path / "services/agent_runner/sub/x.py").write_text("from ..run import y\n")
+    (tmp_path / "crmbench/cli.py").write_text("import crm_api.app\nimport agent_runner\n")
+    assert violations(tmp_path) == []
