@@ -6,11 +6,12 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from crmbench.cases_cli import cases_app
 from crmbench.errors import fail, friendly_errors
@@ -20,7 +21,43 @@ from crmbench.results_cli import register as register_results
 from crmbench.run_cli import register as register_run
 from crmbench.serve_runner_cli import register as register_serve_runner
 
+
+class _CrmbenchGroup(TyperGroup):
+    """The top command: usage errors (unknown option, bad value) print in the one style of
+    every crmbench error, `error: ...` on stderr, after the usage line."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        call = (args, prog_name, complete_var, False, windows_expand_args)
+        if not standalone_mode:
+            return super().main(*call, **extra)
+        try:
+            code = super().main(*call, **extra)
+        except typer.TyperException as exc:  # click's usage errors, as typer ships them
+            exit_code = int(getattr(exc, "exit_code", 2))
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                sys.exit(exit_code)  # the help is printed already
+            ctx = getattr(exc, "ctx", None)
+            if ctx is not None:
+                typer.echo(ctx.get_usage(), err=True)
+                typer.echo(f"Try '{ctx.command_path} --help' for help.", err=True)
+            fail(exc.format_message() if hasattr(exc, "format_message") else str(exc))
+            sys.exit(exit_code)
+        except typer.Abort:
+            fail("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_CrmbenchGroup,
     help="crm-bench: a CRM benchmark for tool-calling LLM agents.",
     no_args_is_help=True,
     add_completion=False,

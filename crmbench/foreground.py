@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import signal
 import socket
+import threading
 from types import FrameType
 from typing import Any
 
@@ -29,9 +30,10 @@ def handle_sigterm_as_sigint() -> None:
 
     Whatever handles SIGINT then (Python's KeyboardInterrupt, asyncio.run's cancellation of
     the main task, uvicorn's graceful shutdown) handles SIGTERM the same way, so `finally`
-    blocks and atexit handlers run on both.
+    blocks and atexit handlers run on both. Does nothing outside the main thread.
     """
-    signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_sigint)
 
 
 def shown_host(host: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -56,6 +56,12 @@ def threshold_key(threshold: float) -> str:
     return f"{threshold:g}"
 
 
+SIMULATED_MODEL = "simulated-llm"
+"""The model name of the simulated LLM's episodes (free, priced as gpt-4.1 in prices.yaml)."""
+SIMULATED_COST_NOTE = (
+    "simulated cost: what gpt-4.1 would have cost for these tokens (the simulated LLM is "
+    "priced as gpt-4.1 in config/prices.yaml); no money was spent"
+)
 THRESHOLD_KEYS = tuple(threshold_key(t) for t in REPORTED_THRESHOLDS)
 PASS_KEY = threshold_key(PASS_THRESHOLD)
 
@@ -223,6 +229,13 @@ class RunInfo(BaseModel):
     package_version: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _trials_from_config(self) -> RunInfo:
+        # run.json keeps the trials in its config: report them here too, not null.
+        if self.trials is None:
+            self.trials = self.planned_trials
+        return self
+
     @property
     def planned_trials(self) -> int | None:
         if self.trials is not None:
@@ -353,6 +366,9 @@ class CostSummary(BaseModel):
     cost_usd: UsageFigure
     unpriced_episodes: int
     """Episodes whose model had no price: the cost figures are None when this is > 0."""
+    simulated_note: str | None = None
+    """Set when episodes ran on the simulated LLM: their cost is what the model it is
+    priced as would have cost (SIMULATED_COST_NOTE), not money spent."""
 
 
 class HarnessErrorEntry(BaseModel):
@@ -489,6 +505,9 @@ def _cost(scored: Sequence[SessionTrace]) -> CostSummary:
         tokens=tokens(None),
         cost_usd=_usage(costs, passing_costs),
         unpriced_episodes=unpriced,
+        simulated_note=(
+            SIMULATED_COST_NOTE if any(s.model == SIMULATED_MODEL for s in scored) else None
+        ),
     )
 
 
@@ -720,7 +739,7 @@ def render_report(report: RunReport) -> str:
         ("student tokens", cost.student_tokens, False),
         ("teacher tokens", cost.teacher_tokens, False),
         ("all tokens", cost.tokens, False),
-        ("cost (USD)", cost.cost_usd, True),
+        ("simulated cost (USD)" if cost.simulated_note else "cost (USD)", cost.cost_usd, True),
     ):
         _row(
             usage,
@@ -731,6 +750,8 @@ def render_report(report: RunReport) -> str:
             _number(figure.per_pass, money),
         )
     console.print(usage)
+    if cost.simulated_note:
+        console.print(cost.simulated_note)
     if cost.unpriced_episodes:
         console.print(
             f"cost unknown: {cost.unpriced_episodes} episode(s) used a model with no price "
