@@ -6,25 +6,66 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from crmbench.cases_cli import cases_app
 from crmbench.errors import fail, friendly_errors
+from crmbench.foreground import bind, handle_sigterm_as_sigint, serve, shown_host
 from crmbench.postgres import resolve_database_url
 from crmbench.results_cli import register as register_results
 from crmbench.run_cli import register as register_run
 from crmbench.serve_runner_cli import register as register_serve_runner
 
+
+class _CrmbenchGroup(TyperGroup):
+    """The top command: usage errors (unknown option, bad value) print in the one style of
+    every crmbench error, `error: ...` on stderr, after the usage line."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        call = (args, prog_name, complete_var, False, windows_expand_args)
+        if not standalone_mode:
+            return super().main(*call, **extra)
+        try:
+            code = super().main(*call, **extra)
+        except typer.TyperException as exc:  # click's usage errors, as typer ships them
+            exit_code = int(getattr(exc, "exit_code", 2))
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                sys.exit(exit_code)  # the help is printed already
+            ctx = getattr(exc, "ctx", None)
+            if ctx is not None:
+                typer.echo(ctx.get_usage(), err=True)
+                typer.echo(f"Try '{ctx.command_path} --help' for help.", err=True)
+            fail(exc.format_message() if hasattr(exc, "format_message") else str(exc))
+            sys.exit(exit_code)
+        except typer.Abort:
+            fail("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_CrmbenchGroup,
     help="crm-bench: a CRM benchmark for tool-calling LLM agents.",
     no_args_is_help=True,
     add_completion=False,
 )
-db_app = typer.Typer(help="Database: migrate, reset, snapshot, restore.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Database: migrate, reset, snapshot, restore; status and stop of the embedded server.",
+    no_args_is_help=True,
+)
 serve_app = typer.Typer(help="Run a service.", no_args_is_help=True)
 tools_app = typer.Typer(help="Agent tool definitions.", no_args_is_help=True)
 openapi_app = typer.Typer(help="The CRM API's OpenAPI contract.", no_args_is_help=True)
@@ -41,6 +82,13 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_OPENAPI = Path("docs/openapi.json")
+
+
+@app.callback()
+def _main() -> None:
+    # SIGTERM stops every command as Ctrl-C does: services shut down, the embedded
+    # Postgres is released (a handler only the main thread of a real process may set).
+    handle_sigterm_as_sigint()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -133,6 +181,80 @@ def db_restore(
     typer.echo(f"restored the world and {restored} episode(s) from {file}")
 
 
+def _database_url_note(status: Any) -> str | None:
+    """A line saying where DATABASE_URL points when it is set (None when unset)."""
+    from sqlalchemy.engine import make_url
+
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        return None
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return f"DATABASE_URL is set but is not a valid URL: {url!r}"
+    shown = parsed.render_as_string(hide_password=True)
+    host = parsed.query.get("host")
+    if status.socket_dir is not None and host is not None and Path(str(host)) == status.socket_dir:
+        return f"DATABASE_URL points at this embedded server ({shown})"
+    return (
+        f"DATABASE_URL is set: commands use {shown}, not the embedded Postgres "
+        f"in {status.pgdata}; db status and db stop only concern the embedded one"
+    )
+
+
+@db_app.command("status")
+@friendly_errors
+def db_status() -> None:
+    """Say whether the embedded Postgres of CRMBENCH_DATA_DIR runs, and which processes use it."""
+    from crmbench.postgres import embedded_status
+
+    status = embedded_status()
+    note = _database_url_note(status)
+    if note:
+        typer.echo(note)
+    if not status.initialised:
+        typer.echo(f"no embedded Postgres in {status.pgdata} (none was ever started there)")
+    elif not status.running:
+        typer.echo(f"embedded Postgres in {status.pgdata}: not running")
+    else:
+        typer.echo(f"embedded Postgres in {status.pgdata}: running (pid {status.server_pid})")
+        typer.echo(f"  url:   {status.url()}")
+        users = ", ".join(str(pid) for pid in status.users) or "none"
+        typer.echo(f"  used by processes: {users}")
+        if not status.users:
+            typer.echo("  no process uses it; stop it with: crmbench db stop")
+    if status.stale:
+        stale = ", ".join(str(pid) for pid in status.stale)
+        typer.echo(f"  dropped handles of processes that no longer run: {stale}")
+
+
+@db_app.command("stop")
+@friendly_errors
+def db_stop(
+    force: Annotated[
+        bool, typer.Option("--force", help="Stop it even while crmbench processes use it.")
+    ] = False,
+) -> None:
+    """Stop the embedded Postgres of CRMBENCH_DATA_DIR (it restarts when a command needs it)."""
+    from crmbench.postgres import ServerInUse, embedded_status, stop_embedded
+
+    note = _database_url_note(embedded_status())
+    if note:
+        typer.echo(note)
+    try:
+        status = stop_embedded(force=force)
+    except ServerInUse as exc:
+        pids = ", ".join(str(pid) for pid in exc.status.users)
+        raise fail(
+            f"the embedded Postgres in {exc.status.pgdata} is in use by process(es) {pids}; "
+            "stop them first (Ctrl-C), or use --force"
+        ) from None
+    if not status.running:
+        typer.echo(f"no embedded Postgres runs in {status.pgdata}; nothing to stop")
+        return
+    typer.echo(f"stopped the embedded Postgres in {status.pgdata} (pid {status.server_pid})")
+
+
 # ---------------------------------------------------------------------------- serve
 
 
@@ -154,8 +276,7 @@ def serve_crm_api(
     """Serve the CRM API (on the embedded Postgres when DATABASE_URL is unset)."""
     import secrets
 
-    import uvicorn
-
+    sock = bind(host, port)  # a busy port fails now, before any migration
     url = resolve_database_url()
     if migrate_first:
         from crm_api.migrate import migrate
@@ -168,7 +289,7 @@ def serve_crm_api(
     generated_key = "CRMBENCH_ADMIN_KEY" not in os.environ
     if generated_key:
         os.environ["CRMBENCH_ADMIN_KEY"] = secrets.token_urlsafe(24)
-    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    shown = shown_host(host)
     typer.echo(f"crm_api listening on http://{shown}:{port}")
     typer.echo(f"  API docs:  http://{shown}:{port}/docs")
     typer.echo(f"  OpenAPI:   http://{shown}:{port}/openapi.json")
@@ -177,14 +298,7 @@ def serve_crm_api(
             f"  admin key: {os.environ['CRMBENCH_ADMIN_KEY']} (set CRMBENCH_ADMIN_KEY to fix it)"
         )
     sys.stdout.flush()
-    uvicorn.run(
-        "crm_api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-    )
+    serve("crm_api.app:create_app", sock, log_level=log_level, workers=workers)
 
 
 # ---------------------------------------------------------------------------- tools, openapi
@@ -272,8 +386,6 @@ def serve_verifier(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
     """Serve the verifier (POST /verify scores an episode of the CRM API)."""
-    import uvicorn
-
     from verifier.settings import VerifierSettings
 
     # The app reads its settings from the environment, also in uvicorn's workers.
@@ -282,14 +394,15 @@ def serve_verifier(
     if corpus_dir is not None:
         os.environ["CRMBENCH_CORPUS_DIR"] = str(corpus_dir)
     settings = VerifierSettings()
-    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    sock = bind(host, port)
+    shown = shown_host(host)
     typer.echo(f"verifier listening on http://{shown}:{port}")
     typer.echo(f"  API docs:  http://{shown}:{port}/docs")
     typer.echo(f"  CRM API:   {settings.crm_api_url}")
     if not settings.admin_key:
         typer.echo("  warning: CRMBENCH_ADMIN_KEY is not set; POST /verify cannot read episodes")
     sys.stdout.flush()
-    uvicorn.run("verifier.app:create_app", factory=True, host=host, port=port, log_level=log_level)
+    serve("verifier.app:create_app", sock, log_level=log_level)
 
 
 @serve_app.command("simulated-llm")
@@ -312,8 +425,6 @@ def serve_simulated_llm(
 ) -> None:
     """Serve the simulated LLM: an OpenAI-compatible endpoint (/v1) playing a seeded,
     imperfect model that knows each case (sent as a header by the simulated agent)."""
-    import uvicorn
-
     from agent_runner.simulated import SimulatedLLMConfig, create_simulated_app
     from agent_runner.simulated.config import default_config_path
     from crmbench_corpus.store import load_index
@@ -322,11 +433,12 @@ def serve_simulated_llm(
     if latency_ms is not None:
         settings = settings.model_copy(update={"latency_ms": latency_ms})
     app_ = create_simulated_app(settings, load_index(corpus_dir))
-    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    sock = bind(host, port)
+    shown = shown_host(host)
     typer.echo(f"simulated LLM listening on http://{shown}:{port}/v1")
     typer.echo(f"  seed {settings.seed}, {settings.latency_ms:.0f} ms added per call")
     sys.stdout.flush()
-    uvicorn.run(app_, host=host, port=port, log_level=log_level)
+    serve(app_, sock, log_level=log_level)
 
 
 def _read_json_file(path: Path, what: str) -> Any:

@@ -25,8 +25,11 @@ def friendly_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort):
             raise
+        except KeyboardInterrupt:
+            # Ctrl-C, or SIGTERM (handled alike): `finally` blocks have stopped what ran.
+            raise fail("interrupted", 130) from None
         except DatabaseUnavailable as exc:
             raise fail(str(exc)) from None
         except (OSError, ValueError) as exc:

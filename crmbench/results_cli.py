@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -14,6 +15,7 @@ import typer
 from crmbench.errors import fail, friendly_errors
 
 if TYPE_CHECKING:
+    from agent_runner.run.store import RunRow
     from crmbench_contracts.traces import SessionTrace, StepTrace
 
 
@@ -25,14 +27,27 @@ def _warn(message: str) -> None:
     typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
 
 
+def _source(value: str) -> Path | str:
+    """A run directory or trace file when `value` names an existing path (or looks like
+    one), else a run id to read from the database."""
+    path = Path(value)
+    if path.exists():
+        return path
+    if "/" in value or value.endswith(".jsonl") or value in (".", ".."):
+        raise fail(f"no run directory or trace file at {path}")
+    return value
+
+
+SOURCE_HELP = (
+    "A run directory (holding run.json and sessions.jsonl), a sessions .jsonl, or a run id "
+    "(read from the database: DATABASE_URL, else the embedded Postgres)."
+)
+
+
 @friendly_errors
 def results(
-    directory: Annotated[
-        Path,
-        typer.Argument(
-            help="A run directory (holding sessions.jsonl and run.json) or a sessions .jsonl.",
-            show_default=False,
-        ),
+    source: Annotated[
+        str, typer.Argument(help=SOURCE_HELP, metavar="RUN_DIR_OR_ID", show_default=False)
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -41,22 +56,34 @@ def results(
     Harness errors (the CRM API or the verifier failed) are listed apart and never
     counted in a pass rate.
     """
-    from agent_runner.reports.reading import ResultsError
+    from agent_runner.reports.reading import ResultsError, RunInfo
     from agent_runner.reports.rendering import render_report
-    from agent_runner.reports.statistics import load_report
+    from agent_runner.reports.statistics import build_report, load_report
 
-    try:
-        report = load_report(directory)
-    except ResultsError as exc:
-        raise fail(str(exc)) from None
+    where = _source(source)
+    if isinstance(where, Path):
+        try:
+            report = load_report(where)
+        except ResultsError as exc:
+            raise fail(str(exc)) from None
+    else:
+        row, pairs = _from_database(where)
+        info = RunInfo.model_validate(
+            {name: getattr(row, name) for name in RunInfo.model_fields if hasattr(row, name)}
+        )
+        report = build_report([session for session, _ in pairs], run=info)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:
         typer.echo(render_report(report), nl=False)
 
 
-def _from_directory(directory: Path, run_id: str) -> list[tuple[SessionTrace, list[StepTrace]]]:
-    from agent_runner.reports.reading import ResultsError, read_traces
+def _from_directory(
+    directory: Path, run_id: str | None
+) -> tuple[str, list[tuple[SessionTrace, list[StepTrace]]]]:
+    """The run's sessions with their steps from a run directory; `run_id` None: the run
+    of its run.json, else its only run. Returns (run id, pairs)."""
+    from agent_runner.reports.reading import ResultsError, load_run_info, read_traces
 
     try:
         contents = read_traces(directory)
@@ -64,6 +91,16 @@ def _from_directory(directory: Path, run_id: str) -> list[tuple[SessionTrace, li
         raise fail(str(exc)) from None
     for warning in contents.notes.warnings:
         _warn(warning)
+    if run_id is None:
+        with contextlib.suppress(ResultsError):
+            info = load_run_info(directory if directory.is_dir() else directory.parent)
+            run_id = info.run_id if info is not None else None
+    if run_id is None:
+        held = sorted({s.run_id for s in contents.sessions})
+        if len(held) != 1:
+            runs = ", ".join(held) or "none"
+            raise fail(f"{contents.notes.source} holds runs {runs}; say which with --run")
+        run_id = held[0]
     pairs = [(s, steps) for s, steps in contents.pairs() if s.run_id == run_id]
     if not pairs:
         held = sorted({s.run_id for s in contents.sessions})
@@ -76,21 +113,35 @@ def _from_directory(directory: Path, run_id: str) -> list[tuple[SessionTrace, li
             f"{len(cut_here)} session(s) have fewer step lines than they made "
             f"(exported as they are): {', '.join(cut_here[:5])}"
         )
-    return pairs
+    return run_id, pairs
 
 
-def _from_database(run_id: str) -> list[tuple[SessionTrace, list[StepTrace]]]:
+async def _run_and_traces(
+    url: str, run_id: str
+) -> tuple[RunRow, list[tuple[SessionTrace, list[StepTrace]]]]:
+    from agent_runner.run.store import RunStore, load_run_traces
+
+    pairs = await load_run_traces(url, run_id)  # raises RunNotFound first
+    store = await RunStore.connect(url, pool_size=1)
+    try:
+        return await store.get_run(run_id), pairs
+    finally:
+        await store.close()
+
+
+def _from_database(run_id: str) -> tuple[RunRow, list[tuple[SessionTrace, list[StepTrace]]]]:
+    """The run's row and its sessions with their steps, from Postgres."""
     import asyncio
 
     import asyncpg
     from sqlalchemy.engine import make_url
 
-    from agent_runner.run.store import RunNotFound, load_run_traces
+    from agent_runner.run.store import RunNotFound
     from crmbench.postgres import resolve_database_url
 
     url = resolve_database_url()
     try:
-        pairs = asyncio.run(load_run_traces(url, run_id))
+        row, pairs = asyncio.run(_run_and_traces(url, run_id))
     except RunNotFound as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
@@ -102,12 +153,22 @@ def _from_database(run_id: str) -> list[tuple[SessionTrace, list[StepTrace]]]:
         raise fail(f"database error: {str(exc).splitlines()[0]}") from None
     if not pairs:
         raise fail(f"run {run_id!r} has no finished episode yet")
-    return pairs
+    return row, pairs
 
 
 @friendly_errors
 def export(
-    run_id: Annotated[str, typer.Option("--run", help="The run's id.", show_default=False)],
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help=SOURCE_HELP + " Or give --run / --dir.",
+            metavar="RUN_DIR_OR_ID",
+            show_default=False,
+        ),
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="The run's id.", show_default=False)
+    ] = None,
     format: Annotated[
         ExportFormat, typer.Option("--format", "-f", help="Trace format.")
     ] = ExportFormat.ATLAS,
@@ -124,11 +185,27 @@ def export(
 ) -> None:
     """Export a run's session and step traces, one JSON line per session (Atlas SDK shape).
 
-    Reads Postgres (DATABASE_URL, else the embedded server) unless --dir is given.
+    The run is a run directory or a run id, as for `crmbench results`; a run id is read
+    from Postgres (DATABASE_URL, else the embedded server).
     """
     from agent_runner.reports.atlas import atlas_lines, write_atlas_jsonl
 
-    pairs = _from_directory(directory, run_id) if directory else _from_database(run_id)
+    if source is not None:
+        where = _source(source)
+        if isinstance(where, Path):
+            if directory is not None and directory != where:
+                raise fail(f"give the run directory once: {source} or --dir {directory}")
+            directory = where
+        else:
+            if run_id is not None and run_id != where:
+                raise fail(f"give the run id once: {source} or --run {run_id}")
+            run_id = where
+    if directory is not None:
+        run_id, pairs = _from_directory(directory, run_id)
+    elif run_id is not None:
+        pairs = _from_database(run_id)[1]
+    else:
+        raise fail("say which run: crmbench export RUN_DIR_OR_ID (or --run ID / --dir DIR)")
     if out is None:
         for line in atlas_lines(pairs):
             typer.echo(line)

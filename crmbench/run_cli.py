@@ -104,9 +104,13 @@ def run_environment(config: Any, database_url: str, cases: list[Any]) -> Iterato
 
 
 class ProgressDisplay:
-    """A live bar over the whole run (all runner processes): pass rate, cost, ETA."""
+    """A live bar over the whole run (all runner processes): pass rate, cost, ETA.
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    A simulated run's cost is labelled as such: it is what the priced model would have
+    cost, not money spent.
+    """
+
+    def __init__(self, total: int, enabled: bool, simulated: bool = False) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -117,12 +121,13 @@ class ProgressDisplay:
         )
 
         self.enabled = enabled
+        cost_label = "simulated cost" if simulated else "cost"
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("pass {task.fields[pass_rate]}"),
-            TextColumn("cost {task.fields[cost]}"),
+            TextColumn(cost_label + " {task.fields[cost]}"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
@@ -152,7 +157,7 @@ async def _execute(
     verifier = VerifierClient(env.verifier_url)
     try:
         first = await store.progress(run_id)
-        display = ProgressDisplay(first.total, show)
+        display = ProgressDisplay(first.total, show, simulated=config.agent == "simulated")
 
         async def refresh() -> None:
             while True:
@@ -245,6 +250,64 @@ def _directory_lock(out: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+FLAG_OF_FIELD = {"cases": "--cases", "limit": "--limit", "trials": "--trials"}
+
+
+def _config_from(config_file: Path | None, overrides: dict[str, Any]) -> Any:
+    """The run config: the file with the flags on top. A bad flag value is blamed on the
+    flag (with the allowed values), a bad file value on the file."""
+    from pydantic import ValidationError
+
+    from agent_runner.run.config import ConfigError, load_run_config
+
+    try:
+        return load_run_config(config_file, overrides)
+    except ConfigError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ValidationError) and cause.errors():
+            problem = cause.errors()[0]
+            field = str(problem["loc"][0]) if problem["loc"] else ""
+            given = overrides.get(field)
+            if given is not None:
+                flag = FLAG_OF_FIELD.get(field, f"--{field.replace('_', '-')}")
+                shown = ",".join(given) if isinstance(given, list) else given
+                raise fail(f"{flag} {shown!r}: {problem['msg']}") from None
+        raise fail(str(exc)) from None
+
+
+def _id_key(case_id: str) -> str:
+    """A case id up to case and zero padding: `crm-1` and `CRM-00001` are one id."""
+    import re
+
+    return re.sub(r"\d+", lambda m: str(int(m.group())), case_id.strip().upper())
+
+
+def _check_cases(config: Any) -> None:
+    """Fails (naming close matches of unknown case ids) when the run would have no cases."""
+    import difflib
+
+    from agent_runner.run.config import ConfigError
+    from agent_runner.run.runner import select_cases
+    from crmbench_corpus.store import load_cases
+
+    corpus = load_cases(_corpus_dir(config))
+    try:
+        select_cases(config, corpus)
+    except ConfigError as exc:
+        known = [case.case_id for case in corpus]
+        unknown = [case_id for case_id in config.cases or [] if case_id not in set(known)]
+        by_key = {_id_key(case_id): case_id for case_id in known}
+        hints = []
+        for case_id in unknown[:5]:
+            same = by_key.get(_id_key(case_id))
+            close = [same] if same else difflib.get_close_matches(case_id, known, n=3)
+            if close:
+                hints.append(f"{case_id}: did you mean {' or '.join(close)}?")
+        detail = f" ({'; '.join(hints)})" if hints else ""
+        where = _corpus_dir(config)
+        raise fail(f"{exc}{detail}; the cases are in {where}/cases.jsonl") from None
+
+
 def register(app: typer.Typer) -> None:
     app.command("run")(run_command)
 
@@ -283,7 +346,6 @@ def run_command(
     processes given the same --out (or --join RUN_ID) share the work.
     """
     from agent_runner.agents.factory import build_agent
-    from agent_runner.run.config import load_run_config
     from agent_runner.run.runner import RunFiles
     from agent_runner.run.store import RunNotFound
     from crm_api.migrate import migrate
@@ -301,8 +363,10 @@ def run_command(
         "concurrency": concurrency,
     }
     flags_given = any(value is not None for value in overrides.values())
-    config = load_run_config(config_file, overrides)
+    config = _config_from(config_file, overrides)
     if join is None and not RunFiles(out).run_file.exists():
+        # A new run: its cases must exist before anything (folder, lock, database) is made.
+        _check_cases(config)
         # Build the agent once now: a missing API key fails before a run is queued.
         try:
             probe = build_agent(config, simulated_url="http://127.0.0.1/unused")
@@ -334,11 +398,16 @@ def run_command(
     elapsed = time.perf_counter() - started
     scored = final.done - final.harness_errors
     rate = f"{final.passed / scored:.1%}" if scored else "-"
+    simulated = config.agent == "simulated"
     typer.echo(
         f"run {run_id}: {final.done}/{final.total} done ({stats.completed} here) in "
         f"{elapsed:.1f}s, pass@0.9 {rate}, harness errors {final.harness_errors}, "
-        f"cost ${final.cost_usd:.4f}"
+        f"{'simulated cost' if simulated else 'cost'} ${final.cost_usd:.4f}"
     )
+    if simulated:
+        from agent_runner.reports.statistics import SIMULATED_COST_NOTE
+
+        typer.echo(SIMULATED_COST_NOTE)
     if stats.failures:
         for failure in stats.failures:
             typer.echo(f"error: {failure}", err=True)

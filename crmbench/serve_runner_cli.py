@@ -8,13 +8,13 @@ this process for its lifetime, on DATABASE_URL or the embedded Postgres.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from typing import Annotated
 
 import typer
 
 from crmbench.errors import friendly_errors
+from crmbench.foreground import bind, serve, shown_host
 
 
 def register(serve_app: typer.Typer) -> None:
@@ -39,7 +39,6 @@ def serve_agent_runner(
 
     Every replica on the same database shares every run (and so does `crmbench run`).
     """
-    import uvicorn
     from sqlalchemy.engine import make_url
 
     from agent_runner.app import create_app
@@ -56,6 +55,7 @@ def serve_agent_runner(
         settings = settings.model_copy(update={"work": work})
     # A bad run config fails here, in one line, before any service starts.
     config = load_run_config(settings.run_config)
+    sock = bind(host, port)  # a busy port fails now, before any service starts
     database_url = resolve_database_url()
     migrate(database_url, CrmApiSettings().world_seed)
     with service_environment(database_url, corpus_dir_of(config)) as services:
@@ -68,7 +68,7 @@ def serve_agent_runner(
             }
         )
         app = create_app(settings)
-        shown = "localhost" if host in ("0.0.0.0", "::") else host
+        shown = shown_host(host)
 
         def origin(name: str) -> str:
             return "started here" if name in services.started_here else "configured"
@@ -86,6 +86,5 @@ def serve_agent_runner(
             else "  worker:    off (API only; another replica plays the runs)"
         )
         sys.stdout.flush()
-        # uvicorn shuts down cleanly on Ctrl-C, then re-raises it: that is a normal stop.
-        with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.run(app, host=host, port=port, log_level=log_level)
+        # Ctrl-C and SIGTERM: uvicorn finishes in-flight requests, then the services stop.
+        serve(app, sock, log_level=log_level)

@@ -6,12 +6,8 @@
 # Uses the embedded Postgres unless DATABASE_URL is set; rerunning resumes the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+. scripts/venv.sh
+ensure_venv
 if [ "$#" -eq 0 ]; then
     set -- --agent simulated --split eval --concurrency 8 --out runs/simulated-eval
 fi

@@ -4,12 +4,8 @@
 # else an embedded Postgres started for the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+. scripts/venv.sh
+ensure_venv dev
 echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

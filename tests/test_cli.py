@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 
@@ -110,3 +111,106 @@ def test_errors_are_one_line_without_traceback(
     assert down.exit_code == 1 and "error:" in down.output
     for result in (missing, bad, unknown, down):
         assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------- issue 12: 15, 17
+
+
+def test_a_bad_flag_value_names_the_flag_and_the_allowed_values(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", "--agent", "gpt4", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: --agent 'gpt4': Input should be 'student'")
+    assert "'simulated'" in result.output and "run.yaml" not in result.output
+    split = CliRunner().invoke(app, ["run", "--split", "evl", "--out", str(tmp_path / "r")])
+    assert split.output.startswith("error: --split 'evl':") and "'holdout'" in split.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_unknown_case_id_fails_before_anything_is_created(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["run", "--agent", "simulated", "--cases", "CRM-0001", "--out", str(out)]
+    )
+    assert result.exit_code == 1
+    assert "unknown case ids: CRM-0001" in result.output
+    assert "did you mean CRM-00001?" in result.output
+    assert not out.exists()  # no folder, no lock file
+
+
+def test_usage_errors_have_the_style_of_every_other_error() -> None:
+    runner = CliRunner()
+    for args in (["run", "--bogus"], ["nosuch"], ["run", "--limit", "0"], ["results"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "\nerror: " in result.output, result.output
+        assert "Error" not in result.output and "╭" not in result.output
+    own = runner.invoke(app, ["tools", "export", "--format", "xml"])
+    assert own.exit_code == 1 and own.output.startswith("error: unknown format")
+
+
+async def _open_case(base_url: str, case_id: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        return await client.post("/episodes", json={"case_id": case_id}, headers=admin())
+
+
+def test_an_unknown_case_id_on_post_episodes_says_to_check_the_id(
+    crm_api: RunningServer,
+) -> None:
+    response = asyncio.run(_open_case(crm_api.base_url, "CRM-0001"))
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["field"] == "case_id"
+    assert "check the case id" in error["message"] and "CRM-00001" in error["message"]
+    # loading the corpus is advice for a database that never had one, not for a typo
+    assert "Only if no case was ever loaded" in error["message"]
+
+
+def test_a_simulated_run_labels_its_cost_and_both_commands_take_a_folder_or_a_run_id(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    from agent_runner.reports.statistics import SIMULATED_COST_NOTE
+
+    out = tmp_path / "sim"
+    ran = runner.invoke(
+        app, ["run", "--agent", "simulated", "--limit", "2", "--quiet", "--out", str(out)]
+    )
+    assert ran.exit_code == 0, ran.output
+    assert "simulated cost $" in ran.output and SIMULATED_COST_NOTE in ran.output
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+
+    text = runner.invoke(app, ["results", str(out)])
+    assert text.exit_code == 0, text.output
+    assert "simulated cost (USD)" in text.output and SIMULATED_COST_NOTE in text.output
+    assert "1 trial per case" in text.output
+    by_folder = json.loads(runner.invoke(app, ["results", str(out), "--json"]).stdout)
+    assert by_folder["cost"]["simulated_note"] == SIMULATED_COST_NOTE
+    assert by_folder["trials"] == 1 and by_folder["run"]["trials"] == 1  # not null
+    by_id = runner.invoke(app, ["results", run_id, "--json"])
+    assert by_id.exit_code == 0, by_id.output
+    assert json.loads(by_id.stdout)["pass_rates"] == by_folder["pass_rates"]
+    assert json.loads(by_id.stdout)["run"]["trials"] == 1
+
+    exports = [
+        runner.invoke(app, ["export", *args]).stdout
+        for args in ([str(out)], [run_id], ["--run", run_id], ["--run", run_id, "--dir", str(out)])
+    ]
+    assert len(exports[0].splitlines()) == 2
+    assert all(sorted(e.splitlines()) == sorted(exports[0].splitlines()) for e in exports)
+    missing = runner.invoke(app, ["results", "no-such-run"])
+    assert missing.exit_code == 1 and "no run 'no-such-run'" in missing.output
+
+
+def test_the_progress_bar_labels_a_simulated_cost() -> None:
+    from rich.console import Console
+
+    from crmbench.run_cli import ProgressDisplay
+
+    shown = []
+    for simulated in (True, False):
+        display = ProgressDisplay(4, True, simulated=simulated)
+        display.update(done=2, passed=1, harness_errors=0, cost=67.31)
+        console = Console(record=True, width=200, file=io.StringIO())
+        console.print(display.progress.get_renderable())
+        shown.append(console.export_text())
+    assert "simulated cost $67.31" in shown[0]
+    assert "simulated" not in shown[1] and "cost $67.31" in shown[1]

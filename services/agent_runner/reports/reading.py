@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent_runner.run.trace_log import RUN_FILE, TRACE_FILE
 from crmbench_contracts.traces import SessionTrace, StepTrace
@@ -188,6 +188,13 @@ class RunInfo(BaseModel):
     corpus_hash: str | None = None
     package_version: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _trials_from_config(self) -> RunInfo:
+        # run.json keeps the trials in its config: report them here too, not null.
+        if self.trials is None:
+            self.trials = self.planned_trials
+        return self
 
     @property
     def planned_trials(self) -> int | None:

@@ -153,7 +153,7 @@ def render_report(report: RunReport) -> str:
         ("student tokens", cost.student_tokens, False),
         ("teacher tokens", cost.teacher_tokens, False),
         ("all tokens", cost.tokens, False),
-        ("cost (USD)", cost.cost_usd, True),
+        ("simulated cost (USD)" if cost.simulated_note else "cost (USD)", cost.cost_usd, True),
     ):
         _row(
             usage,
@@ -164,6 +164,8 @@ def render_report(report: RunReport) -> str:
             _number(figure.per_pass, money),
         )
     console.print(usage)
+    if cost.simulated_note:
+        console.print(cost.simulated_note)
     if cost.unpriced_episodes:
         console.print(
             f"cost unknown: {cost.unpriced_episodes} episode(s) used a model with no price "

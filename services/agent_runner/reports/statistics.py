@@ -16,6 +16,7 @@ from typing import get_args
 
 from pydantic import BaseModel
 
+from agent_runner.agents.factory import SIMULATED_MODEL
 from agent_runner.reports.reading import (
     ReadNotes,
     ResultsError,
@@ -43,6 +44,10 @@ def threshold_key(threshold: float) -> str:
     return f"{threshold:g}"
 
 
+SIMULATED_COST_NOTE = (
+    "simulated cost: what gpt-4.1 would have cost for these tokens (the simulated LLM is "
+    "priced as gpt-4.1 in config/prices.yaml); no money was spent"
+)
 THRESHOLD_KEYS = tuple(threshold_key(t) for t in REPORTED_THRESHOLDS)
 PASS_KEY = threshold_key(PASS_THRESHOLD)
 
@@ -153,6 +158,10 @@ class CostSummary(BaseModel):
     tokens: UsageFigure
     cost_usd: UsageFigure
     unpriced_episodes: int
+    """Episodes whose model had no price: the cost figures are None when this is > 0."""
+    simulated_note: str | None = None
+    """Set when episodes ran on the simulated LLM: their cost is what the model it is
+    priced as would have cost (SIMULATED_COST_NOTE), not money spent."""
     """Episodes whose model had no price: the cost figures are None when this is > 0."""
 
 
@@ -290,6 +299,9 @@ def _cost(scored: Sequence[SessionTrace]) -> CostSummary:
         tokens=tokens(None),
         cost_usd=_usage(costs, passing_costs),
         unpriced_episodes=unpriced,
+        simulated_note=(
+            SIMULATED_COST_NOTE if any(s.model == SIMULATED_MODEL for s in scored) else None
+        ),
     )
 
 

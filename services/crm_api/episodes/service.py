@@ -179,7 +179,9 @@ class EpisodeManager:
         if body is None:
             raise CrmError(
                 ErrorCode.NOT_FOUND,
-                f"No golden case {case_id!r} is loaded; run `crmbench cases load`.",
+                f"No golden case {case_id!r} is loaded: check the case id (ids look "
+                "like CRM-00001, one per line of corpus/cases/cases.jsonl). Only if no case "
+                "was ever loaded into this database, load the corpus with `crmbench cases load`.",
                 field="case_id",
                 status_code=404,
             )
