@@ -154,7 +154,9 @@ class AnthropicProvider:
         if tools:
             request["tools"] = to_anthropic_tools(tools)
         if self.config.temperature is not None:
-            request["temperature"] = self.config.temperature
+            # The SDK dropped its `temperature` argument (current models refuse one); the
+            # API still takes it for the models that accept it.
+            request["extra_body"] = {"temperature": self.config.temperature}
         if headers:
             request["extra_headers"] = dict(headers)
         started = time.perf_counter()

@@ -670,3 +670,19 @@ def test_the_default_teacher_is_a_current_model_the_sdk_does_not_deprecate(
         "claude-sonnet-4-5",
     )
     assert original["teacher"].model in sdk_deprecations()
+
+
+async def test_a_configured_temperature_reaches_anthropic_although_the_sdk_dropped_it(
+    anthropic_api: ApiUnderTest, prices: PriceTable
+) -> None:
+    anthropic_api.fake.script(anthropic_api.ok(), anthropic_api.ok())
+
+    await anthropic_api.make(prices, model="claude-sonnet-4-5", temperature=0).complete(
+        [Message.user("Hi")]
+    )
+    await anthropic_api.make(prices).complete([Message.user("Hi")])
+
+    first, second = anthropic_api.fake.received
+    assert first.body["temperature"] == 0
+    assert "temperature" not in second.body  # the default teacher takes none
+    assert anthropic_api.fake.violations == []
