@@ -346,7 +346,7 @@ def run_command(
     processes given the same --out (or --join RUN_ID) share the work.
     """
     from agent_runner.agents.factory import build_agent
-    from agent_runner.run.runner import RunFiles
+    from agent_runner.run.runner import RunFiles, RunStopped
     from agent_runner.run.store import RunNotFound
     from crm_api.migrate import migrate
     from crm_api.settings import CrmApiSettings
@@ -390,6 +390,8 @@ def run_command(
             stats, final = asyncio.run(
                 _execute(config, env, run_id, out, run_cases, show=not quiet)
             )
+    except RunStopped as stopped:
+        raise fail(f"{stopped} Resume with: crmbench run --out {out}") from None
     except LLMError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
@@ -408,6 +410,13 @@ def run_command(
         from agent_runner.reports.statistics import SIMULATED_COST_NOTE
 
         typer.echo(SIMULATED_COST_NOTE)
+    if final.harness_errors:
+        typer.echo(
+            f"warning: {final.harness_errors} episodes ended in harness errors (a service or "
+            "the model provider failed, not the agent) and are left out of the pass rate; "
+            f"crmbench results {out} lists them",
+            err=True,
+        )
     if stats.failures:
         for failure in stats.failures:
             typer.echo(f"error: {failure}", err=True)

@@ -1,17 +1,21 @@
 """The Anthropic messages provider. The system prompt travels separately; tool calls and
-results are content blocks. The SDK's own retries are off so the shared retry loop applies."""
+results are content blocks; thinking blocks go back with the turn that made them. The SDK's
+own retries are off so the shared retry loop applies."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anthropic
 
-from crmbench_llm.base import call_with_retries, connection_failure, http_failure
+from crmbench_llm.base import call_with_retries, connection_failure, http_failure, notify_once
 from crmbench_llm.config import PriceTable, ProviderConfig
+from crmbench_llm.tool_calls import assistant_turn, make_tool_call, used_ids
 from crmbench_llm.types import (
     Completion,
     Message,
@@ -22,6 +26,8 @@ from crmbench_llm.types import (
 )
 
 PROVIDER = "anthropic"
+
+REASONING_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 _STOP_REASONS: dict[str, StopReason] = {
     "end_turn": "end",
@@ -39,11 +45,16 @@ def to_anthropic_messages(
 
     System messages join the system prompt. Tool results become `tool_result` blocks in a
     user turn; consecutive turns of one role are merged, as the API requires alternation.
+    An assistant turn starts with its reasoning blocks, unchanged (the API requires them
+    before the tool_use blocks they led to). Empty text is left out (the API refuses empty
+    text blocks), and so is a turn left with no block at all.
     """
     system_parts = [system] if system else []
     wire: list[dict[str, Any]] = []
 
     def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
         if wire and wire[-1]["role"] == role:
             wire[-1]["content"].extend(blocks)
         else:
@@ -53,18 +64,12 @@ def to_anthropic_messages(
         if message.role == "system":
             system_parts.append(message.content)
         elif message.role == "tool":
-            add(
-                "user",
-                [
-                    {
-                        "type": "tool_result",
-                        "tool_use_id": message.tool_call_id,
-                        "content": message.content,
-                    }
-                ],
-            )
+            result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
+            if message.content:
+                result["content"] = message.content
+            add("user", [result])
         elif message.role == "assistant":
-            blocks: list[dict[str, Any]] = []
+            blocks: list[dict[str, Any]] = [dict(block) for block in message.reasoning]
             if message.content:
                 blocks.append({"type": "text", "text": message.content})
             blocks.extend(
@@ -72,7 +77,7 @@ def to_anthropic_messages(
                 for call in message.tool_calls
             )
             add("assistant", blocks)
-        else:
+        elif message.content:
             add("user", [{"type": "text", "text": message.content}])
     return ("\n\n".join(system_parts) or None), wire
 
@@ -84,6 +89,32 @@ def to_anthropic_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
     ]
 
 
+def sdk_deprecations() -> dict[str, str]:
+    """Models the installed SDK knows as deprecated, with their end-of-life dates."""
+    try:
+        from anthropic._data import DEPRECATED_MODELS
+    except ImportError:  # an SDK release without the list
+        return {}
+    return dict(DEPRECATED_MODELS)
+
+
+def announce_deprecation(model: str) -> None:
+    """Tells the user once per process when `model` is deprecated, and stops the SDK from
+    repeating it as a DeprecationWarning on every call (Python hides those by default)."""
+    end_of_life = sdk_deprecations().get(model)
+    if end_of_life is None:
+        return
+    notify_once(
+        f"warning: the Anthropic model {model!r} is deprecated and reaches end of life on "
+        f"{end_of_life}; set a current model in the run config (providers.<agent>.model)"
+    )
+    warnings.filterwarnings(
+        "ignore",
+        message=rf"The model '{re.escape(model)}' is deprecated",
+        category=DeprecationWarning,
+    )
+
+
 class AnthropicProvider:
     """Messages through the official SDK's AsyncAnthropic."""
 
@@ -92,6 +123,7 @@ class AnthropicProvider:
     def __init__(self, config: ProviderConfig, prices: PriceTable) -> None:
         self.config = config
         self.prices = prices
+        announce_deprecation(config.model)
         self.client = anthropic.AsyncAnthropic(
             api_key=config.api_key(),
             base_url=config.base_url,
@@ -122,7 +154,9 @@ class AnthropicProvider:
         if tools:
             request["tools"] = to_anthropic_tools(tools)
         if self.config.temperature is not None:
-            request["temperature"] = self.config.temperature
+            # The SDK dropped its `temperature` argument (current models refuse one); the
+            # API still takes it for the models that accept it.
+            request["extra_body"] = {"temperature": self.config.temperature}
         if headers:
             request["extra_headers"] = dict(headers)
         started = time.perf_counter()
@@ -130,7 +164,7 @@ class AnthropicProvider:
             lambda: self._attempt(request), self.config.retry_policy(), provider=PROVIDER
         )
         latency_ms = (time.perf_counter() - started) * 1000
-        return self._completion(response, latency_ms)
+        return self._completion(response, latency_ms, messages)
 
     async def _attempt(self, request: dict[str, Any]) -> Any:
         try:
@@ -149,15 +183,30 @@ class AnthropicProvider:
         except anthropic.APIConnectionError as error:
             raise connection_failure(PROVIDER, str(error), timed_out=False) from error
 
-    def _completion(self, response: Any, latency_ms: float) -> Completion:
+    def _completion(
+        self, response: Any, latency_ms: float, conversation: Sequence[Message]
+    ) -> Completion:
         texts: list[str] = []
         tool_calls: list[ToolCall] = []
+        reasoning: list[dict[str, Any]] = []
+        taken = used_ids(conversation)
+        turn = assistant_turn(conversation)
         for block in response.content:
             if block.type == "text":
                 texts.append(block.text)
             elif block.type == "tool_use":
-                arguments = block.input if isinstance(block.input, dict) else {}
-                tool_calls.append(ToolCall(id=block.id, name=block.name, arguments=arguments))
+                tool_calls.append(
+                    make_tool_call(
+                        getattr(block, "id", None),
+                        getattr(block, "name", None),
+                        getattr(block, "input", None),
+                        turn=turn,
+                        index=len(tool_calls),
+                        taken=taken,
+                    )
+                )
+            elif block.type in REASONING_BLOCKS:
+                reasoning.append(block.to_dict())
         raw = response.usage
         cached = getattr(raw, "cache_read_input_tokens", None) or 0
         cache_writes = getattr(raw, "cache_creation_input_tokens", None) or 0
@@ -169,7 +218,7 @@ class AnthropicProvider:
         )
         model = response.model or self.config.model
         return Completion(
-            message=Message.assistant("".join(texts), tool_calls),
+            message=Message.assistant("".join(texts), tool_calls, reasoning),
             stop_reason="tool_calls"
             if tool_calls
             else _STOP_REASONS.get(response.stop_reason or "", "other"),

@@ -4,6 +4,7 @@ Providers translate their SDK's failures into `LLMError` with `retryable` set by
 `http_failure`/`connection_failure`; `call_with_retries` then retries 429s, 5xxs,
 connection errors and timeouts with exponential backoff and jitter, honouring the
 provider's Retry-After, and gives up with `retries_exhausted` after `max_retries`.
+`LLMError.fault` says whose failure it is: the run's setup, the provider's, or the model's.
 """
 
 from __future__ import annotations
@@ -15,13 +16,29 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from crmbench_llm.types import Completion, Message, ToolSpec
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+Fault = Literal["setup", "outage", "model"]
+"""Whose failure an LLM call's error is.
+
+- `setup`: the run cannot work as configured: the key is refused (401), lacks permission
+  (403), the model or endpoint does not exist (404), or the key is not set. Every call
+  would fail alike, so the run stops; nothing is scored.
+- `outage`: the provider could not answer: connection errors, timeouts, 429s and 5xxs
+  after every retry, an answer that is not a chat completion. Not the model's doing.
+- `model`: the provider refused what the conversation asked (400, 413, 422: a context too
+  long, a refused prompt) or a scripted model ran out of replies: the model's episode
+  failed, and is scored as such.
+"""
+
+SETUP_STATUSES = frozenset({401, 403, 404})
+OUTAGE_CODES = frozenset({"retries_exhausted", "connection_error", "timeout", "bad_response"})
 
 
 class LLMError(RuntimeError):
@@ -57,6 +74,15 @@ class LLMError(RuntimeError):
         status = f" {self.status}" if self.status is not None else ""
         return f"[{self.provider} {self.code}{status}] {self.message}"
 
+    @property
+    def fault(self) -> Fault:
+        """Whose failure this is (see `Fault`)."""
+        if self.code == "missing_api_key" or self.status in SETUP_STATUSES:
+            return "setup"
+        if self.code in OUTAGE_CODES or self.retryable:
+            return "outage"
+        return "model"
+
 
 class MissingApiKey(LLMError):
     """The environment variable that should hold the provider's API key is unset or empty."""
@@ -69,6 +95,20 @@ class MissingApiKey(LLMError):
             provider=provider,
         )
         self.env_var = env_var
+
+
+_NOTICES_SHOWN: set[str] = set()
+
+
+def notify_once(notice: str) -> bool:
+    """Shows a provider's notice (a model's deprecation, say) once per process, as a
+    warning of this logger: on stderr unless logging is set up to send it elsewhere.
+    True when shown now, False when it was shown before."""
+    if notice in _NOTICES_SHOWN:
+        return False
+    _NOTICES_SHOWN.add(notice)
+    logger.warning(notice)
+    return True
 
 
 class LLMProvider(Protocol):
@@ -191,7 +231,12 @@ async def call_with_retries(
                 ) from error
             wait = policy.delay(retry, error.retry_after, rng)
             logger.warning(
-                "llm_retry",
+                "llm_retry: %s answered %s; retry %d of %d in %.2fs",
+                provider,
+                error.status if error.status is not None else error.code,
+                retry + 1,
+                policy.max_retries,
+                wait,
                 extra={
                     "provider": provider,
                     "code": error.code,

@@ -1,5 +1,10 @@
 """The OpenAI chat-completions provider; any OpenAI-compatible base URL works (vLLM, Ollama,
-llama.cpp's server). The SDK's own retries are off so the shared retry loop applies."""
+llama.cpp's server). The SDK's own retries are off so the shared retry loop applies.
+
+Replies are read from the response's JSON, not from the SDK's parsed model: the SDK builds
+that model without validation, so the shapes compatible servers send (arguments as an
+object, tool calls with no id or type) arrive as whatever the server sent, and are best
+read, checked and normalised here, once (see `crmbench_llm.tool_calls`)."""
 
 from __future__ import annotations
 
@@ -18,11 +23,11 @@ from crmbench_llm.base import (
     http_failure,
 )
 from crmbench_llm.config import PriceTable, ProviderConfig
+from crmbench_llm.tool_calls import assistant_turn, make_tool_call, used_ids
 from crmbench_llm.types import (
     Completion,
     Message,
     StopReason,
-    ToolCall,
     ToolSpec,
     Usage,
 )
@@ -58,7 +63,9 @@ def to_openai_messages(messages: Sequence[Message], system: str | None) -> list[
                             "type": "function",
                             "function": {
                                 "name": call.name,
-                                "arguments": call.raw_arguments or json.dumps(call.arguments),
+                                "arguments": call.raw_arguments
+                                if call.raw_arguments is not None
+                                else json.dumps(call.arguments),
                             },
                         }
                         for call in message.tool_calls
@@ -82,17 +89,6 @@ def to_openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
         }
         for tool in tools
     ]
-
-
-def parse_tool_call(call_id: str, name: str, arguments: str) -> ToolCall:
-    """A tool call; arguments that are not a JSON object are kept raw, never dropped."""
-    try:
-        parsed = json.loads(arguments) if arguments.strip() else {}
-    except json.JSONDecodeError:
-        parsed = None
-    if isinstance(parsed, dict):
-        return ToolCall(id=call_id, name=name, arguments=parsed)
-    return ToolCall(id=call_id, name=name, arguments={}, raw_arguments=arguments)
 
 
 class OpenAIProvider:
@@ -134,16 +130,17 @@ class OpenAIProvider:
         if headers:
             request["extra_headers"] = dict(headers)
         started = time.perf_counter()
-        response = await call_with_retries(
+        body = await call_with_retries(
             lambda: self._attempt(request), self.config.retry_policy(), provider=PROVIDER
         )
         latency_ms = (time.perf_counter() - started) * 1000
-        return self._completion(response, latency_ms)
+        return self._completion(body, latency_ms, messages)
 
-    async def _attempt(self, request: dict[str, Any]) -> Any:
+    async def _attempt(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request; the response's JSON body."""
         try:
             async with asyncio.timeout(self.config.timeout_seconds):
-                return await self.client.chat.completions.create(**request)
+                raw = await self.client.chat.completions.with_raw_response.create(**request)
         except openai.APIStatusError as error:
             raise http_failure(
                 PROVIDER, error.status_code, error.message, error.response.headers
@@ -156,34 +153,72 @@ class OpenAIProvider:
             ) from error
         except openai.APIConnectionError as error:
             raise connection_failure(PROVIDER, str(error), timed_out=False) from error
+        try:
+            body = raw.http_response.json()
+        except ValueError as error:
+            raise bad_response(f"the answer is not JSON: {error}") from error
+        if not isinstance(body, dict):
+            raise bad_response("the answer is not a JSON object")
+        return body
 
-    def _completion(self, response: Any, latency_ms: float) -> Completion:
-        if not response.choices:
-            raise LLMError("the response has no choices", code="bad_response", provider=PROVIDER)
-        choice = response.choices[0]
-        tool_calls = [
-            parse_tool_call(call.id, call.function.name, call.function.arguments or "")
-            for call in (choice.message.tool_calls or [])
-            if getattr(call, "function", None) is not None
-        ]
-        usage = Usage()
-        if response.usage is not None:
-            details = response.usage.prompt_tokens_details
-            usage = Usage(
-                input_tokens=response.usage.prompt_tokens or 0,
-                output_tokens=response.usage.completion_tokens or 0,
-                cached_input_tokens=(details.cached_tokens or 0) if details else 0,
+    def _completion(
+        self, body: dict[str, Any], latency_ms: float, conversation: Sequence[Message]
+    ) -> Completion:
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise bad_response("the response has no choices")
+        choice = choices[0]
+        message = _mapping(choice.get("message"))
+        taken = used_ids(conversation)
+        turn = assistant_turn(conversation)
+        tool_calls = []
+        for index, call in enumerate(message.get("tool_calls") or []):
+            call = _mapping(call)
+            function = _mapping(call.get("function"))
+            if call.get("type", "function") != "function" or not function:
+                continue  # a custom tool kind this harness never offers
+            tool_calls.append(
+                make_tool_call(
+                    call.get("id"),
+                    function.get("name"),
+                    function.get("arguments"),
+                    turn=turn,
+                    index=index,
+                    taken=taken,
+                )
             )
-        model = response.model or self.config.model
+        raw_usage = _mapping(body.get("usage"))
+        details = _mapping(raw_usage.get("prompt_tokens_details"))
+        usage = Usage(
+            input_tokens=_count(raw_usage.get("prompt_tokens")),
+            output_tokens=_count(raw_usage.get("completion_tokens")),
+            cached_input_tokens=_count(details.get("cached_tokens")),
+        )
+        content = message.get("content")
+        model = body.get("model") if isinstance(body.get("model"), str) else None
+        model = model or self.config.model
+        finish = choice.get("finish_reason")
+        finish_reason = finish if isinstance(finish, str) else ""
         return Completion(
-            message=Message.assistant(choice.message.content or "", tool_calls),
+            message=Message.assistant(content if isinstance(content, str) else "", tool_calls),
             # Some compatible servers report "stop" even when they return tool calls.
-            stop_reason="tool_calls"
-            if tool_calls
-            else _STOP_REASONS.get(choice.finish_reason or "", "other"),
+            stop_reason="tool_calls" if tool_calls else _STOP_REASONS.get(finish_reason, "other"),
             usage=usage,
             latency_ms=latency_ms,
             cost_usd=self.prices.cost(usage, self.config.model, model),
             model=model,
             provider=PROVIDER,
         )
+
+
+def bad_response(message: str) -> LLMError:
+    """The server answered 200 with something that is not a chat completion."""
+    return LLMError(message, code="bad_response", provider=PROVIDER)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0

@@ -31,6 +31,10 @@ class Message(BaseModel):
     """Tool calls made in an assistant turn."""
     tool_call_id: str | None = None
     """For a `tool` message: the id of the call this is the result of."""
+    reasoning: list[dict[str, Any]] = Field(default_factory=list)
+    """Opaque reasoning blocks the provider returned with an assistant turn (Anthropic's
+    `thinking`/`redacted_thinking`, signatures included). The same provider gets them back
+    unchanged with the turn, as it requires when the turn called tools; others ignore them."""
 
     @classmethod
     def system(cls, content: str) -> Message:
@@ -41,8 +45,18 @@ class Message(BaseModel):
         return cls(role="user", content=content)
 
     @classmethod
-    def assistant(cls, content: str = "", tool_calls: list[ToolCall] | None = None) -> Message:
-        return cls(role="assistant", content=content, tool_calls=tool_calls or [])
+    def assistant(
+        cls,
+        content: str = "",
+        tool_calls: list[ToolCall] | None = None,
+        reasoning: list[dict[str, Any]] | None = None,
+    ) -> Message:
+        return cls(
+            role="assistant",
+            content=content,
+            tool_calls=tool_calls or [],
+            reasoning=reasoning or [],
+        )
 
     @classmethod
     def tool(cls, tool_call_id: str, content: str) -> Message:

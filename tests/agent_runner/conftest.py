@@ -104,7 +104,7 @@ def openai_api(openai_server: tuple[FakeApi, str]) -> ApiUnderTest:
 def anthropic_api(anthropic_server: tuple[FakeApi, str]) -> ApiUnderTest:
     fake, url = anthropic_server
     fake.reset()
-    return ApiUnderTest("anthropic", fake, url, "claude-sonnet-4-5")
+    return ApiUnderTest("anthropic", fake, url, "claude-sonnet-5-5")
 
 
 @pytest.fixture(params=["openai", "anthropic"])

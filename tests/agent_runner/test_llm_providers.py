@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent_runner.run.config import load_run_config
 from crmbench_llm import (
     LLMError,
     Message,
@@ -15,13 +18,23 @@ from crmbench_llm import (
     ProviderConfig,
     ToolCall,
     ToolSpec,
+    base,
     make_provider,
 )
+from crmbench_llm.anthropic_provider import sdk_deprecations, to_anthropic_messages
 from tests.agent_runner.conftest import ApiUnderTest
-from tests.agent_runner.fake_llm_servers import anthropic_reply, openai_reply
+from tests.agent_runner.fake_llm_servers import (
+    ANTHROPIC_QUIRKS,
+    OPENAI_QUIRKS,
+    FakeApi,
+    anthropic_reply,
+    openai_reply,
+    openai_tool_call,
+    validate_anthropic_request,
+    validate_openai_request,
+)
 
-# The SDK warns about model names it knows to be retiring; the fakes do not care.
-pytestmark = pytest.mark.filterwarnings("ignore:The model .* is deprecated:DeprecationWarning")
+ORIGINAL_PAIRING = Path(__file__).resolve().parents[2] / "config" / "run.original-pairing.yaml"
 
 FIND_CONTACT = ToolSpec(
     name="find_contact",
@@ -89,20 +102,20 @@ async def test_anthropic_text_reply_usage_and_cost(
     assert completion.message == Message.assistant("Hello.")
     assert completion.stop_reason == "end"
     assert completion.provider == "anthropic"
-    assert completion.model == "claude-sonnet-4-5-20250929"
+    assert completion.model == "claude-sonnet-5-5"
     # Anthropic's input_tokens excludes cache reads; ours counts all input.
     assert completion.usage.input_tokens == 1000
     assert completion.usage.output_tokens == 200
     assert completion.usage.cached_input_tokens == 400
-    # 600 fresh input at $3, 400 cached at $0.30, 200 output at $15, per million.
-    assert completion.cost_usd == pytest.approx(0.00492)
+    # 600 fresh input at $2, 400 cached at $0.10, 200 output at $10, per million.
+    assert completion.cost_usd == pytest.approx(0.00324)
     (received,) = anthropic_api.fake.received
     # SDK releases differ in the header that carries the key.
     assert "sk-dummy-anthropic" in (
         received.headers.get("x-api-key", ""),
         received.headers.get("authorization", "").removeprefix("Bearer "),
     )
-    assert received.body["model"] == "claude-sonnet-4-5"
+    assert received.body["model"] == "claude-sonnet-5-5"
     assert received.body["max_tokens"] == 321
     assert received.body["system"] == "Be brief.\n\nUse the tools."
     assert received.body["messages"] == [
@@ -396,3 +409,280 @@ def test_a_local_server_may_need_no_key(
         {"provider": "openai", "model": "llama", "api_key_env": None}
     )
     assert make_provider(config, prices).name == "openai"
+
+
+# Compatible servers' shapes of a tool call (llama.cpp, Ollama, vLLM), read one way
+
+
+@pytest.mark.parametrize(
+    ("sent", "arguments", "raw"),
+    [
+        ('{"email": "a@b.c"}', {"email": "a@b.c"}, None),
+        ({"email": "a@b.c"}, {"email": "a@b.c"}, None),  # an object, not a string
+        ("", {}, None),
+        ("  ", {}, None),
+        (None, {}, None),
+        ('{"email": ', {}, '{"email": '),  # the model's broken JSON: kept for the model
+        ("[1, 2]", {}, "[1, 2]"),
+        (["a"], {}, '["a"]'),
+    ],
+)
+async def test_openai_tool_call_arguments_in_every_shape(
+    openai_api: ApiUnderTest,
+    prices: PriceTable,
+    sent: Any,
+    arguments: dict[str, Any],
+    raw: str | None,
+) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "find_contact"}}
+    call["function"]["arguments"] = sent
+    openai_api.fake.script(openai_reply(None, tool_calls=[call]))
+
+    completion = await openai_api.make(prices).complete([Message.user("go")], [FIND_CONTACT])
+
+    assert completion.message.tool_calls == [
+        ToolCall(id="call_1", name="find_contact", arguments=arguments, raw_arguments=raw)
+    ]
+
+
+async def test_openai_tool_calls_without_ids_get_stable_ids_per_turn(
+    openai_api: ApiUnderTest, prices: PriceTable
+) -> None:
+    bare = [{"function": {"name": "find_contact", "arguments": {"email": e}}} for e in "ab"]
+    openai_api.fake.script(
+        openai_reply(None, tool_calls=bare), openai_reply(None, tool_calls=bare[:1])
+    )
+    provider = openai_api.make(prices)
+    conversation = [Message.user("go")]
+
+    first = await provider.complete(conversation, [FIND_CONTACT])
+    conversation += [first.message, *(Message.tool(c.id, "{}") for c in first.message.tool_calls)]
+    second = await provider.complete(conversation, [FIND_CONTACT])
+
+    assert [c.id for c in first.message.tool_calls] == ["call_t0_0", "call_t0_1"]
+    assert [c.id for c in second.message.tool_calls] == ["call_t1_0"]
+    assert openai_api.fake.violations == []
+
+
+def _tool_call_reply(api: ApiUnderTest, turn: int) -> Any:
+    calls = [
+        openai_tool_call(f"call_{turn}_{n}", "find_contact", {"email": f"{n}@example.com"})
+        for n in range(2)
+    ]
+    if api.provider == "openai":
+        return openai_reply(None, tool_calls=calls)
+    blocks = [
+        {
+            "type": "tool_use",
+            "id": c["id"],
+            "name": "find_contact",
+            "input": json.loads(c["function"]["arguments"]),
+        }
+        for c in calls
+    ]
+    return anthropic_reply(blocks, stop_reason="tool_use")
+
+
+@pytest.mark.parametrize("quirk", sorted(OPENAI_QUIRKS | ANTHROPIC_QUIRKS))
+async def test_every_quirk_round_trips_without_a_protocol_violation(
+    openai_api: ApiUnderTest, anthropic_api: ApiUnderTest, prices: PriceTable, quirk: str
+) -> None:
+    """Two tool-calling turns then an answer, through the real SDK, against a server that
+    sends `quirk`; the strict fake finds nothing wrong with what goes back."""
+    api = openai_api if quirk in OPENAI_QUIRKS else anthropic_api
+    api.fake.quirks.add(quirk)
+    api.fake.script(_tool_call_reply(api, 0), _tool_call_reply(api, 1), api.ok("done"))
+    provider = api.make(prices)
+    conversation = [Message.user("Find both")]
+
+    for _ in range(2):
+        completion = await provider.complete(conversation, [FIND_CONTACT])
+        assert completion.stop_reason == "tool_calls"
+        calls = completion.message.tool_calls
+        assert [c.arguments for c in calls] == [
+            {"email": "0@example.com"},
+            {"email": "1@example.com"},
+        ]
+        conversation += [completion.message, *(Message.tool(c.id, '{"id": 7}') for c in calls)]
+    final = await provider.complete(conversation, [FIND_CONTACT])
+
+    assert final.message.content == "done"
+    assert api.fake.violations == []
+    ids = [c.id for m in conversation for c in m.tool_calls]
+    assert len(ids) == len(set(ids)) == 4 and all(ids)
+
+
+def test_the_strict_fakes_refuse_what_the_real_apis_refuse() -> None:
+    """The validators are not vacuous: each rule catches its violation."""
+    fake = FakeApi()
+    call = openai_tool_call("c1", "find_contact", {})
+    unanswered = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "user", "content": "and?"},
+        ],
+    }
+    assert "responding to each 'tool_call_id'" in validate_openai_request(fake, unanswered)[0]
+    object_arguments = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{**call, "function": {"name": "f", "arguments": {}}}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "{}"},
+        ],
+    }
+    assert "expected a string" in validate_openai_request(fake, object_arguments)[0]
+    stray = {"model": "m", "messages": [{"role": "tool", "tool_call_id": "x", "content": ""}]}
+    assert "must be a response" in validate_openai_request(fake, stray)[0]
+
+    def anthropic(*messages: dict[str, Any], **fields: Any) -> list[str]:
+        body = {"model": "claude-sonnet-5-5", "max_tokens": 10, "messages": list(messages)}
+        return validate_anthropic_request(fake, {**body, **fields})
+
+    user = {"role": "user", "content": [{"type": "text", "text": "hi"}]}
+    use = {"type": "tool_use", "id": "t1", "name": "f", "input": {}}
+    result = {"type": "tool_result", "tool_use_id": "t1", "content": "{}"}
+    assert anthropic(user, {"role": "assistant", "content": [{"type": "text", "text": ""}]})
+    assert anthropic(user, user)  # no alternation
+    assert anthropic(user, {"role": "assistant", "content": [use]}, user)  # unanswered
+    late = {"role": "user", "content": [{"type": "text", "text": "x"}, result]}
+    assert anthropic(user, {"role": "assistant", "content": [use]}, late)  # result not first
+    assert anthropic(user, temperature=0)  # this model takes no temperature
+    assert (
+        anthropic(user, {"role": "assistant", "content": [use]}, {**user, "content": [result]})
+        == []
+    )
+    fake.quirks.add("thinking")
+    answered = {"role": "user", "content": [result]}
+    assert (
+        "must start with a thinking block"
+        in anthropic(user, {"role": "assistant", "content": [use]}, answered)[0]
+    )
+    forged = {"type": "thinking", "thinking": "", "signature": "forged"}
+    assert (
+        "signature" in anthropic(user, {"role": "assistant", "content": [forged, use]}, answered)[0]
+    )
+
+
+def test_an_empty_assistant_turn_is_left_out_for_anthropic() -> None:
+    _, wire = to_anthropic_messages(
+        [Message.user("hi"), Message.assistant(""), Message.user("still there?")], None
+    )
+    assert wire == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "hi"},
+                {"type": "text", "text": "still there?"},
+            ],
+        }
+    ]
+    assert (
+        validate_anthropic_request(FakeApi(), {"model": "m", "max_tokens": 1, "messages": wire})
+        == []
+    )
+
+
+# Whose fault a failed call is: the run's setup (stop), an outage (retry), or the model's
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_auth_permission_and_missing_model_are_setup_faults_not_retried(
+    api: ApiUnderTest, prices: PriceTable, status: int
+) -> None:
+    api.fake.script(api.error(status), api.ok())
+    provider = api.make(prices, max_retries=3)
+
+    with pytest.raises(LLMError) as raised:
+        await provider.complete([Message.user("Hi")])
+
+    assert raised.value.fault == "setup" and raised.value.status == status
+    assert len(api.fake.received) == 1
+
+
+async def test_exhausted_retries_are_an_outage_and_a_400_is_the_models(
+    api: ApiUnderTest, prices: PriceTable
+) -> None:
+    api.fake.script(api.error(503), api.error(400))
+    provider = api.make(prices, max_retries=0)
+
+    with pytest.raises(LLMError) as outage:
+        await provider.complete([Message.user("Hi")])
+    with pytest.raises(LLMError) as refused:
+        await provider.complete([Message.user("Hi")])
+
+    assert outage.value.fault == "outage" and outage.value.status == 503
+    assert refused.value.fault == "model"
+
+
+async def test_retry_log_lines_name_the_provider_status_and_wait(
+    api: ApiUnderTest, prices: PriceTable, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.fake.script(api.error(503), api.ok())
+    caplog.set_level(logging.WARNING, logger="crmbench_llm.base")
+
+    await api.make(prices, max_retries=1).complete([Message.user("Hi")])
+
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("llm_retry")]
+    assert api.provider in line and "503" in line and "retry 1 of 1 in 0.0" in line
+
+
+# A provider's deprecation notice: said once, not per call, not hidden
+
+
+async def test_a_deprecated_model_is_announced_once_and_the_sdk_does_not_repeat_it(
+    anthropic_api: ApiUnderTest,
+    prices: PriceTable,
+    caplog: pytest.LogCaptureFixture,
+    recwarn: pytest.WarningsRecorder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(base, "_NOTICES_SHOWN", set())
+    caplog.set_level(logging.WARNING, logger="crmbench_llm.base")
+    anthropic_api.fake.script(*(anthropic_api.ok() for _ in range(4)))
+
+    for _ in range(2):  # the CLI builds the agent twice: to check it, then to run
+        provider = anthropic_api.make(prices, model="claude-sonnet-4-5")
+        for _ in range(2):
+            await provider.complete([Message.user("Hi")])
+
+    notices = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert len(notices) == 1
+    assert "claude-sonnet-4-5" in notices[0] and "November 30th, 2026" in notices[0]
+    assert [w for w in recwarn if "deprecated" in str(w.message)] == []
+
+
+def test_the_default_teacher_is_a_current_model_the_sdk_does_not_deprecate(
+    prices: PriceTable,
+) -> None:
+    default = load_run_config().providers["teacher"]
+    original = load_run_config(ORIGINAL_PAIRING).providers
+    assert default.model not in sdk_deprecations() and prices.price(default.model)
+    assert default.temperature is None  # current Sonnets refuse a temperature
+    assert (original["student"].model, original["teacher"].model) == (
+        "gpt-4.1",
+        "claude-sonnet-4-5",
+    )
+    assert original["teacher"].model in sdk_deprecations()
+
+
+async def test_a_configured_temperature_reaches_anthropic_although_the_sdk_dropped_it(
+    anthropic_api: ApiUnderTest, prices: PriceTable
+) -> None:
+    anthropic_api.fake.script(anthropic_api.ok(), anthropic_api.ok())
+
+    await anthropic_api.make(prices, model="claude-sonnet-4-5", temperature=0).complete(
+        [Message.user("Hi")]
+    )
+    await anthropic_api.make(prices).complete([Message.user("Hi")])
+
+    first, second = anthropic_api.fake.received
+    assert first.body["temperature"] == 0
+    assert "temperature" not in second.body  # the default teacher takes none
+    assert anthropic_api.fake.violations == []

@@ -16,7 +16,14 @@ from agent_runner.agents.llm_agent import LLMAgent, SystemPrompt
 from agent_runner.protocol import parse_tool_result
 from agent_runner.run.config import RunConfig
 from agent_runner.run.hooks import EpisodeHooks, Guidance
-from agent_runner.run.runner import WorkerStats, create_run, select_cases, work_on_run
+from agent_runner.run.runner import (
+    MAX_START_ATTEMPTS,
+    RunStopped,
+    WorkerStats,
+    create_run,
+    select_cases,
+    work_on_run,
+)
 from agent_runner.run.store import Claim, RunStore, asyncpg_dsn
 from agent_runner.run.trace_log import complete_blocks
 from crmbench_clients.crm_api import CrmApiClient
@@ -33,7 +40,13 @@ from crmbench_contracts.traces import (
 from crmbench_llm import Message, ScriptedProvider, ToolCall
 from crmbench_llm.types import Completion, Usage
 from tests.agent_runner.conftest import ApiUnderTest, RunServices, stratified_sample
-from tests.agent_runner.fake_llm_servers import anthropic_reply, openai_reply
+from tests.agent_runner.fake_llm_servers import (
+    ANTHROPIC_QUIRKS,
+    OPENAI_QUIRKS,
+    anthropic_reply,
+    openai_reply,
+    openai_tool_call,
+)
 from tests.conftest import ADMIN_KEY
 
 BASE_PROMPT = (Path(__file__).parents[2] / "config/prompts/agent_system.md").read_text()
@@ -70,6 +83,9 @@ async def execute(
             worker=worker,
             hooks=hooks,
         )
+    except BaseException:
+        await store.close()
+        raise
     finally:
         await agent.aclose()
         await crm.aclose()
@@ -585,3 +601,115 @@ async def test_an_episode_that_could_not_be_opened_is_retried_not_failed(
     assert crm.failures_left == 0
     assert session.outcome == "completed" and session.passed
     assert rows[0]["attempts"] == 2
+
+
+@pytest.mark.parametrize("quirk", sorted(OPENAI_QUIRKS | ANTHROPIC_QUIRKS))
+async def test_a_run_against_a_server_with_each_quirk_scores_the_case(
+    run_services: RunServices,
+    openai_api: ApiUnderTest,
+    anthropic_api: ApiUnderTest,
+    quirk: str,
+) -> None:
+    """The student (OpenAI-compatible) or the teacher (Anthropic, thinking) against a
+    server sending `quirk`: the episode is played and scored, and the strict fake saw no
+    request the real API would refuse."""
+    from agent_runner.agents.factory import build_agent
+
+    api = openai_api if quirk in OPENAI_QUIRKS else anthropic_api
+    api.fake.quirks.add(quirk)
+    search = {"criteria": {"name": "Quarry Software"}}
+    reply = "That deal belongs to Emberton Pharma, not Quarry Software, so I did not draft it."
+    if api.provider == "openai":
+        calls = [openai_tool_call("call_1", "client_search", search)]
+        api.fake.script(openai_reply(None, tool_calls=calls), openai_reply(reply))
+    else:
+        use = {"type": "tool_use", "id": "toolu_1", "name": "client_search", "input": search}
+        api.fake.script(
+            anthropic_reply([use], stop_reason="tool_use"),
+            anthropic_reply([{"type": "text", "text": reply}]),
+        )
+    agent_name = "student" if api.provider == "openai" else "teacher"
+    config = run_config(
+        agent=agent_name, cases=["CRM-00001"], providers={agent_name: api.config().model_dump()}
+    )
+    run_id, _, store = await execute(run_services, config, None, build_agent(config))
+    try:
+        [(session, steps)] = await store.traces(run_id)
+    finally:
+        await store.close()
+    assert session.outcome == "completed" and session.passed, session.error
+    assert [(s.tool, s.ok) for s in steps] == [("client_search", True)]
+    assert api.fake.violations == []
+    assert len(api.fake.received) == 2
+
+
+async def test_a_refused_api_key_stops_the_run_unscored_and_a_resume_plays_it(
+    run_services: RunServices, openai_api: ApiUnderTest
+) -> None:
+    from agent_runner.agents.factory import build_agent
+
+    openai_api.fake.script(openai_api.error(401))
+    config = run_config(
+        agent="student",
+        cases=["CRM-00001", "CRM-00002"],
+        concurrency=1,
+        providers={"student": openai_api.config().model_dump()},
+    )
+    with pytest.raises(RunStopped) as stopped:
+        await execute(run_services, config, None, build_agent(config))
+
+    assert stopped.value.error.status == 401 and "API key was refused" in str(stopped.value)
+    store = await RunStore.connect(run_services.database_url, pool_size=2)
+    crm = CrmApiClient(run_services.crm_api_url, ADMIN_KEY)
+    verifier = VerifierClient(run_services.verifier_url)
+    agent = build_agent(config)
+    try:
+        run_id = stopped.value.run_id
+        progress = await store.progress(run_id)
+        assert (progress.done, progress.harness_errors, progress.pending) == (0, 0, 2)
+        assert await store.traces(run_id) == []
+        # With a working key the same run plays both episodes, once each.
+        for _ in range(2):
+            openai_api.fake.script(openai_reply("Nothing to do."))
+        await work_on_run(
+            store=store,
+            run_id=run_id,
+            config=config,
+            cases=run_services.cases,
+            agent=agent,
+            crm=crm,
+            verifier=verifier,
+            trace_dir=None,
+        )
+        traces = await store.traces(run_id)
+    finally:
+        await agent.aclose()
+        await crm.aclose()
+        await verifier.aclose()
+        await store.close()
+    assert sorted(s.case_id for s, _ in traces) == ["CRM-00001", "CRM-00002"]
+    assert all(s.outcome == "completed" for s, _ in traces)
+
+
+async def test_a_provider_outage_is_retried_then_a_harness_error_never_a_score(
+    run_services: RunServices, openai_api: ApiUnderTest
+) -> None:
+    from agent_runner.agents.factory import build_agent
+
+    openai_api.fake.script(*(openai_api.error(503) for _ in range(MAX_START_ATTEMPTS)))
+    config = run_config(
+        agent="student",
+        cases=["CRM-00001"],
+        providers={"student": openai_api.config(max_retries=0).model_dump()},
+    )
+    run_id, _, store = await execute(run_services, config, None, build_agent(config))
+    try:
+        [(session, steps)] = await store.traces(run_id)
+        rows = await store.pool.fetch(
+            "SELECT attempts FROM runner.run_items WHERE run_id = $1", run_id
+        )
+    finally:
+        await store.close()
+    assert rows[0]["attempts"] == MAX_START_ATTEMPTS
+    assert session.outcome == "harness_error" and session.reward is None
+    assert "503" in (session.error or "") and steps == []

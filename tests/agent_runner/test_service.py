@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import yaml
 from sqlalchemy.engine import make_url
 
 from agent_runner.app import create_app
@@ -27,7 +28,7 @@ from agent_runner.settings import AgentRunnerSettings
 from crm_api.migrate import upgrade_schema
 from crmbench_clients.serving import serving_in_thread
 from crmbench_corpus.store import default_corpus_dir
-from tests.agent_runner.conftest import RunServices, stratified_sample
+from tests.agent_runner.conftest import ApiUnderTest, RunServices, stratified_sample
 from tests.conftest import ADMIN_KEY, _admin_sql
 
 RUN_TIMEOUT_SECONDS = 60.0
@@ -342,3 +343,24 @@ def test_simulated_run_uses_an_in_process_simulated_llm(runner: Runner, sample: 
     assert run["status"] == "done", run
     assert run["model"] == "simulated-llm" and run["progress"]["harness_errors"] == 0
     assert run["results"]["episodes"] == 3 and run["results"]["models"] == ["simulated-llm"]
+
+
+def test_a_refused_api_key_fails_the_run_with_the_reason_and_scores_nothing(
+    runner: Runner, sample: list[str], openai_api: ApiUnderTest, tmp_path: Path
+) -> None:
+    """Through the real OpenAI SDK: the worker stops the run at the provider's 401, the
+    run's status says why, and its episodes stay queued (unscored) for a resume."""
+    openai_api.fake.script(*(openai_api.error(401) for _ in range(4)))
+    config = tmp_path / "run.yaml"
+    student = openai_api.config().model_dump(mode="json")
+    config.write_text(yaml.safe_dump({"agent": "student", "providers": {"student": student}}))
+    with runner.replica(run_config=config) as client:
+        created = post_run(client, agent="student", cases=sample[:2], concurrency=1)
+        run = wait_for(client, created["run_id"], "failed", "done")
+    assert run["status"] == "failed", run
+    assert "401" in run["error"] and "API key was refused" in run["error"]
+    progress = run["progress"]
+    assert (progress["done"], progress["harness_errors"], progress["pending"]) == (0, 0, 2)
+    assert len(openai_api.fake.received) == 1
+    _, sessions = asyncio.run(queue_rows(runner.queue_url, created["run_id"]))
+    assert sessions == []

@@ -4,6 +4,10 @@ Each user turn goes to the model with the CRM tools offered; every tool call the
 asks for is made over HTTP and its result (or refusal) goes back as a tool message, until
 the model answers without tool calls. The next user turn follows that answer; the last
 answer is the episode's final reply.
+
+A failed model call ends the episode as the model's failure (`agent_error`, scored) only
+when the fault is the model's (`LLMError.fault == "model"`); a refused key, a missing
+model or a provider outage is raised for the runner to handle, never scored.
 """
 
 from __future__ import annotations
@@ -15,7 +19,16 @@ from string import Template
 from agent_runner.agents.base import AgentResult, EpisodeContext, EpisodeLimitReached
 from agent_runner.protocol import CASE_HEADER, TRIAL_HEADER, tool_result_content
 from crmbench_contracts.traces import Audience
-from crmbench_llm import LLMError, LLMProvider, Message
+from crmbench_llm import LLMError, LLMProvider, Message, ToolCall
+
+
+def malformed_call(call: ToolCall) -> str | None:
+    """Why the model's tool call cannot be made as given, or None when it can."""
+    if not call.name:
+        return "the tool call names no tool"
+    if call.raw_arguments is not None:
+        return "the tool arguments must be a JSON object"
+    return None
 
 
 class SystemPrompt:
@@ -86,9 +99,15 @@ class LLMAgent:
         except EpisodeLimitReached as limit:
             return AgentResult(reply, limit.outcome, str(limit))
         except LLMError as error:
+            if error.fault != "model":
+                raise
             return AgentResult(reply, "agent_error", str(error))
         finally:
-            ctx.transcript = [m.model_dump(mode="json", exclude_defaults=True) for m in messages]
+            # Reasoning blocks are the provider's opaque state, not what the agent said.
+            ctx.transcript = [
+                m.model_dump(mode="json", exclude_defaults=True, exclude={"reasoning"})
+                for m in messages
+            ]
         return AgentResult(reply)
 
     async def _answer(self, ctx: EpisodeContext, system: str, messages: list[Message]) -> str:
@@ -103,16 +122,11 @@ class LLMAgent:
             if not calls:
                 return completion.message.content
             for call in calls:
-                if call.raw_arguments is not None:
-                    # The model's arguments were not a JSON object: tell it, as an API would.
+                refusal = malformed_call(call)
+                if refusal is not None:
+                    # The model's call cannot be made: tell it, as an API would.
                     content = tool_result_content(
-                        400,
-                        {
-                            "error": {
-                                "code": "INVALID_REQUEST",
-                                "message": "the tool arguments must be a JSON object",
-                            }
-                        },
+                        400, {"error": {"code": "INVALID_REQUEST", "message": refusal}}
                     )
                 else:
                     outcome = await ctx.call_tool(call.name, call.arguments, actor=self.audience)

@@ -16,7 +16,7 @@ from agent_runner.agents.base import Agent
 from agent_runner.agents.factory import build_agent
 from agent_runner.run.config import ConfigError, RunConfig, first_problem
 from agent_runner.run.corpus import CorpusCatalog, RunCorpus
-from agent_runner.run.runner import RunFiles, work_on_run
+from agent_runner.run.runner import RunFiles, RunStopped, work_on_run
 from agent_runner.run.store import RunRow, RunStore
 from crmbench_clients.crm_api import CrmApiClient
 from crmbench_clients.verifier import VerifierClient
@@ -159,6 +159,12 @@ class QueueWorker:
                 trace_dir=trace_dir_for(run, self.runs_dir),
                 worker=self.name,
             )
+        except RunStopped as stopped:
+            # A refused key or an unknown model: no replica with this configuration can
+            # play the run. Its unplayed items stay queued for a resume.
+            logger.error("%s", stopped)
+            await self.store.record_error(run.run_id, str(stopped))
+            return True
         finally:
             self.current_run = None
             await agent.aclose()

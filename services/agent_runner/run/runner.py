@@ -6,6 +6,11 @@ score the final state with the verifier, read the change log to attach each step
 change, close it, then commit the session and steps (Postgres) and append them (JSONL).
 The learning loop plugs in at the episode's `EpisodeHooks` (before acting, after acting,
 after the reward).
+
+Whose failure an episode's end is decides what happens to it (see docs/agent_runner.md):
+the model's failures are scored; a provider outage gives the item back to the queue (up
+to MAX_START_ATTEMPTS claims, then `harness_error`); a provider that refuses the run's
+setup (key, permission, model) stops the run with `RunStopped`, the item unscored.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from crmbench_contracts.traces import (
     SupervisionTransition,
     new_usage,
 )
+from crmbench_llm.base import LLMError
 from crmbench_llm.types import ToolSpec
 
 logger = logging.getLogger(__name__)
@@ -181,8 +187,31 @@ def model_name(config: RunConfig) -> str | None:
 
 
 MAX_START_ATTEMPTS = 3
-"""Claims of an item whose episode could not even be opened before it ends as an error."""
+"""Claims of an item whose episode could not be played (the CRM API or the model provider
+unreachable) before it ends as a `harness_error`."""
 RETRY_PAUSE_SECONDS = 1.0
+
+SETUP_ADVICE: dict[int, str] = {
+    401: "the API key was refused: check the key in the provider's environment variable "
+    "(and that base_url is the server the key is for)",
+    403: "the key may not use this model: check the key's project and permissions",
+    404: "the model or endpoint does not exist: check the model name and base_url",
+}
+
+
+class RunStopped(Exception):
+    """The run cannot go on as configured: the model provider refused its key, its
+    permissions or its model. The episode in hand went back to the queue, unscored, so
+    the run resumes where it stopped once the configuration is fixed."""
+
+    def __init__(self, run_id: str, error: LLMError) -> None:
+        advice = SETUP_ADVICE.get(error.status or 0, "fix the provider configuration")
+        super().__init__(
+            f"run {run_id} stopped: the {error.provider} provider refused the run ({error}); "
+            f"{advice}. No episode was scored for this; the remaining ones stay queued."
+        )
+        self.run_id = run_id
+        self.error = error
 
 
 @dataclass
@@ -191,6 +220,9 @@ class EpisodeRecord:
     steps: list[StepTrace]
     not_started: bool = False
     """The episode could not be opened: the agent never acted."""
+    provider_error: LLMError | None = None
+    """The model provider failed for a reason that is not the model's (an outage, a
+    refused key): the episode says nothing about the model and is not scored."""
 
 
 @dataclass
@@ -234,6 +266,7 @@ class EpisodeRunner:
         ctx: EpisodeContext | None = None
         episode_id: str | None = None
         not_started = False
+        provider_error: LLMError | None = None
         final_reply = ""
         outcome: EpisodeOutcome = "completed"
         error: str | None = None
@@ -282,6 +315,12 @@ class EpisodeRunner:
             await self.hooks.after_reward(ctx, result, scored)
         except ServiceError as exc:
             outcome, error, reward = "harness_error", str(exc), None
+        except LLMError as exc:
+            # The agent raises only what is not the model's fault; a hook may raise any.
+            outcome, error, reward = "harness_error", str(exc), None
+            if exc.fault != "model":
+                provider_error = exc
+            logger.warning("episode %s: model provider failed: %s", session_id, exc)
         except Exception as exc:  # an agent bug must not stop the run; it is recorded
             logger.exception("episode_crashed")
             outcome, error, reward = "harness_error", f"{type(exc).__name__}: {exc}", None
@@ -320,7 +359,7 @@ class EpisodeRunner:
             agent_ms=round(ctx.agent_ms if ctx is not None else 0.0, 3),
             worker=self.worker,
         )
-        return EpisodeRecord(session, steps, not_started)
+        return EpisodeRecord(session, steps, not_started, provider_error)
 
 
 ProgressCallback = Callable[[SessionTrace], None]
@@ -421,9 +460,16 @@ class RunWorker:
         except asyncio.CancelledError:
             await asyncio.shield(self.store.release(claim, self.worker))
             raise
-        if record.not_started and claim.attempts < MAX_START_ATTEMPTS:
-            # The CRM API was unreachable before the agent did anything: nothing was
-            # spent, so the item goes back to the queue rather than ending as an error.
+        failure = record.provider_error
+        if failure is not None and failure.fault == "setup":
+            # Every episode would fail alike: stop, and leave this one to be played when
+            # the run resumes with a working key or model.
+            await self.store.release(claim, self.worker)
+            raise RunStopped(self.run_id, failure)
+        if (record.not_started or failure is not None) and claim.attempts < MAX_START_ATTEMPTS:
+            # The CRM API or the model provider was unreachable: the episode says nothing
+            # about the agent, so the item goes back to the queue rather than ending as an
+            # error (or being scored as the model's failure).
             await self.store.release(claim, self.worker)
             await asyncio.sleep(RETRY_PAUSE_SECONDS)
             return
