@@ -54,6 +54,8 @@ TOOL_CALL_ID_HEADER = "X-Tool-Call-Id"
 REPLAYED_HEADER = "X-Tool-Call-Replayed"
 # Seconds a client is asked to wait when the database cannot be reached.
 UNAVAILABLE_RETRY_AFTER = "5"
+# How long the start-up check of the database may take before the service starts anyway.
+_STARTUP_PROBE_SECONDS = 10
 
 
 def _error_response(error: CrmError) -> JSONResponse:
@@ -234,7 +236,7 @@ async def _report_database(engine: AsyncEngine) -> None:
     """Logs one line when the database cannot be reached at start; the service still
     starts and answers 503 DATABASE_UNAVAILABLE until the database is back."""
     try:
-        async with engine.connect() as conn:
+        async with asyncio.timeout(_STARTUP_PROBE_SECONDS), engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
         if not is_database_unavailable(exc):

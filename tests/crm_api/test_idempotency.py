@@ -4,10 +4,13 @@ never saw that first answer; the same id with other arguments is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 
+import asyncpg
 import httpx
+from sqlalchemy.engine import make_url
 
 from tests.conftest import Episode, admin, open_episode
 from tests.crm_api.seed import payload
@@ -129,18 +132,36 @@ async def test_reset_and_restore_take_the_stored_results_with_the_state(
 
 
 async def test_a_retry_after_a_lost_answer_applies_the_call_once(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient, database_url: str
 ) -> None:
     episode = await _episode(http)
+    headers = {**episode.auth, "X-Tool-Call-Id": "lost-1"}
+    db = await asyncpg.connect(
+        make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    )
     try:
-        headers = {**episode.auth, "X-Tool-Call-Id": "lost-1"}
-        # The client gives up before the answer (as after a crash or a dropped connection);
-        # the server may have committed the call or not.
-        async with httpx.AsyncClient(base_url=str(http.base_url), timeout=0.001) as impatient:
+        # Hold the episode so that the call waits in the server; the client gives up before
+        # the answer (as after a crash or a dropped connection), then the call commits.
+        lock = db.transaction()
+        await lock.start()
+        await db.execute(
+            "SELECT 1 FROM crm_meta.episode WHERE episode_id = $1 FOR UPDATE", episode.episode_id
+        )
+        async with httpx.AsyncClient(base_url=str(http.base_url), timeout=0.5) as impatient:
             with contextlib.suppress(httpx.TimeoutException):
                 await impatient.post("/tools/add_note", json=NOTE, headers=headers)
+                raise AssertionError("the call should have waited for the episode")
+        await lock.rollback()
+        for _ in range(500):
+            if (await episode.changes())["total_changes"]:
+                break
+            await asyncio.sleep(0.01)
+        assert (await episode.changes())["total_changes"] == 1
+        # The client never saw that answer; its retry gets it without a second note.
         retried = await http.post("/tools/add_note", json=NOTE, headers=headers)
         assert retried.status_code == 200, retried.text
+        assert retried.headers["x-tool-call-replayed"] == "true"
         assert (await episode.changes())["total_changes"] == 1
     finally:
+        await db.close()
         await http.delete(f"/episodes/{episode.episode_id}", headers=admin())
