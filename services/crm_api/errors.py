@@ -150,7 +150,7 @@ def database_error(exc: DBAPIError) -> CrmError:
         field = unique_field(exc)
         return CrmError(
             ErrorCode.DUPLICATE_UNIQUE_FIELD,
-            f"Another record already has this {field or 'value'} (compared in any case); "
+            f"Another record already has this {field or 'value'}; "
             "nothing was written. Search for the existing record and use it.",
             field=field,
             status_code=409,
