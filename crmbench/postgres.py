@@ -133,12 +133,16 @@ def start_embedded(directory: Path | None = None) -> str:
 
 
 def resolve_database_url() -> str:
-    """DATABASE_URL if set; otherwise the embedded server's URL (started on demand).
+    """DATABASE_URL if set (ValueError naming the problem when it is not a Postgres URL);
+    otherwise the embedded server's URL (started on demand).
 
     Also exports the URL as DATABASE_URL so that child processes and services use it.
     """
     url = os.environ.get("DATABASE_URL")
     if url:
+        from crm_api.database import parse_database_url
+
+        parse_database_url(url)  # a malformed URL fails here, in one line (ValueError)
         return url
     url = start_embedded()
     os.environ["DATABASE_URL"] = url

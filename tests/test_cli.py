@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 from pathlib import Path
 
 import httpx
@@ -214,3 +215,97 @@ def test_the_progress_bar_labels_a_simulated_cost() -> None:
         shown.append(console.export_text())
     assert "simulated cost $67.31" in shown[0]
     assert "simulated" not in shown[1] and "cost $67.31" in shown[1]
+
+
+# ---------------------------------------------------------------------------- issue 12: 7, 8
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("garbage", "cannot be parsed"),
+        ("postgresql://u@127.0.0.1:notaport/db", "port is not a number"),
+        ("mysql://u@127.0.0.1/db", "must be a PostgreSQL URL"),
+    ],
+)
+def test_a_malformed_database_url_is_one_line_naming_the_problem(
+    monkeypatch: pytest.MonkeyPatch, url: str, problem: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    for command in (["db", "migrate"], ["db", "reset", "--yes"], ["serve", "crm-api"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 1, (command, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: DATABASE_URL"), result.output
+        assert problem in lines[0]
+
+
+async def _fill_with_episodes(url: str) -> tuple[int, int]:
+    """Creates episodes (through the service's own path) until dropping all of them in one
+    transaction would need more locks than the server's lock table holds; returns (count,
+    the lock table's nominal size)."""
+    import sqlalchemy as sa
+
+    from crm_api.database import create_engine
+    from crm_api.episodes.schemas import EpisodeCreate
+    from crm_api.episodes.service import EpisodeManager
+
+    engine = create_engine(url, pool_size=4, max_overflow=0)
+    try:
+        manager = EpisodeManager(engine, default_ttl=3600, pool_size=0, admin_key="k")
+        await manager.create(EpisodeCreate())
+        async with engine.connect() as conn:
+            settings = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT current_setting('max_locks_per_transaction')::int"
+                        " * current_setting('max_connections')::int"
+                    )
+                )
+            ).scalar_one()
+            await conn.rollback()
+            await conn.begin()
+            schema = (
+                await conn.execute(sa.text("SELECT schema_name FROM crm_meta.episode"))
+            ).scalar_one()
+            await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+            per_schema = (
+                await conn.execute(
+                    sa.text("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()")
+                )
+            ).scalar_one()
+            await conn.rollback()
+        # Postgres sizes the table with some slack (here one transaction ran out at about
+        # twice the nominal size), so aim well past it.
+        wanted = 2 * int(settings) // int(per_schema) + 20
+        await asyncio.gather(*(manager.create(EpisodeCreate()) for _ in range(wanted - 1)))
+        return wanted, int(settings)
+    finally:
+        await engine.dispose()
+
+
+def test_db_reset_drops_more_episodes_than_the_lock_table_holds(runner: CliRunner) -> None:
+    assert runner.invoke(app, ["db", "migrate"]).exit_code == 0
+    url = os.environ["DATABASE_URL"]
+    created, lock_table = asyncio.run(_fill_with_episodes(url))
+    assert created * 100 > lock_table  # each schema takes well over 100 locks to drop
+    reset = runner.invoke(app, ["db", "reset", "--yes"])
+    assert reset.exit_code == 0, reset.output
+    assert f"dropped {created} episode(s)" in reset.output
+    assert asyncio.run(_schemas_left(url)) == 0
+
+
+async def _schemas_left(url: str) -> int:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    conn = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ep\\_%'"
+                " OR nspname LIKE 'pool\\_%' OR nspname LIKE 'snap\\_%'"
+            )
+        )
+    finally:
+        await conn.close()

@@ -64,6 +64,10 @@ class ErrorCode(StrEnum):
     SNAPSHOT_NOT_FOUND = "SNAPSHOT_NOT_FOUND"
     UNKNOWN_TOOL = "UNKNOWN_TOOL"
     CONFLICT = "CONFLICT"
+    TOOL_CALL_ID_REUSED = "TOOL_CALL_ID_REUSED"
+    # the service, not the request
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
 # ---------------------------------------------------------------------------- error base

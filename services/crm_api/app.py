@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
 import logging
 import re
@@ -13,27 +14,48 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crm_api import __version__
 from crm_api.context import ToolContext
 from crm_api.database import create_engine
-from crm_api.episodes import Credentials, EpisodeManager, bearer_token
+from crm_api.episode_gate import EpisodeGate
+from crm_api.episodes import Credentials, EpisodeManager, bearer_token, repository
 from crm_api.episodes import router as episode_router
-from crm_api.errors import TOOL_ERROR_RESPONSES, CrmError, ErrorResponse
+from crm_api.episodes.service import hash_token
+from crm_api.errors import (
+    SERVICE_ERROR_RESPONSES,
+    TOOL_ERROR_RESPONSES,
+    CrmError,
+    ErrorResponse,
+    database_error,
+    database_unavailable,
+    internal_error,
+    is_database_unavailable,
+)
 from crm_api.settings import CrmApiSettings, get_settings
 from crm_api.tool_schemas import AgentToolFormat, agent_tools
 from crm_api.tools import TOOLS, Tool, ToolKind
 from crm_api.validation import translate_validation_errors
 from crmbench_contracts.api_errors import ErrorCode
+from crmbench_contracts.canonical import canonical_json
 
 log = logging.getLogger("crm_api")
 
 _TOOL_CALL_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+TOOL_CALL_ID_HEADER = "X-Tool-Call-Id"
+REPLAYED_HEADER = "X-Tool-Call-Replayed"
+# Seconds a client is asked to wait when the database cannot be reached.
+UNAVAILABLE_RETRY_AFTER = "5"
+# How long the start-up check of the database may take before the service starts anyway.
+_STARTUP_PROBE_SECONDS = 10
 
 
 def _error_response(error: CrmError) -> JSONResponse:
@@ -55,6 +77,7 @@ class Services:
             pool_size=settings.pool_size,
             admin_key=settings.admin_key,
         )
+        self.gate = EpisodeGate(settings.episode_max_connections)
 
 
 def _services(request: Request) -> Services:
@@ -82,6 +105,7 @@ def create_app(settings: CrmApiSettings | None = None) -> FastAPI:
         )
         services = Services(settings, engine)
         app.state.services = services
+        await _report_database(engine)
         tasks = []
         if settings.pool_size > 0:
             tasks.append(asyncio.create_task(services.episodes.run_pool()))
@@ -167,23 +191,64 @@ def _install_error_handlers(app: FastAPI) -> None:
             )
         return _error_response(error)
 
+    # Failures of the database the service's checks did not prevent. The transaction has
+    # rolled back, so nothing changed; each is told for what it is (see database_error).
     @app.exception_handler(DBAPIError)
-    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
-        # Reached only by races (an episode dropped or reset during a call) or bugs; the
-        # transaction has rolled back, so nothing changed.
-        log.warning("database error on %s: %s", request.url.path, exc.orig)
-        return _error_response(
-            CrmError(
-                ErrorCode.CONFLICT,
-                "The episode changed while this call ran (reset, restored or dropped); "
-                "nothing was written. Retry the call.",
-                status_code=409,
-            )
-        )
+    async def database_failure(request: Request, exc: DBAPIError) -> JSONResponse:
+        error = database_error(exc)
+        if error.status_code >= 500 and error.code != ErrorCode.DATABASE_UNAVAILABLE:
+            log.error("database error on %s", request.url.path, exc_info=exc)
+        else:
+            log.warning("database error on %s: %s", request.url.path, _first_line(exc))
+        return _failure_response(error)
+
+    # asyncpg raises connection failures (refused, reset, unknown host, timeout) as they
+    # come, and the pool times out when every connection stays busy. (Requests do no other
+    # I/O that could raise an OSError.)
+    @app.exception_handler(OSError)
+    @app.exception_handler(PoolTimeoutError)
+    async def unreachable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable on %s: %s", request.url.path, _first_line(exc))
+        return _failure_response(database_unavailable())
+
+    # Anything else is a bug: a JSON 500 like every other error (Starlette re-raises it
+    # after this answer, so the server logs the traceback).
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _error_response(internal_error())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _failure_response(error: CrmError) -> JSONResponse:
+    response = _error_response(error)
+    if error.status_code == 503:
+        response.headers["Retry-After"] = UNAVAILABLE_RETRY_AFTER
+    return response
+
+
+async def _report_database(engine: AsyncEngine) -> None:
+    """Logs one line when the database cannot be reached at start; the service still
+    starts and answers 503 DATABASE_UNAVAILABLE until the database is back."""
+    try:
+        async with asyncio.timeout(_STARTUP_PROBE_SECONDS), engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        if not is_database_unavailable(exc):
+            raise
+        log.error("the database cannot be reached: %s", _first_line(exc))
 
 
 def _add_service_routes(app: FastAPI) -> None:
-    @app.get("/health", tags=["service"], operation_id="health")
+    @app.get(
+        "/health",
+        tags=["service"],
+        operation_id="health",
+        responses={409: {"model": ErrorResponse}, **SERVICE_ERROR_RESPONSES},
+    )
     async def health(services: ServicesDep) -> dict[str, Any]:
         """Liveness and readiness: the database answers and the world is loaded."""
         async with services.engine.connect() as conn:
@@ -200,7 +265,7 @@ def _add_service_routes(app: FastAPI) -> None:
         "/tools",
         tags=["service"],
         operation_id="list_tool_definitions",
-        responses={422: {"model": ErrorResponse}},
+        responses={422: {"model": ErrorResponse}, 500: SERVICE_ERROR_RESPONSES[500]},
     )
     async def tool_definitions(
         request: Request,
@@ -212,34 +277,104 @@ def _add_service_routes(app: FastAPI) -> None:
         return agent_tools(request.app.openapi(), format)
 
 
+class _Replay(Exception):
+    """Raised inside a call's transaction when its tool-call id was answered before: the
+    transaction rolls back (the episode clock does not move) and the first answer is sent."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__("replay")
+        self.status = status
+        self.body = body
+
+
+def request_digest(tool: str, args: BaseModel) -> str:
+    """The identity of a call's request: its tool and validated arguments (as sent)."""
+    arguments = args.model_dump(mode="json", exclude_unset=True)
+    return hashlib.sha256(
+        canonical_json({"tool": tool, "arguments": arguments}).encode()
+    ).hexdigest()
+
+
+async def _check_repeated_id(
+    conn: AsyncConnection, schema: str, tool_call_id: str, tool: str, digest: str
+) -> None:
+    """Raises _Replay when `tool_call_id` was answered in this episode with the same tool and
+    arguments, TOOL_CALL_ID_REUSED (409) when it was with others; returns if it is new."""
+    stored = await repository.stored_tool_call(conn, schema, tool_call_id)
+    if stored is None:
+        return
+    if stored["tool"] != tool or stored["request_hash"] != digest:
+        raise CrmError(
+            ErrorCode.TOOL_CALL_ID_REUSED,
+            f"{TOOL_CALL_ID_HEADER} {tool_call_id!r} was already used in this episode for "
+            f"another request ({stored['tool']} with other arguments); it identifies one "
+            "call. Use a new id for a new call, or repeat the first call exactly to get its "
+            "result again.",
+            field=TOOL_CALL_ID_HEADER,
+            status_code=409,
+        )
+    raise _Replay(int(stored["status"]), str(stored["body"]))
+
+
 def _add_tool_route(app: FastAPI, registered: Tool) -> None:
     async def call_tool(
         args: Any,
         services: Services,
         credentials: HTTPAuthorizationCredentials | None,
         tool_call_id: str | None,
-    ) -> JSONResponse:
+    ) -> Response:
         token = bearer_token(credentials)
         if tool_call_id is not None and not _TOOL_CALL_ID.match(tool_call_id):
             raise CrmError(
                 ErrorCode.INVALID_REQUEST,
                 "X-Tool-Call-Id must be 1-128 printable ASCII characters without spaces.",
-                field="X-Tool-Call-Id",
+                field=TOOL_CALL_ID_HEADER,
             )
-        async with services.engine.begin() as conn:
-            write = registered.kind == ToolKind.WRITE
-            episode = await services.episodes.authenticate(
-                conn,
-                token,
-                tool=registered.name if write else None,
-                tool_call_id=tool_call_id,
+        digest = request_digest(registered.name, args) if tool_call_id is not None else ""
+        write = registered.kind == ToolKind.WRITE
+        try:
+            # At most `episode_max_connections` calls of one episode hold a connection; the
+            # rest wait here, so a busy episode cannot take the pool from the others.
+            async with (
+                services.gate.admit(hash_token(token)),
+                services.engine.begin() as conn,
+            ):
+                episode = await services.episodes.authenticate(
+                    conn,
+                    token,
+                    tool=registered.name if write else None,
+                    tool_call_id=tool_call_id,
+                )
+                if tool_call_id is not None:
+                    await _check_repeated_id(
+                        conn, episode.schema_name, tool_call_id, registered.name, digest
+                    )
+                call_id = tool_call_id or f"{episode.episode_id}:{episode.call_seq}"
+                context = ToolContext(conn, episode, registered.name, call_id)
+                result = await registered.handler(context, args)
+                response = JSONResponse(result, headers={TOOL_CALL_ID_HEADER: call_id})
+                if tool_call_id is not None:
+                    # Stored with the change it made: both commit, or neither.
+                    await repository.store_tool_call(
+                        conn,
+                        episode.schema_name,
+                        tool_call_id,
+                        tool=registered.name,
+                        request_hash=digest,
+                        status=response.status_code,
+                        body=bytes(response.body).decode("utf-8"),
+                        call_seq=episode.call_seq,
+                    )
+        except _Replay as replay:
+            return Response(
+                replay.body,
+                status_code=replay.status,
+                media_type="application/json",
+                headers={TOOL_CALL_ID_HEADER: str(tool_call_id), REPLAYED_HEADER: "true"},
             )
-            call_id = tool_call_id or f"{episode.episode_id}:{episode.call_seq}"
-            context = ToolContext(conn, episode, registered.name, call_id)
-            result = await registered.handler(context, args)
-        return JSONResponse(result, headers={"X-Tool-Call-Id": call_id})
+        return response
 
-    async def endpoint(**kwargs: Any) -> JSONResponse:
+    async def endpoint(**kwargs: Any) -> Response:
         return await call_tool(
             kwargs["args"], kwargs["services"], kwargs["credentials"], kwargs["tool_call_id"]
         )
@@ -260,8 +395,15 @@ def _add_tool_route(app: FastAPI, registered: Tool) -> None:
                 annotation=Annotated[
                     str | None,
                     Header(
-                        alias="X-Tool-Call-Id",
-                        description="Your id for this call; recorded in the change log.",
+                        alias=TOOL_CALL_ID_HEADER,
+                        description=(
+                            "Your id for this call (1-128 printable ASCII characters): "
+                            "recorded in the change log, and an idempotency key. Repeating "
+                            "an id in the same episode with the same tool and arguments "
+                            "answers the first result again (header X-Tool-Call-Replayed: "
+                            "true) without applying the call twice; with other arguments "
+                            "it is refused (409 TOOL_CALL_ID_REUSED)."
+                        ),
                     ),
                 ],
                 default=None,

@@ -103,6 +103,17 @@ class EntityRepository:
         return [(r[0], int(r[1])) for r in (await self.conn.execute(grouped)).all()]
 
 
+def equal_any_case(column: sa.ColumnElement[Any], value: str) -> sa.ColumnElement[bool]:
+    """`column` equals `value` in any case: the one definition of case-insensitive equality.
+
+    Both sides are folded by Postgres' lower(), the function of the unique index on client
+    emails (`lower(email)`), so the duplicate check, the searches and the index agree on
+    every input under the database's own collation. Text is never folded in Python, whose
+    lower() differs (it maps 'İ' to 'i' plus a combining dot, a final 'Σ' to 'ς').
+    """
+    return sa.func.lower(column) == sa.func.lower(sa.literal(value, sa.Text))
+
+
 def contains(column: sa.ColumnElement[Any], needle: str) -> sa.ColumnElement[bool]:
     """Case-insensitive substring match with LIKE wildcards in the input escaped."""
     escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

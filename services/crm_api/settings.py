@@ -38,6 +38,12 @@ class CrmApiSettings(BaseSettings):
     crm_api_db_max_overflow: int = Field(default=8, ge=0)
     """Extra database connections allowed under load."""
 
+    episode_max_connections: int = Field(default=1, ge=1, le=64)
+    """Database connections the tool calls of one episode may hold at once (per service
+    process). An episode's calls run one after another anyway (each locks the episode), so
+    its further calls wait in line in the service without holding a connection, and a busy
+    episode never keeps the others waiting for one."""
+
     world_seed: int = 20251112
     """Seed of the deterministic world data set every episode clones."""
 

@@ -102,17 +102,33 @@ async def change_log_rows(conn: AsyncConnection, schema: str) -> list[dict[str, 
     return rows
 
 
+async def tool_call_rows(conn: AsyncConnection, schema: str) -> list[dict[str, Any]]:
+    """The stored tool-call results of `schema` as JSON rows in tool_call_id order."""
+    stmt = sa.text(
+        'SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.tool_call_id COLLATE "C"),'
+        f" '[]'::jsonb)::text FROM {quote_ident(schema)}.tool_call t"
+    )
+    rows: list[dict[str, Any]] = json.loads((await conn.execute(stmt)).scalar_one())
+    return rows
+
+
+# The tables of an episode schema besides the entity tables: what happened in it.
+HISTORY_TABLES = ("change_log", "tool_call")
+
+
 async def truncate_episode_tables(conn: AsyncConnection, schema: str) -> None:
+    """Empties the entity tables, the change log and the stored tool-call results."""
     tables = ", ".join(
-        f"{quote_ident(schema)}.{quote_ident(t)}" for t in (*ENTITY_TABLES, "change_log")
+        f"{quote_ident(schema)}.{quote_ident(t)}" for t in (*ENTITY_TABLES, *HISTORY_TABLES)
     )
     await conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY"))
 
 
 async def copy_tables(conn: AsyncConnection, source: str, target: str, with_log: bool) -> None:
-    """Copies every row of `source`'s tables into `target`'s (which must be empty)."""
+    """Copies every row of `source`'s tables into `target`'s (which must be empty); with
+    `with_log`, the change log and the stored tool-call results too."""
     await suppress_log(conn, True)
-    for table in ENTITY_TABLES:
+    for table in (*ENTITY_TABLES, *(HISTORY_TABLES if with_log else ())):
         into, source_table = quote_ident(target), quote_ident(source)
         await conn.execute(
             sa.text(
@@ -121,12 +137,6 @@ async def copy_tables(conn: AsyncConnection, source: str, target: str, with_log:
             )
         )
     if with_log:
-        await conn.execute(
-            sa.text(
-                f"INSERT INTO {quote_ident(target)}.change_log"
-                f" SELECT * FROM {quote_ident(source)}.change_log"
-            )
-        )
         await sync_change_log_sequence(conn, target)
     await suppress_log(conn, False)
 
@@ -247,6 +257,54 @@ async def bind_episode_call(
         )
         .mappings()
         .first()
+    )
+
+
+async def stored_tool_call(
+    conn: AsyncConnection, schema: str, tool_call_id: str
+) -> RowMapping | None:
+    """The stored result of a tool call id in `schema` (tool, request_hash, status, body)."""
+    return (
+        (
+            await conn.execute(
+                sa.text(
+                    "SELECT tool, request_hash, status, body FROM"
+                    f" {quote_ident(schema)}.tool_call WHERE tool_call_id = :id"
+                ),
+                {"id": tool_call_id},
+            )
+        )
+        .mappings()
+        .first()
+    )
+
+
+async def store_tool_call(
+    conn: AsyncConnection,
+    schema: str,
+    tool_call_id: str,
+    *,
+    tool: str,
+    request_hash: str,
+    status: int,
+    body: str,
+    call_seq: int,
+) -> None:
+    """Records the result of a tool call, in the transaction of the change it made."""
+    await conn.execute(
+        sa.text(
+            f"INSERT INTO {quote_ident(schema)}.tool_call"
+            " (tool_call_id, tool, request_hash, status, body, call_seq)"
+            " VALUES (:id, :tool, :hash, :status, :body, :seq)"
+        ),
+        {
+            "id": tool_call_id,
+            "tool": tool,
+            "hash": request_hash,
+            "status": status,
+            "body": body,
+            "seq": call_seq,
+        },
     )
 
 

@@ -21,7 +21,7 @@ from crm_api.episodes.schemas import (
     SnapshotOut,
 )
 from crm_api.episodes.service import episode_public, select_tables
-from crm_api.errors import ErrorResponse
+from crm_api.errors import SERVICE_ERROR_RESPONSES, ErrorResponse
 from crm_api.tools import TOOLS
 from crmbench_contracts.canonical import canonical_json
 
@@ -31,6 +31,7 @@ ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "No such episode or snapshot."},
     409: {"model": ErrorResponse, "description": "Conflicts with the episode's state."},
     422: {"model": ErrorResponse, "description": "The request is not valid."},
+    **SERVICE_ERROR_RESPONSES,
 }
 
 router = APIRouter(tags=["episodes"], responses=ADMIN_RESPONSES)

@@ -26,7 +26,7 @@ from crm_api.context import EpisodeRef
 from crm_api.domain import ENTITY_TABLES, WORLD_DATE, ActorRole
 from crm_api.episodes import repository
 from crm_api.episodes.schemas import Actor, EpisodeCreate
-from crm_api.errors import CrmError
+from crm_api.errors import CrmError, is_database_unavailable
 from crmbench_contracts.api_errors import ErrorCode
 from crmbench_contracts.seeds import SeedRows
 
@@ -321,6 +321,7 @@ class EpisodeManager:
             return await repository.list_snapshots(conn, episode_id)
 
     async def _snapshot_schema(self, conn: AsyncConnection, episode_id: str, name: str) -> Any:
+        _check_snapshot_name(name)  # a name from the path, checked before any SQL
         found = await repository.get_snapshot(conn, episode_id, name)
         if found is None:
             raise CrmError(
@@ -394,8 +395,8 @@ class EpisodeManager:
             await asyncio.sleep(interval_seconds)
             try:
                 await self.reap_expired()
-            except Exception:
-                log.exception("episode reaper failed")
+            except Exception as exc:
+                _log_loop_failure("episode reaper failed", exc)
 
     # ------------------------------------------------------------------ the pool
 
@@ -438,8 +439,8 @@ class EpisodeManager:
                     log.info("episode pool: built %d schema(s)", built)
             except CrmError as exc:
                 log.warning("episode pool not refilled: %s", exc.message)
-            except Exception:
-                log.exception("episode pool refill failed")
+            except Exception as exc:
+                _log_loop_failure("episode pool refill failed", exc)
             self.pool_wanted.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.pool_wanted.wait(), timeout=_POOL_IDLE_SECONDS)
@@ -494,8 +495,17 @@ def _episode_not_found(episode_id: str) -> CrmError:
     )
 
 
+def _log_loop_failure(what: str, exc: Exception) -> None:
+    """One line while the database cannot be reached (the loop retries), else a traceback."""
+    if is_database_unavailable(exc):
+        reason = (str(exc) or type(exc).__name__).splitlines()[0]
+        log.warning("%s: the database cannot be reached (%s)", what, reason)
+    else:
+        log.exception(what)
+
+
 def _check_snapshot_name(name: str) -> None:
-    if not _SNAPSHOT_NAME.match(name):
+    if not _SNAPSHOT_NAME.fullmatch(name):
         raise CrmError(
             ErrorCode.INVALID_REQUEST,
             "Snapshot names use 1-64 letters, digits, '_', '.' or '-'.",

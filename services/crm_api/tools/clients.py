@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from crm_api.context import ToolContext
 from crm_api.domain import ClientStatus
 from crm_api.errors import CrmError
-from crm_api.repository import contains, new_id, public
+from crm_api.repository import contains, equal_any_case, new_id, public
 from crm_api.schemas import ClientOut, ClientPage, ClientSearch, CreateClient, ModifyClient
 from crm_api.tools.common import changes_of, page, repo, require
 from crm_api.tools.registry import ToolKind, tool
@@ -18,7 +18,7 @@ from crmbench_contracts.api_errors import ErrorCode
 
 async def _ensure_email_free(ctx: ToolContext, email: str, own_id: str | None = None) -> None:
     clients = repo(ctx, "client")
-    conditions = [sa.func.lower(clients.table.c.email) == email.lower()]
+    conditions = [equal_any_case(clients.table.c.email, email)]
     if own_id is not None:
         conditions.append(clients.pk != own_id)
     if await clients.where(*conditions):
@@ -95,7 +95,7 @@ async def client_search(ctx: ToolContext, args: ClientSearch) -> dict[str, Any]:
     if crit.name is not None:
         conditions.append(contains(c.name, crit.name))
     if crit.email is not None:
-        conditions.append(sa.func.lower(c.email) == crit.email.lower())
+        conditions.append(equal_any_case(c.email, crit.email))
     if crit.status is not None:
         conditions.append(c.status == crit.status.value)
     if crit.industry is not None:

@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from crm_api.context import ToolContext
-from crm_api.repository import contains, new_id, public
+from crm_api.repository import contains, equal_any_case, new_id, public
 from crm_api.schemas import ContactOut, ContactPage, ContactSearch, CreateContact, ModifyContact
 from crm_api.tools.common import changes_of, page, reference, repo, require
 from crm_api.tools.registry import ToolKind, tool
@@ -78,7 +78,7 @@ async def contact_search(ctx: ToolContext, args: ContactSearch) -> dict[str, Any
     if crit.title is not None:
         conditions.append(contains(c.title, crit.title))
     if crit.email is not None:
-        conditions.append(sa.func.lower(c.email) == crit.email.lower())
+        conditions.append(equal_any_case(c.email, crit.email))
     if crit.client_id is not None:
         conditions.append(c.client_id == crit.client_id)
     order = [c.last_name.collate("C"), c.first_name.collate("C")]
