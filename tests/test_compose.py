@@ -691,3 +691,43 @@ def test_dockerfile_ships_what_the_runner_reads() -> None:
     assert "services" in sources or "services/agent_runner" in sources
     assert (ROOT / "config" / "run.yaml").is_file()
     assert (ROOT / "corpus" / "cases" / "cases.jsonl").is_file()
+
+
+# --------------------------------------------------------------------------- what the docs say
+
+
+def test_the_documented_key_recipe_makes_a_key_the_services_accept() -> None:
+    """The README's and compose.yaml's one-liner for CRMBENCH_ADMIN_KEY, run as written."""
+    import subprocess
+    import sys
+
+    from crmbench_contracts.service_keys import key_problem
+
+    recipe = re.compile(r"CRMBENCH_ADMIN_KEY=\$\(python3 -c '([^']+)'\)")
+    sources = {
+        "README.md": (ROOT / "README.md").read_text(encoding="utf-8"),
+        "compose.yaml": COMPOSE_FILE.read_text(encoding="utf-8"),
+    }
+    for name, text in sources.items():
+        found = recipe.search(text)
+        assert found, f"{name} does not say how to make an admin key"
+        made = subprocess.run(
+            [sys.executable, "-c", found[1]], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        assert key_problem(made, "CRMBENCH_ADMIN_KEY") is None, (name, made)
+
+
+def test_the_documented_defaults_match_the_settings() -> None:
+    from crm_api.settings import CrmApiSettings
+    from crmbench_contracts.service_keys import MIN_KEY_LENGTH, WEAK_KEYS
+
+    doc = (ROOT / "docs" / "crm_api.md").read_text(encoding="utf-8")
+    settings = CrmApiSettings(database_url=None)
+    assert f"| `CRMBENCH_MAX_LIVE_EPISODES` | {settings.max_live_episodes} |" in doc
+    assert f"`CRMBENCH_MAX_LIVE_EPISODES` (default {settings.max_live_episodes})" in doc
+    assert f"shorter than {MIN_KEY_LENGTH} characters" in doc
+    for placeholder in ("change-me", "changeme", "admin", "password", "secret", "test"):
+        assert placeholder in WEAK_KEYS and f"`{placeholder}`" in doc
+    assert _service(API_SERVICE)["environment"]["CRMBENCH_MAX_LIVE_EPISODES"] == str(
+        settings.max_live_episodes
+    )
