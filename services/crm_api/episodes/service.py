@@ -56,8 +56,8 @@ class EpisodeManager:
         default_ttl: int,
         pool_size: int,
         admin_key: str,
-        max_live: int = 200,
-        retry_after_seconds: int = 30,
+        max_live: int,
+        retry_after_seconds: int,
     ) -> None:
         self.engine = engine
         self.default_ttl = default_ttl
