@@ -105,7 +105,7 @@ async def measure(
     agent = make_agent()
     store = await RunStore.connect(database_url, pool_size=min(config.concurrency + 2, 32))
     crm = CrmApiClient(urls["crm_api"], urls["admin_key"])
-    verifier = VerifierClient(urls["verifier"])
+    verifier = VerifierClient(urls["verifier"], urls["admin_key"])
     try:
         run = await create_run(store, config, cases, "bench", None)
         cpu_before = cpu_seconds(PIDS)

@@ -143,7 +143,7 @@ def _run(url: str, args: argparse.Namespace) -> dict[str, Any]:
             async def measure() -> None:
                 async with (
                     CrmApiClient(crm_url, admin_key, timeout=60) as crm,
-                    VerifierClient(verifier_url, timeout=60) as verifier,
+                    VerifierClient(verifier_url, admin_key, timeout=60) as verifier,
                 ):
                     episodes = await _prepare(crm, sample)
                     figures["http"] = [

@@ -155,7 +155,9 @@ async def _validate(
     connections = concurrency * 2
     async with (
         CrmApiClient(crm_api_url, admin_key, timeout=120, max_connections=connections) as crm,
-        VerifierClient(verifier_url, timeout=120, max_connections=connections) as verifier,
+        VerifierClient(
+            verifier_url, admin_key, timeout=120, max_connections=connections
+        ) as verifier,
     ):
         clients = ServiceClients(crm, verifier)
         with typer.progressbar(length=len(cases), label="validating") as bar:

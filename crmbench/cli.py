@@ -273,9 +273,16 @@ def serve_crm_api(
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
-    """Serve the CRM API (on the embedded Postgres when DATABASE_URL is unset)."""
+    """Serve the CRM API (on the embedded Postgres when DATABASE_URL is unset).
+
+    The admin key comes from CRMBENCH_ADMIN_KEY; unset, one is generated and printed once.
+    An empty, short or well-known key is refused before anything starts.
+    """
     import secrets
 
+    from crmbench_contracts.service_keys import require_strong_key
+
+    require_strong_key(os.environ.get("CRMBENCH_ADMIN_KEY"), "CRMBENCH_ADMIN_KEY")
     sock = bind(host, port)  # a busy port fails now, before any migration
     url = resolve_database_url()
     if migrate_first:
@@ -385,7 +392,14 @@ def serve_verifier(
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
-    """Serve the verifier (POST /verify scores an episode of the CRM API)."""
+    """Serve the verifier (POST /verify scores an episode of the CRM API).
+
+    Its scoring routes take CRMBENCH_VERIFIER_KEY, else CRMBENCH_ADMIN_KEY; with neither
+    set, a key is generated and printed once. A weak key is refused before it starts.
+    """
+    import secrets
+
+    from verifier.app import check_settings
     from verifier.settings import VerifierSettings
 
     # The app reads its settings from the environment, also in uvicorn's workers.
@@ -394,11 +408,18 @@ def serve_verifier(
     if corpus_dir is not None:
         os.environ["CRMBENCH_CORPUS_DIR"] = str(corpus_dir)
     settings = VerifierSettings()
+    generated_key = settings.api_key is None  # an empty variable counts as unset
+    if generated_key:
+        os.environ["CRMBENCH_VERIFIER_KEY"] = secrets.token_urlsafe(24)
+        settings = VerifierSettings()
+    check_settings(settings)  # one line and exit 1 for an empty, short or known key
     sock = bind(host, port)
     shown = shown_host(host)
     typer.echo(f"verifier listening on http://{shown}:{port}")
     typer.echo(f"  API docs:  http://{shown}:{port}/docs")
     typer.echo(f"  CRM API:   {settings.crm_api_url}")
+    if generated_key:
+        typer.echo(f"  verifier key: {settings.api_key} (set CRMBENCH_VERIFIER_KEY to fix it)")
     if not settings.admin_key:
         typer.echo("  warning: CRMBENCH_ADMIN_KEY is not set; POST /verify cannot read episodes")
     sys.stdout.flush()

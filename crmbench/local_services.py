@@ -1,4 +1,5 @@
-"""Services a command starts for its own duration: a CRM API on a free local port.
+"""Services a command starts for its own duration: a CRM API (and a verifier) on free
+local ports, guarded by a key generated for the run.
 
 Commands that need the CRM API over HTTP (importing or checking cases) use
 `running_crm_api()` when no running service is given; it serves the same app as
@@ -37,13 +38,24 @@ def running_crm_api(url: str | None = None) -> Iterator[tuple[str, str]]:
 
 @contextmanager
 def running_verifier(
-    crm_api_url: str, admin_key: str, corpus_dir: str | None = None
+    crm_api_url: str,
+    admin_key: str,
+    corpus_dir: str | None = None,
+    *,
+    verifier_key: str | None = None,
 ) -> Iterator[str]:
-    """A verifier on 127.0.0.1 reading episodes from `crm_api_url`; yields its base URL."""
+    """A verifier on 127.0.0.1 reading episodes from `crm_api_url`; yields its base URL.
+
+    Its scoring routes take `verifier_key`, by default the admin key: callers send that.
+    """
     from verifier.app import create_app
     from verifier.settings import VerifierSettings
 
-    overrides: dict[str, object] = {"crm_api_url": crm_api_url, "admin_key": admin_key}
+    overrides: dict[str, object] = {
+        "crm_api_url": crm_api_url,
+        "admin_key": admin_key,
+        "verifier_key": verifier_key or admin_key,
+    }
     if corpus_dir is not None:
         overrides["corpus_dir"] = corpus_dir
     settings = VerifierSettings(**overrides)  # type: ignore[arg-type]

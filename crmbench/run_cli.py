@@ -1,7 +1,8 @@
 """`crmbench run`: run an agent over golden cases, resumably, with a live progress bar.
 
 The services a run needs come from the environment when set (CRMBENCH_CRM_API_URL with
-CRMBENCH_ADMIN_KEY, CRMBENCH_VERIFIER_URL, CRMBENCH_SIMULATED_LLM_URL); any that is not
+CRMBENCH_ADMIN_KEY, CRMBENCH_VERIFIER_URL with CRMBENCH_VERIFIER_KEY or the admin key,
+CRMBENCH_SIMULATED_LLM_URL); any that is not
 is started in this process for the run's duration, on DATABASE_URL or the embedded
 Postgres, which also holds the run's queue and telemetry.
 """
@@ -30,6 +31,7 @@ class RunEnvironment:
     crm_api_url: str
     admin_key: str
     verifier_url: str
+    verifier_key: str
     simulated_url: str | None
 
 
@@ -44,6 +46,8 @@ class ServiceUrls:
     crm_api_url: str
     admin_key: str
     verifier_url: str
+    verifier_key: str
+    """The key the verifier's scoring routes take: CRMBENCH_VERIFIER_KEY, else the admin key."""
     started_here: list[str]
     """The services started by this process (the others came from the environment)."""
 
@@ -67,13 +71,14 @@ def service_environment(database_url: str, corpus_dir: Path) -> Iterator[Service
             crm_url, admin_key = stack.enter_context(running_crm_api(database_url))
             started.append("crm_api")
         assert admin_key is not None
+        verifier_key = os.environ.get("CRMBENCH_VERIFIER_KEY") or admin_key
         verifier_url = os.environ.get("CRMBENCH_VERIFIER_URL")
         if not verifier_url:
             verifier_url = stack.enter_context(
-                running_verifier(crm_url, admin_key, str(corpus_dir))
+                running_verifier(crm_url, admin_key, str(corpus_dir), verifier_key=verifier_key)
             )
             started.append("verifier")
-        yield ServiceUrls(crm_url, admin_key, verifier_url, started)
+        yield ServiceUrls(crm_url, admin_key, verifier_url, verifier_key, started)
 
 
 @contextlib.contextmanager
@@ -99,6 +104,7 @@ def run_environment(config: Any, database_url: str, cases: list[Any]) -> Iterato
             services.crm_api_url,
             services.admin_key,
             services.verifier_url,
+            services.verifier_key,
             simulated_url,
         )
 
@@ -154,7 +160,7 @@ async def _execute(
     agent = build_agent(config, simulated_url=env.simulated_url)
     store = await RunStore.connect(env.database_url, pool_size=min(config.concurrency + 2, 32))
     crm = CrmApiClient(env.crm_api_url, env.admin_key)
-    verifier = VerifierClient(env.verifier_url)
+    verifier = VerifierClient(env.verifier_url, env.verifier_key)
     try:
         first = await store.progress(run_id)
         display = ProgressDisplay(first.total, show, simulated=config.agent == "simulated")

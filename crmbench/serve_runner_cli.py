@@ -3,11 +3,13 @@
 
 Like `crmbench run`, it uses the CRM API and the verifier named by CRMBENCH_CRM_API_URL
 (with CRMBENCH_ADMIN_KEY) and CRMBENCH_VERIFIER_URL, and starts any that is not set in
-this process for its lifetime, on DATABASE_URL or the embedded Postgres.
+this process for its lifetime, on DATABASE_URL or the embedded Postgres. Its run routes
+take CRMBENCH_RUNNER_KEY, else CRMBENCH_ADMIN_KEY; with neither, a key is printed once.
 """
 
 from __future__ import annotations
 
+import secrets
 import sys
 from typing import Annotated
 
@@ -15,6 +17,7 @@ import typer
 
 from crmbench.errors import friendly_errors
 from crmbench.foreground import bind, serve, shown_host
+from crmbench_contracts.service_keys import require_strong_key
 
 
 def register(serve_app: typer.Typer) -> None:
@@ -53,6 +56,15 @@ def serve_agent_runner(
     settings = AgentRunnerSettings()
     if work is not None:
         settings = settings.model_copy(update={"work": work})
+    # The run routes' key: CRMBENCH_RUNNER_KEY, else the admin key given in the
+    # environment; with neither, the CRM API started here has a key no one else knows,
+    # so one is generated for the runner and printed once.
+    generated_key = settings.api_key is None
+    if generated_key:
+        settings = settings.model_copy(update={"runner_key": secrets.token_urlsafe(24)})
+    elif settings.runner_key is None:
+        settings = settings.model_copy(update={"runner_key": settings.admin_key})
+    require_strong_key(settings.runner_key, settings.api_key_variable)
     # A bad run config fails here, in one line, before any service starts.
     config = load_run_config(settings.run_config)
     sock = bind(host, port)  # a busy port fails now, before any service starts
@@ -65,6 +77,7 @@ def serve_agent_runner(
                 "crm_api_url": services.crm_api_url,
                 "admin_key": services.admin_key,
                 "verifier_url": services.verifier_url,
+                "verifier_key": services.verifier_key,
             }
         )
         app = create_app(settings)
@@ -75,6 +88,11 @@ def serve_agent_runner(
 
         typer.echo(f"agent_runner listening on http://{shown}:{port}")
         typer.echo(f"  API docs:  http://{shown}:{port}/docs")
+        if generated_key:
+            typer.echo(
+                f"  runner key: {settings.runner_key} (send it as 'Authorization: Bearer "
+                "<key>'; set CRMBENCH_RUNNER_KEY to fix it)"
+            )
         typer.echo(f"  CRM API:   {services.crm_api_url} ({origin('crm_api')})")
         typer.echo(f"  verifier:  {services.verifier_url} ({origin('verifier')})")
         typer.echo(f"  database:  {make_url(database_url).render_as_string(hide_password=True)}")

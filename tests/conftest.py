@@ -24,7 +24,8 @@ from crm_api.migrate import migrate
 from crm_api.settings import CrmApiSettings
 from crmbench_clients.serving import serving_in_thread
 
-ADMIN_KEY = "test-admin-key"
+ADMIN_KEY = "test-admin-key-0123456789"
+"""The admin key of the test services: at least 16 characters, as the services require."""
 
 
 async def _admin_sql(admin_url: str, statement: str) -> None:

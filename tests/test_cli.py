@@ -114,6 +114,42 @@ def test_errors_are_one_line_without_traceback(
         assert "Traceback" not in result.output
 
 
+# ---------------------------------------------------------------------------- issue 12: 3, 4
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "problem"),
+    [
+        (["serve", "crm-api"], {"CRMBENCH_ADMIN_KEY": "change-me"}, "CRMBENCH_ADMIN_KEY is a"),
+        (["serve", "crm-api"], {"CRMBENCH_ADMIN_KEY": ""}, "CRMBENCH_ADMIN_KEY is empty"),
+        (["serve", "verifier"], {"CRMBENCH_ADMIN_KEY": "admin"}, "CRMBENCH_ADMIN_KEY is a"),
+        (
+            ["serve", "verifier"],
+            {"CRMBENCH_VERIFIER_KEY": "tiny-key"},
+            "CRMBENCH_VERIFIER_KEY is too short (8 characters, at least 16)",
+        ),
+        (
+            ["serve", "agent-runner"],
+            {"CRMBENCH_RUNNER_KEY": "secret"},
+            "CRMBENCH_RUNNER_KEY is a well-known placeholder",
+        ),
+    ],
+)
+def test_serve_refuses_a_weak_key_in_one_line_before_starting(
+    monkeypatch: pytest.MonkeyPatch, command: list[str], env: dict[str, str], problem: str
+) -> None:
+    for name in ("CRMBENCH_ADMIN_KEY", "CRMBENCH_VERIFIER_KEY", "CRMBENCH_RUNNER_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # Nothing may be reached before the key is checked: no database, no port.
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    result = CliRunner().invoke(app, [*command, "--port", "1"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"error: {problem}"), result.output
+    assert result.output.count("\n") == 1 and "listening" not in result.output
+
+
 # ---------------------------------------------------------------------------- issue 12: 15, 17
 
 

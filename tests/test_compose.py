@@ -2,6 +2,7 @@
 
 No Docker engine is needed: the files are parsed and checked against the repository and
 against each other (ports, service names, credentials, paths, the CLI command they run).
+compose.yaml requires the admin key and publishes ports on loopback unless asked.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ DOCKERIGNORE_FILE = ROOT / ".dockerignore"
 DB_SERVICE = "postgres"
 API_SERVICE = "crm_api"
 API_PORT = 8000
+
+REQUIRED_VARIABLES = {"CRMBENCH_ADMIN_KEY"}
+"""Variables compose.yaml requires (${VAR:?message}): no default may stand in for them."""
+COMPOSE_ADMIN_KEY = "compose-test-admin-key-0123456789"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err}, ${VAR:+alt}, ${VAR+alt}
 _BRACED = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}")
@@ -52,12 +58,18 @@ def _strings(node: Any) -> list[str]:
     return []
 
 
+class MissingVariable(AssertionError):
+    """A ${VAR:?message} whose variable is unset (or empty): Compose refuses to start."""
+
+
 def _interpolate(value: str, env: dict[str, str]) -> str:
     """Resolves ${VAR:-default} etc. in one string the way Compose does with the given env."""
 
     def braced(match: re.Match[str]) -> str:
         name, op, arg = match["name"], match["op"] or "", match["arg"]
         current = env.get(name)
+        if (op == ":?" and not current) or (op == "?" and current is None):
+            raise MissingVariable(f"{name}: {arg}")
         if op == ":-":
             return current if current else arg
         if op == "-":
@@ -86,9 +98,11 @@ def _interpolate_tree(node: Any, env: dict[str, str]) -> Any:
     return node
 
 
-def _compose(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """compose.yaml as Compose sees it with the given environment (default: empty)."""
-    data = _interpolate_tree(_raw_compose(), env or {})
+def _compose(env: dict[str, str] | None = None, *, required: bool = True) -> dict[str, Any]:
+    """compose.yaml as Compose sees it with the given environment, plus (with `required`)
+    an admin key, the one variable a user must set."""
+    base = {"CRMBENCH_ADMIN_KEY": COMPOSE_ADMIN_KEY} if required else {}
+    data = _interpolate_tree(_raw_compose(), base | (env or {}))
     assert isinstance(data, dict)
     return data
 
@@ -249,15 +263,38 @@ def test_compose_has_no_version_key_and_declares_services() -> None:
     assert {DB_SERVICE, API_SERVICE} <= set(data.get("services") or {})
 
 
-def test_every_interpolation_has_a_default() -> None:
+def test_every_interpolation_but_the_admin_key_has_a_default() -> None:
     missing: list[str] = []
+    required: set[str] = set()
     for value in _strings(_raw_compose()):
         value = value.replace("$$", "")
-        missing += [m[0] for m in _BRACED.finditer(value) if m["op"] not in (":-", "-")]
+        for m in _BRACED.finditer(value):
+            if m["op"] == ":?" and m["name"] in REQUIRED_VARIABLES:
+                required.add(m["name"])
+            elif m["op"] not in (":-", "-"):
+                missing.append(m[0])
         missing += [f"${m['name']}" for m in _BARE.finditer(_BRACED.sub("", value))]
     assert not missing, f"variables without a default (use ${{VAR:-default}}): {missing}"
-    # And the file resolves completely with nothing set in the environment.
+    assert required == REQUIRED_VARIABLES, "the admin key must be required: ${VAR:?message}"
+    # And the file resolves completely with only the admin key set.
     assert not any("${" in v for v in _strings(_compose()))
+
+
+@pytest.mark.parametrize("env", [{}, {"CRMBENCH_ADMIN_KEY": ""}], ids=["unset", "empty"])
+def test_compose_refuses_to_start_without_an_admin_key(env: dict[str, str]) -> None:
+    with pytest.raises(MissingVariable, match="CRMBENCH_ADMIN_KEY") as refused:
+        _compose(env, required=False)
+    assert "set CRMBENCH_ADMIN_KEY" in str(refused.value)
+
+
+def test_no_key_has_a_default_value() -> None:
+    """No admin, verifier or runner key is written into compose.yaml, not even as a default."""
+    for value in _strings(_raw_compose()):
+        for m in _BRACED.finditer(value):
+            if m["name"].endswith("_KEY") and m["op"] in (":-", "-"):
+                assert m["arg"] == "", f"{m[0]} gives a key a default"
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert "change-me" not in text and "changeme" not in text
 
 
 def test_postgres_service() -> None:
@@ -327,16 +364,43 @@ def test_database_url_points_at_the_postgres_service() -> None:
 def test_crm_api_configuration() -> None:
     api = _service(API_SERVICE)
     env = api["environment"]
-    assert env.get("CRMBENCH_ADMIN_KEY") == "change-me"
+    assert env.get("CRMBENCH_ADMIN_KEY") == COMPOSE_ADMIN_KEY, "the key comes from the user"
     overridden = _compose({"CRMBENCH_ADMIN_KEY": "k3y"})["services"][API_SERVICE]
     assert overridden["environment"]["CRMBENCH_ADMIN_KEY"] == "k3y", "admin key not overridable"
+    assert env.get("CRMBENCH_MAX_LIVE_EPISODES") == "200"
     assert api.get("restart") == "unless-stopped"
     assert _service(DB_SERVICE).get("restart") == "unless-stopped"
 
 
+def _host_ips(service: dict[str, Any]) -> list[str]:
+    """The host address of each published port ("" when it listens on every interface)."""
+    found: list[str] = []
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            found.append(str(entry.get("host_ip", "")))
+        else:
+            parts = str(entry).split("/")[0].split(":")
+            found.append(":".join(parts[:-2]) if len(parts) >= 3 else "")
+    return found
+
+
+def test_no_port_is_published_beyond_loopback_by_default() -> None:
+    for name, service in _compose()["services"].items():
+        for host_ip in _host_ips(service):
+            assert host_ip in LOOPBACK, f"{name} publishes a port on {host_ip or 'all interfaces'}"
+
+
+def test_crm_api_and_verifier_bind_elsewhere_only_when_asked() -> None:
+    services = _compose({"CRMBENCH_BIND": "0.0.0.0"})["services"]
+    assert _host_ips(services[API_SERVICE]) == ["0.0.0.0"]
+    assert _host_ips(services[VERIFIER_SERVICE]) == ["0.0.0.0"]
+    # The runner spends provider keys: it stays on loopback whatever CRMBENCH_BIND says.
+    assert _host_ips(services[RUNNER_SERVICE]) == ["127.0.0.1"]
+
+
 def test_crm_api_ports_and_healthcheck() -> None:
     api = _service(API_SERVICE)
-    assert "8000:8000" in [str(p) for p in api.get("ports") or []]
+    assert "127.0.0.1:8000:8000" in [str(p) for p in api.get("ports") or []]
     assert _published_container_ports(api) == {API_PORT}
     argv = _healthcheck_argv(api)
     joined = " ".join(argv[1:])
@@ -553,6 +617,21 @@ def test_agent_runner_reaches_the_other_services() -> None:
     assert overridden[API_SERVICE]["environment"]["CRMBENCH_ADMIN_KEY"] == "k3y"
 
 
+def test_verifier_and_runner_keys_default_to_the_admin_key() -> None:
+    verifier, runner = _service(VERIFIER_SERVICE), _service(RUNNER_SERVICE)
+    assert verifier["environment"]["CRMBENCH_ADMIN_KEY"] == COMPOSE_ADMIN_KEY
+    # Empty means unset: the services fall back on the admin key.
+    assert verifier["environment"]["CRMBENCH_VERIFIER_KEY"] == ""
+    assert runner["environment"]["CRMBENCH_VERIFIER_KEY"] == ""
+    assert runner["environment"]["CRMBENCH_RUNNER_KEY"] == ""
+    own = {"CRMBENCH_VERIFIER_KEY": "v" * 20, "CRMBENCH_RUNNER_KEY": "r" * 20}
+    services = _compose(own)["services"]
+    assert services[VERIFIER_SERVICE]["environment"]["CRMBENCH_VERIFIER_KEY"] == "v" * 20
+    # The runner sends the verifier the key the verifier checks.
+    assert services[RUNNER_SERVICE]["environment"]["CRMBENCH_VERIFIER_KEY"] == "v" * 20
+    assert services[RUNNER_SERVICE]["environment"]["CRMBENCH_RUNNER_KEY"] == "r" * 20
+
+
 def test_agent_runner_passes_provider_keys_through_from_the_host() -> None:
     for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
         assert _service(RUNNER_SERVICE)["environment"][key] == "", f"{key} has a default value"
@@ -612,3 +691,43 @@ def test_dockerfile_ships_what_the_runner_reads() -> None:
     assert "services" in sources or "services/agent_runner" in sources
     assert (ROOT / "config" / "run.yaml").is_file()
     assert (ROOT / "corpus" / "cases" / "cases.jsonl").is_file()
+
+
+# --------------------------------------------------------------------------- what the docs say
+
+
+def test_the_documented_key_recipe_makes_a_key_the_services_accept() -> None:
+    """The README's and compose.yaml's one-liner for CRMBENCH_ADMIN_KEY, run as written."""
+    import subprocess
+    import sys
+
+    from crmbench_contracts.service_keys import key_problem
+
+    recipe = re.compile(r"CRMBENCH_ADMIN_KEY=\$\(python3 -c '([^']+)'\)")
+    sources = {
+        "README.md": (ROOT / "README.md").read_text(encoding="utf-8"),
+        "compose.yaml": COMPOSE_FILE.read_text(encoding="utf-8"),
+    }
+    for name, text in sources.items():
+        found = recipe.search(text)
+        assert found, f"{name} does not say how to make an admin key"
+        made = subprocess.run(
+            [sys.executable, "-c", found[1]], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        assert key_problem(made, "CRMBENCH_ADMIN_KEY") is None, (name, made)
+
+
+def test_the_documented_defaults_match_the_settings() -> None:
+    from crm_api.settings import CrmApiSettings
+    from crmbench_contracts.service_keys import MIN_KEY_LENGTH, WEAK_KEYS
+
+    doc = (ROOT / "docs" / "crm_api.md").read_text(encoding="utf-8")
+    settings = CrmApiSettings(database_url=None)
+    assert f"| `CRMBENCH_MAX_LIVE_EPISODES` | {settings.max_live_episodes} |" in doc
+    assert f"`CRMBENCH_MAX_LIVE_EPISODES` (default {settings.max_live_episodes})" in doc
+    assert f"shorter than {MIN_KEY_LENGTH} characters" in doc
+    for placeholder in ("change-me", "changeme", "admin", "password", "secret", "test"):
+        assert placeholder in WEAK_KEYS and f"`{placeholder}`" in doc
+    assert _service(API_SERVICE)["environment"]["CRMBENCH_MAX_LIVE_EPISODES"] == str(
+        settings.max_live_episodes
+    )

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from crmbench.cli import app
-from tests.conftest import REPO_ROOT, start_server
+from tests.conftest import ADMIN_KEY, REPO_ROOT, start_server
 
 SKIPPED_DIRS = {".venv", ".git", "runs", "node_modules", ".mypy_cache", ".ruff_cache"}
 
@@ -142,7 +142,7 @@ def test_readme_tool_call_example_works_against_the_real_api(fresh_database_url:
     load_corpus_into(fresh_database_url, None)
     server = start_server(fresh_database_url, pool_size=0)
     try:
-        answer = asyncio.run(_play(server.base_url, "test-admin-key", calls))
+        answer = asyncio.run(_play(server.base_url, ADMIN_KEY, calls))
     finally:
         server.stop()
     searched = calls[-1][2]["criteria"]["name"]

@@ -1,7 +1,8 @@
 """The verifier client: score a live episode (POST /verify) or a saved state (/verify/state).
 
 `VerifierRoutes` builds the requests; `VerifierClient` (async) and `SyncVerifierClient`
-send them. Every failure, a refusal included, is a `crmbench_clients.errors.ServiceError`.
+send them with the verifier key. Every failure, a refusal included, is a
+`crmbench_clients.errors.ServiceError`.
 """
 
 from __future__ import annotations
@@ -27,13 +28,20 @@ def _record(call: ServiceCall[Any], reply: Reply) -> RewardRecord:
 
 
 class VerifierRoutes:
-    """Every verifier request and how its answer is read."""
+    """Every verifier request, with its auth, and how its answer is read."""
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key
+
+    def _auth(self) -> dict[str, str]:
+        # Without a key the request goes out bare and the verifier refuses it (401).
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
     def _scoring(self, path: str, body: dict[str, Any]) -> ServiceCall[RewardRecord]:
         def read(reply: Reply) -> RewardRecord:
             return _record(call, reply)
 
-        call = ServiceCall(SERVICE, "POST", path, read, json=body)
+        call = ServiceCall(SERVICE, "POST", path, read, json=body, headers=self._auth())
         return call
 
     def health(self) -> ServiceCall[dict[str, Any]]:
@@ -83,11 +91,22 @@ class VerifierRoutes:
 
 
 class VerifierClient:
-    """The verifier over one async connection pool; `aclose()` (or `async with`) ends it."""
+    """The verifier over one async connection pool; `aclose()` (or `async with`) ends it.
 
-    def __init__(self, base_url: str, *, timeout: float = 120.0, max_connections: int = 64):
+    `key` is the verifier key its scoring routes require (CRMBENCH_VERIFIER_KEY, by
+    default the CRM API's admin key); /health needs none.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        key: str | None,
+        *,
+        timeout: float = 120.0,
+        max_connections: int = 64,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.routes = VerifierRoutes()
+        self.routes = VerifierRoutes(key)
         self.http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=timeout,
@@ -148,9 +167,9 @@ class VerifierClient:
 class SyncVerifierClient:
     """The blocking form of `VerifierClient`, for the Gymnasium env."""
 
-    def __init__(self, base_url: str, *, timeout: float = 120.0) -> None:
+    def __init__(self, base_url: str, key: str | None, *, timeout: float = 120.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.routes = VerifierRoutes()
+        self.routes = VerifierRoutes(key)
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
 """The agent runner's FastAPI application: `POST /runs` queues a run in Postgres, `GET
 /runs/{run_id}` reports its progress and results, and a background worker (unless
-`work` is off) plays queued episodes, sharing every run with the other replicas.
+`work` is off) plays queued episodes, sharing every run with the other replicas. The run
+routes need the runner key (bearer); /health is open.
 
 Same contract as `crmbench run`: a run's fields override the run config
 (config/run.yaml), the effective config is stored with the run, and its traces go to
@@ -19,6 +20,7 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from agent_runner.agents.factory import build_agent
@@ -54,6 +56,7 @@ from crmbench_contracts.api_errors import (
     error_response,
     install_error_handlers,
 )
+from crmbench_contracts.service_keys import check_bearer, require_strong_key
 from crmbench_llm.base import MissingApiKey
 
 log = logging.getLogger("agent_runner")
@@ -63,6 +66,8 @@ UNCONTACTED_URL = "http://127.0.0.1:9/v1"
 check it can be built; nothing is sent to it."""
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "No bearer key was sent."},
+    403: {"model": ErrorResponse, "description": "The bearer key is not the runner key."},
     404: {"model": ErrorResponse, "description": "No such run."},
     422: {
         "model": ErrorResponse,
@@ -274,6 +279,28 @@ RunIdPath = Annotated[
     str, Path(pattern=RUN_ID_PATTERN, description="A run id, as POST /runs returned it.")
 ]
 
+KEY_NAME = "the runner key (CRMBENCH_RUNNER_KEY, else the CRM API's admin key)"
+bearer_scheme = HTTPBearer(auto_error=False, description=KEY_NAME)
+
+
+def require_key(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> None:
+    """Lets a run request through only with the runner key: no key is UNAUTHORIZED (401),
+    any other key, an episode token included, FORBIDDEN (403)."""
+    expected = services.settings.api_key
+    assert expected is not None  # create_app refuses to start without one
+    presented = credentials.credentials if credentials is not None else None
+    refusal = check_bearer(presented, expected, KEY_NAME)
+    if refusal is not None:
+        raise RunnerError(
+            RunnerErrorCode(refusal.code), refusal.message, status_code=refusal.status_code
+        )
+
+
+KeyDep = Annotated[None, Depends(require_key)]
+
 
 def _required(settings: AgentRunnerSettings) -> None:
     """The settings a replica cannot start without (what it needs to play episodes)."""
@@ -290,6 +317,14 @@ def _required(settings: AgentRunnerSettings) -> None:
             f"the agent runner service needs {', '.join(missing)} "
             "(or CRMBENCH_WORK=false for a replica that only serves the API)"
         )
+    if settings.api_key is None:
+        raise ValueError(
+            "the agent runner service needs a key for its run routes: set "
+            "CRMBENCH_RUNNER_KEY, or CRMBENCH_ADMIN_KEY (used for both)"
+        )
+    require_strong_key(settings.api_key, settings.api_key_variable)
+    if settings.verifier_key is not None:
+        require_strong_key(settings.verifier_key, "CRMBENCH_VERIFIER_KEY")
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
@@ -326,7 +361,7 @@ def create_app(
                 assert settings.crm_api_url and settings.admin_key and settings.verifier_url
                 crm = CrmApiClient(settings.crm_api_url, settings.admin_key)
                 stack.push_async_callback(crm.aclose)
-                verifier = VerifierClient(settings.verifier_url)
+                verifier = VerifierClient(settings.verifier_url, settings.verifier_api_key)
                 stack.push_async_callback(verifier.aclose)
                 simulated = SimulatedLLMs()
                 stack.push_async_callback(simulated.close)
@@ -387,7 +422,11 @@ def _add_routes(app: FastAPI) -> None:
         responses=ERROR_RESPONSES,
     )
     async def post_run(
-        body: RunRequest, request: Request, response: Response, services: ServicesDep
+        body: RunRequest,
+        request: Request,
+        response: Response,
+        services: ServicesDep,
+        _: KeyDep,
     ) -> RunCreated:
         """Queue a run: the fields override the service's run config. Any replica's
         worker plays it; poll `status_url` for progress, and results once done."""
@@ -405,6 +444,7 @@ def _add_routes(app: FastAPI) -> None:
     )
     async def list_runs(
         services: ServicesDep,
+        _: KeyDep,
         limit: Annotated[int | None, Query(ge=1, le=1000, description="Newest first.")] = None,
     ) -> RunList:
         """The most recent runs (newest first) with their status and progress."""
@@ -421,6 +461,7 @@ def _add_routes(app: FastAPI) -> None:
     async def get_run(
         run_id: RunIdPath,
         services: ServicesDep,
+        _: KeyDep,
         report: Annotated[
             bool, Query(description="Include the report even before the run is done.")
         ] = False,

@@ -280,9 +280,12 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
         max_steps: int = 30,
         timeout: float = 30.0,
         corpus_dir: Path | None = None,
+        verifier_key: str | None = None,
     ) -> None:
         """`corpus_dir` holds the cases' text (neither service serves it); by default the
-        corpus committed with the repository, which must match the one the services load."""
+        corpus committed with the repository, which must match the one the services load.
+        `verifier_key` is the verifier's key when it has its own (CRMBENCH_VERIFIER_KEY);
+        by default the admin key, which the verifier accepts unless it has its own."""
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, not {max_steps}")
         self.crm_api_url = crm_api_url.rstrip("/")
@@ -299,7 +302,9 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
             )
         self.case_ids = chosen
         self._crm = SyncCrmApiClient(self.crm_api_url, admin_key, timeout=timeout)
-        self._verifier = SyncVerifierClient(self.verifier_url, timeout=timeout)
+        self._verifier = SyncVerifierClient(
+            self.verifier_url, verifier_key or admin_key, timeout=timeout
+        )
         self._episode: _Episode | None = None
         self._closed = False
         try:

@@ -25,10 +25,18 @@ class AgentRunnerSettings(BaseSettings):
     """Base URL of the CRM API the agents act on; the CLI starts one when it is unset."""
 
     admin_key: str | None = None
-    """The CRM API's admin key (opens and closes episodes)."""
+    """The CRM API's admin key (opens and closes episodes); also the key of this service's
+    run routes and of the verifier unless CRMBENCH_RUNNER_KEY / CRMBENCH_VERIFIER_KEY are set."""
+
+    runner_key: str | None = None
+    """The bearer key POST /runs, GET /runs and GET /runs/{id} require
+    (CRMBENCH_RUNNER_KEY); the admin key when unset. /health is open."""
 
     verifier_url: str | None = None
     """Base URL of the verifier that scores episodes; the CLI starts one when it is unset."""
+
+    verifier_key: str | None = None
+    """The key sent to the verifier (CRMBENCH_VERIFIER_KEY); the admin key when unset."""
 
     simulated_llm_url: str | None = None
     """A running simulated LLM (its /v1 base URL) for the simulated agent; when unset, the
@@ -54,9 +62,30 @@ class AgentRunnerSettings(BaseSettings):
     """How many runs GET /runs lists by default."""
 
     @field_validator(
-        "database_url", "crm_api_url", "admin_key", "verifier_url", "simulated_llm_url"
+        "database_url",
+        "crm_api_url",
+        "admin_key",
+        "runner_key",
+        "verifier_url",
+        "verifier_key",
+        "simulated_llm_url",
     )
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         # Compose passes `${VAR:-}` through as an empty string: that means "not set".
         return value or None
+
+    @property
+    def api_key(self) -> str | None:
+        """The key callers of the run routes must send."""
+        return self.runner_key or self.admin_key
+
+    @property
+    def api_key_variable(self) -> str:
+        """The environment variable `api_key` comes from, for error messages."""
+        return "CRMBENCH_RUNNER_KEY" if self.runner_key else "CRMBENCH_ADMIN_KEY"
+
+    @property
+    def verifier_api_key(self) -> str | None:
+        """The key this service's worker sends to the verifier."""
+        return self.verifier_key or self.admin_key

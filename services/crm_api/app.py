@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import math
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -45,6 +46,7 @@ from crm_api.tools import TOOLS, Tool, ToolKind
 from crm_api.validation import translate_validation_errors
 from crmbench_contracts.api_errors import ErrorCode
 from crmbench_contracts.canonical import canonical_json
+from crmbench_contracts.service_keys import require_strong_key
 
 log = logging.getLogger("crm_api")
 
@@ -62,6 +64,7 @@ def _error_response(error: CrmError) -> JSONResponse:
     return JSONResponse(
         status_code=error.status_code,
         content=error.to_response().model_dump(mode="json"),
+        headers=error.headers,
     )
 
 
@@ -76,6 +79,8 @@ class Services:
             default_ttl=settings.episode_ttl_seconds,
             pool_size=settings.pool_size,
             admin_key=settings.admin_key,
+            max_live=settings.max_live_episodes,
+            retry_after_seconds=max(1, math.ceil(settings.reaper_interval_seconds)),
         )
         self.gate = EpisodeGate(settings.episode_max_connections)
 
@@ -89,7 +94,10 @@ ServicesDep = Annotated[Services, Depends(_services)]
 
 
 def create_app(settings: CrmApiSettings | None = None) -> FastAPI:
+    """The CRM API app. Raises WeakServiceKey (a ValueError, one line) when the admin key is
+    empty, short or a well-known placeholder."""
     settings = settings or get_settings()
+    require_strong_key(settings.admin_key, "CRMBENCH_ADMIN_KEY")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

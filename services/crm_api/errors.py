@@ -38,6 +38,7 @@ class CrmError(Exception):
         field: str | None = None,
         allowed: list[Any] | None = None,
         status_code: int = 422,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -45,6 +46,8 @@ class CrmError(Exception):
         self.field = field
         self.allowed = allowed
         self.status_code = status_code
+        self.headers = headers
+        """Extra response headers (Retry-After of a 429, WWW-Authenticate of a 401)."""
 
     def to_response(self) -> ErrorResponse:
         return ErrorResponse(
@@ -194,7 +197,11 @@ SERVICE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 # The error responses every tool can return, for the OpenAPI document.
 TOOL_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "Missing or unknown episode token."},
+    401: {
+        "model": ErrorResponse,
+        "description": "Missing or unknown episode token, or the episode expired "
+        "(EPISODE_EXPIRED).",
+    },
     403: {"model": ErrorResponse, "description": "The episode's actor may not do this."},
     404: {"model": ErrorResponse, "description": "The record named by an id does not exist."},
     409: {

@@ -18,10 +18,17 @@ class CrmApiSettings(BaseSettings):
     """Postgres URL; the CLI fills it with an embedded server's URL when it is unset."""
 
     admin_key: str = Field(default_factory=lambda: secrets.token_urlsafe(24))
-    """Bearer key for admin routes (create, list, drop, snapshot episodes)."""
+    """Bearer key for admin routes (create, list, drop, snapshot episodes). The app refuses
+    to start with an empty, short (< 16 characters) or well-known key
+    (crmbench_contracts.service_keys); unset, a random one is generated."""
 
     episode_ttl_seconds: int = Field(default=3600, ge=10)
-    """An episode unused for this long is dropped by the reaper."""
+    """An episode unused for this long expires: its token is refused at once (401
+    EPISODE_EXPIRED) and the reaper drops it."""
+
+    max_live_episodes: int = Field(default=200, ge=1)
+    """Live (unexpired) episodes allowed at once (CRMBENCH_MAX_LIVE_EPISODES); one more
+    POST /episodes is refused with 429 TOO_MANY_EPISODES and a Retry-After header."""
 
     reaper_interval_seconds: float = Field(default=30.0, gt=0)
     """How often the reaper looks for expired episodes."""

@@ -2,7 +2,8 @@
 
 POST /verify reads a live episode's final state and change log from the CRM API (admin
 key, over HTTP) and returns its RewardRecord; POST /verify/state scores a state given
-inline. The service never writes CRM data.
+inline. Both need the verifier key (bearer); /health is open. The service never writes
+CRM data.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from crmbench_clients.crm_api import CrmApiClient
 from crmbench_clients.errors import ServiceError, ServiceUnavailable
@@ -24,6 +26,7 @@ from crmbench_contracts.api_errors import (
 )
 from crmbench_contracts.cases import Case
 from crmbench_contracts.rewards import RewardRecord
+from crmbench_contracts.service_keys import check_bearer, require_strong_key
 from crmbench_corpus.store import CASES_FILE, load_index
 from verifier.errors import ErrorResponse, VerifierError, VerifierErrorCode, from_problem
 from verifier.judges import Judge, JudgeFailed, JudgeOutcome, JudgeRequest, run_judges
@@ -49,6 +52,8 @@ except PackageNotFoundError:  # pragma: no cover (running from a source tree)
     __version__ = "0.0.0"
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "No bearer key was sent."},
+    403: {"model": ErrorResponse, "description": "The bearer key is not the verifier key."},
     404: {"model": ErrorResponse, "description": "No such case or episode."},
     422: {"model": ErrorResponse, "description": "The request is not valid."},
     502: {"model": ErrorResponse, "description": "The CRM API or a judge failed."},
@@ -239,6 +244,43 @@ def _services(request: Request) -> VerifierServices:
 
 ServicesDep = Annotated[VerifierServices, Depends(_services)]
 
+KEY_NAME = "the verifier key (CRMBENCH_VERIFIER_KEY, else the CRM API's admin key)"
+bearer_scheme = HTTPBearer(auto_error=False, description=KEY_NAME)
+
+
+def require_key(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> None:
+    """Lets a scoring request through only with the verifier key: no key is UNAUTHORIZED
+    (401), any other key, an episode token included, FORBIDDEN (403). Scores and the
+    expected values behind them are never served to an agent."""
+    expected = services.settings.api_key
+    if expected is None:  # create_app refuses to start without one
+        raise VerifierError(
+            VerifierErrorCode.NOT_CONFIGURED, "The verifier has no key.", status_code=503
+        )
+    presented = credentials.credentials if credentials is not None else None
+    refusal = check_bearer(presented, expected, KEY_NAME)
+    if refusal is not None:
+        raise VerifierError(
+            VerifierErrorCode(refusal.code), refusal.message, status_code=refusal.status_code
+        )
+
+
+KeyDep = Annotated[None, Depends(require_key)]
+
+
+def check_settings(settings: VerifierSettings) -> None:
+    """Raises ValueError (one line) when the scoring routes would have no key or a weak one."""
+    if settings.api_key is None:
+        raise ValueError(
+            "the verifier needs a key for POST /verify and /verify/state: set "
+            "CRMBENCH_VERIFIER_KEY, or CRMBENCH_ADMIN_KEY (the CRM API's admin key, used "
+            "for both)"
+        )
+    require_strong_key(settings.api_key, settings.api_key_variable)
+
 
 def create_app(
     settings: VerifierSettings | None = None,
@@ -250,8 +292,10 @@ def create_app(
     """The verifier app. `cases` replaces the corpus (tests); `judges` and `arbiter` add
     LLM judges (none by default: judge facts are then skipped, not guessed), or
     `settings.judges_config` names a judges file, whose judges are built here so that a
-    bad file or a missing API key fails at startup (JudgeConfigError)."""
+    bad file or a missing API key fails at startup (JudgeConfigError). Raises ValueError
+    when the verifier has no key, or a weak one (see `check_settings`)."""
     settings = settings or VerifierSettings()
+    check_settings(settings)
     if settings.judges_config is not None:
         if judges or arbiter is not None:
             raise ValueError("give judges either in settings.judges_config or as arguments")
@@ -306,7 +350,7 @@ def _add_routes(app: FastAPI) -> None:
         operation_id="verify_episode",
         responses=ERROR_RESPONSES,
     )
-    async def verify(body: VerifyRequest, services: ServicesDep) -> RewardRecord:
+    async def verify(body: VerifyRequest, services: ServicesDep, _: KeyDep) -> RewardRecord:
         """Score a live episode: reads its final state and change log from the CRM API."""
         case = await services.catalog.get(body.case_id)
         raw_state, raw_changes = await services.read_episode(body.episode_id, tables_of(case))
@@ -329,7 +373,9 @@ def _add_routes(app: FastAPI) -> None:
         operation_id="verify_state",
         responses=ERROR_RESPONSES,
     )
-    async def verify_state(body: VerifyStateRequest, services: ServicesDep) -> RewardRecord:
+    async def verify_state(
+        body: VerifyStateRequest, services: ServicesDep, _: KeyDep
+    ) -> RewardRecord:
         """Score a state and change log given inline (a saved episode); no CRM API call."""
         case = await services.catalog.get(body.case_id)
         return await services.score(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crmbench_contracts.paths import CONFIG_DIR
@@ -22,7 +22,12 @@ class VerifierSettings(BaseSettings):
     """Base URL of the CRM API whose episodes are scored."""
 
     admin_key: str | None = None
-    """The CRM API's admin key (CRMBENCH_ADMIN_KEY), needed to read episode state."""
+    """The CRM API's admin key (CRMBENCH_ADMIN_KEY), needed to read episode state; also
+    the key of this service's scoring routes unless CRMBENCH_VERIFIER_KEY is set."""
+
+    verifier_key: str | None = None
+    """The bearer key POST /verify and POST /verify/state require (CRMBENCH_VERIFIER_KEY);
+    the admin key when unset. The app refuses to start with neither, or with a weak one."""
 
     corpus_dir: Path | None = None
     """Folder holding cases.jsonl; the corpus committed with the repository when unset."""
@@ -51,6 +56,22 @@ class VerifierSettings(BaseSettings):
 
     http_timeout_seconds: float = Field(default=30.0, gt=0)
     """Timeout of each request to the CRM API."""
+
+    @field_validator("admin_key", "verifier_key")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        # Compose passes `${VAR:-}` through as an empty string: that means "not set".
+        return value or None
+
+    @property
+    def api_key(self) -> str | None:
+        """The key callers of the scoring routes must send."""
+        return self.verifier_key or self.admin_key
+
+    @property
+    def api_key_variable(self) -> str:
+        """The environment variable `api_key` comes from, for error messages."""
+        return "CRMBENCH_VERIFIER_KEY" if self.verifier_key else "CRMBENCH_ADMIN_KEY"
 
     @property
     def cases_dir(self) -> Path:

@@ -69,7 +69,7 @@ async def execute(
     cases = select_cases(config, list(services.cases.values()))
     run = await create_run(store, config, cases, "test-corpus", str(out) if out else None)
     crm = CrmApiClient(services.crm_api_url, ADMIN_KEY)
-    verifier = VerifierClient(services.verifier_url)
+    verifier = VerifierClient(services.verifier_url, ADMIN_KEY)
     try:
         stats = await work_on_run(
             store=store,
@@ -578,7 +578,7 @@ async def test_an_episode_that_could_not_be_opened_is_retried_not_failed(
         store, config, select_cases(config, list(run_services.cases.values())), "t", None
     )
     crm = OutageAtFirstOpen(run_services.crm_api_url, ADMIN_KEY)
-    verifier = VerifierClient(run_services.verifier_url)
+    verifier = VerifierClient(run_services.verifier_url, ADMIN_KEY)
     try:
         await work_on_run(
             store=store,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ from tests.agent_runner.conftest import ApiUnderTest, RunServices, stratified_sa
 from tests.conftest import ADMIN_KEY, _admin_sql
 
 RUN_TIMEOUT_SECONDS = 60.0
+KEYED = {"Authorization": f"Bearer {ADMIN_KEY}"}
+"""The run routes' key: the runner's own (CRMBENCH_RUNNER_KEY), else the admin key."""
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +98,7 @@ class Runner:
         app = create_app(self.settings(**overrides), corpus=self.corpus)
         with (
             serving_in_thread(app, "agent runner") as url,
-            httpx.Client(base_url=url, timeout=30) as client,
+            httpx.Client(base_url=url, timeout=30, headers=KEYED) as client,
         ):
             yield client
 
@@ -364,3 +367,66 @@ def test_a_refused_api_key_fails_the_run_with_the_reason_and_scores_nothing(
     assert len(openai_api.fake.received) == 1
     _, sessions = asyncio.run(queue_rows(runner.queue_url, created["run_id"]))
     assert sessions == []
+
+
+# ---------------------------------------------------------------------------- the runner key
+
+
+def test_the_run_routes_need_the_runner_key(runner: Runner, sample: list[str]) -> None:
+    opened = httpx.post(
+        f"{runner.services.crm_api_url}/episodes", json={}, headers=KEYED, timeout=60
+    )
+    assert opened.status_code == 201, opened.text
+    token = {"Authorization": f"Bearer {opened.json()['token']}"}
+    wrong = {"Authorization": "Bearer " + "w" * 32}
+    body = {"agent": "oracle", "cases": sample[:1]}
+    try:
+        with (
+            runner.replica(work=False) as keyed,
+            httpx.Client(base_url=str(keyed.base_url), timeout=30) as bare,
+        ):
+            assert error_of(bare.post("/runs", json=body), 401)["code"] == "UNAUTHORIZED"
+            assert error_of(bare.post("/runs", json=body, headers=wrong), 403)["code"] == (
+                "FORBIDDEN"
+            )
+            # An agent's episode token reaches no run either.
+            assert error_of(bare.post("/runs", json=body, headers=token), 403)["code"] == (
+                "FORBIDDEN"
+            )
+            assert error_of(bare.get("/runs"), 401)["code"] == "UNAUTHORIZED"
+            assert error_of(bare.get("/runs/run-20990101-000000-abcdef"), 401)["field"] is None
+            assert bare.get("/health").status_code == 200
+            # Nothing was queued by the refused requests; the key does queue.
+            assert keyed.get("/runs").json() == {"runs": []}
+            created = post_run(keyed, **body)
+            assert keyed.get(f"/runs/{created['run_id']}").status_code == 200
+    finally:
+        httpx.delete(
+            f"{runner.services.crm_api_url}/episodes/{opened.json()['episode_id']}",
+            headers=KEYED,
+            timeout=60,
+        )
+
+
+def test_a_runner_key_of_its_own_replaces_the_admin_key(runner: Runner) -> None:
+    own = {"Authorization": "Bearer runner-key-of-its-own-0123"}
+    with runner.replica(work=False, runner_key="runner-key-of-its-own-0123") as client:
+        assert error_of(client.get("/runs"), 403)["code"] == "FORBIDDEN"  # the admin key
+        assert client.get("/runs", headers=own).json() == {"runs": []}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"admin_key": None}, "set CRMBENCH_RUNNER_KEY, or CRMBENCH_ADMIN_KEY"),
+        ({"admin_key": "password"}, "CRMBENCH_ADMIN_KEY is a well-known placeholder"),
+        ({"runner_key": "short"}, "CRMBENCH_RUNNER_KEY is too short (5 characters"),
+        ({"verifier_key": "secret"}, "CRMBENCH_VERIFIER_KEY is a well-known placeholder"),
+    ],
+)
+def test_the_runner_refuses_to_start_without_a_strong_key(
+    runner: Runner, overrides: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)) as refused:
+        create_app(runner.settings(work=False, **overrides), corpus=runner.corpus)
+    assert "\n" not in str(refused.value)

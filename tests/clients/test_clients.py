@@ -163,7 +163,7 @@ async def test_a_closed_port_is_service_unavailable() -> None:
             await crm.call_tool("token", "client_search", {})
     assert down.value.status is None and down.value.code == "UNREACHABLE"
     assert down.value.service == "crm_api" and url in down.value.message
-    async with VerifierClient(url, timeout=5) as verifier:
+    async with VerifierClient(url, ADMIN_KEY, timeout=5) as verifier:
         with pytest.raises(ServiceUnavailable) as verifier_down:
             await verifier.verify(CASE_ID, "ep_0000000000000000", "")
     assert verifier_down.value.service == "verifier" and verifier_down.value.status is None
@@ -212,7 +212,10 @@ async def test_server_errors_and_wrong_answers_are_typed(misbehaving_url: str) -
         "boom",
     )
     assert (gateway.value.status, gateway.value.code) == (502, "UNEXPECTED_RESPONSE")
-    with SyncVerifierClient(misbehaving_url) as verifier, pytest.raises(InvalidResponse):
+    with (
+        SyncVerifierClient(misbehaving_url, ADMIN_KEY) as verifier,
+        pytest.raises(InvalidResponse),
+    ):
         verifier.verify(CASE_ID, "ep_0000000000000000", "")
 
 
@@ -226,7 +229,7 @@ async def test_the_verifier_scores_a_replayed_reference(
     opened = await crm.open_episode(CASE_ID)
     try:
         await replay(crm, opened.token, case.expected.reference_actions)
-        async with VerifierClient(verifier_url) as verifier:
+        async with VerifierClient(verifier_url, ADMIN_KEY) as verifier:
             record = await verifier.verify(
                 CASE_ID, opened.episode_id, case.expected.reference_reply
             )
@@ -245,13 +248,36 @@ async def test_the_verifier_scores_a_replayed_reference(
     assert (unknown.value.code, unknown.value.field) == ("CASE_NOT_FOUND", "case_id")
 
 
+async def test_the_verifier_client_sends_its_key_and_a_wrong_one_is_refused(
+    crm: CrmApiClient, verifier_url: str
+) -> None:
+    opened = await crm.open_episode(CASE_ID)
+    try:
+        for key, status, code in (
+            (None, 401, "UNAUTHORIZED"),
+            ("not-the-verifier-key-0123456789", 403, "FORBIDDEN"),
+            (opened.token, 403, "FORBIDDEN"),  # an episode token never gets a score
+        ):
+            async with VerifierClient(verifier_url, key) as verifier:
+                with pytest.raises(RequestRefused) as refused:
+                    await verifier.verify(CASE_ID, opened.episode_id, "")
+            assert (refused.value.status, refused.value.code) == (status, code), key
+        with SyncVerifierClient(verifier_url, None) as sync_verifier:
+            with pytest.raises(RequestRefused) as sync_refused:
+                sync_verifier.verify(CASE_ID, opened.episode_id, "")
+            assert sync_verifier.health()["status"] == "ok"  # /health needs no key
+        assert sync_refused.value.status == 401
+    finally:
+        await crm.close_episode(opened.episode_id)
+
+
 # ---------------------------------------------------------------------------- blocking clients
 
 
 def test_the_blocking_clients_play_an_episode(crm_api: RunningServer, verifier_url: str) -> None:
     with (
         SyncCrmApiClient(crm_api.base_url, ADMIN_KEY) as crm,
-        SyncVerifierClient(verifier_url) as verifier,
+        SyncVerifierClient(verifier_url, ADMIN_KEY) as verifier,
     ):
         assert [tool.name for tool in crm.tools()] == [
             entry["function"]["name"] for entry in crm.tool_definitions()

@@ -48,7 +48,7 @@ async def test_sampled_cases_are_solvable_and_not_trivial(
         await engine.dispose()
     async with (
         CrmApiClient(crm_api.base_url, ADMIN_KEY, timeout=60) as crm,
-        VerifierClient(verifier_url, timeout=60) as verifier,
+        VerifierClient(verifier_url, ADMIN_KEY, timeout=60) as verifier,
     ):
         results = await validate_cases(ServiceClients(crm, verifier), cases,
                                        concurrency=4)  # fmt: skip

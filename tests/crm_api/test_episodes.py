@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -12,7 +15,18 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import Episode, RunningServer, admin, open_episode, start_server
+from crm_api.app import create_app
+from crm_api.migrate import migrate
+from crm_api.settings import CrmApiSettings
+from crmbench_contracts.service_keys import WeakServiceKey
+from tests.conftest import (
+    Episode,
+    RunningServer,
+    _admin_sql,
+    admin,
+    open_episode,
+    start_server,
+)
 from tests.crm_api.seed import payload
 
 
@@ -330,3 +344,190 @@ async def test_a_recycled_schema_starts_exactly_like_a_fresh_clone(
     finally:
         for episode in [reference, *opened]:
             await http.delete(f"/episodes/{episode.episode_id}", headers=admin())
+
+
+# ---------------------------------------------------------------------------- expiry and the cap
+# On a database of their own, served with a reaper that never runs during the test: the
+# session's server reaps its database every 0.5 s, which would drop an expired episode
+# before the call these tests make on it.
+
+
+@pytest.fixture(scope="module")
+def private_database_url(database_url: str) -> Iterator[str]:
+    name = f"crmbench_limits_{secrets.token_hex(4)}"
+    server = make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
+    asyncio.run(_admin_sql(server, f'CREATE DATABASE "{name}"'))
+    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate(url, CrmApiSettings().world_seed)
+        yield url
+    finally:
+        asyncio.run(_admin_sql(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextlib.asynccontextmanager
+async def limits_server(url: str, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A CRM API on `url` whose reaper does not run during a test."""
+    server = start_server(url, pool_size=0, reaper_interval_seconds=3600, **overrides)
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            yield client
+    finally:
+        server.stop()
+
+
+async def _drop_all(client: httpx.AsyncClient) -> None:
+    listed = (await client.get("/episodes", headers=admin())).json()["episodes"]
+    for entry in listed:
+        await client.delete(f"/episodes/{entry['episode_id']}", headers=admin())
+
+
+async def _registry(db_url: str, episode_id: str) -> asyncpg.Record:
+    conn = await asyncpg.connect(
+        make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        row = await conn.fetchrow(
+            "SELECT last_used_at, call_seq FROM crm_meta.episode WHERE episode_id = $1",
+            episode_id,
+        )
+        assert row is not None
+        return row
+    finally:
+        await conn.close()
+
+
+async def _backdate(db_url: str, episode_id: str, seconds: int) -> None:
+    conn = await asyncpg.connect(
+        make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        await conn.execute(
+            "UPDATE crm_meta.episode SET last_used_at = now() - make_interval(secs => $2)"
+            " WHERE episode_id = $1",
+            episode_id,
+            float(seconds),
+        )
+    finally:
+        await conn.close()
+
+
+def _expired(response: httpx.Response) -> None:
+    assert response.status_code == 401, response.text
+    error = response.json()["error"]
+    assert error["code"] == "EPISODE_EXPIRED" and "POST /episodes" in error["message"]
+
+
+async def test_an_expired_token_is_refused_at_once_and_never_revives_the_episode(
+    private_database_url: str,
+) -> None:
+    async with limits_server(private_database_url) as client:
+        ep = await open_episode(client, {"ttl_seconds": 60})
+        ep.http = client
+        await ep.ok("list_clients")
+        await _backdate(private_database_url, ep.episode_id, 61)
+        before = await _registry(private_database_url, ep.episode_id)
+        # A read, a write and the episode's own routes: all refused, none extends it.
+        _expired(await ep.call("list_clients"))
+        _expired(await ep.call("create_new_client", {"name": "Late", "email": "l@late.io"}))
+        _expired(await client.get(f"/episodes/{ep.episode_id}", headers=ep.auth))
+        _expired(await client.get(f"/episodes/{ep.episode_id}/state", headers=ep.auth))
+        assert await _registry(private_database_url, ep.episode_id) == before
+        # The admin key still sees it (until the reaper drops it), expiry in the past.
+        seen = await client.get(f"/episodes/{ep.episode_id}", headers=admin())
+        assert seen.status_code == 200 and seen.json()["call_seq"] == before["call_seq"]
+        # An unknown token stays a plain UNAUTHORIZED.
+        unknown = await client.post(
+            "/tools/list_clients", json={}, headers={"Authorization": "Bearer nope"}
+        )
+        assert unknown.status_code == 401 and unknown.json()["error"]["code"] == "UNAUTHORIZED"
+        await _drop_all(client)
+
+
+async def test_a_ten_second_ttl_expires_ten_seconds_after_the_last_call(
+    private_database_url: str,
+) -> None:
+    """The issue's case in real time: {"ttl_seconds": 10}, idle past it, then a call."""
+    async with limits_server(private_database_url) as client:
+        ep = await open_episode(client, {"ttl_seconds": 10})
+        ep.http = client
+        await ep.ok("list_clients")
+        info = (await client.get(f"/episodes/{ep.episode_id}", headers=admin())).json()
+        expires_at = datetime.fromisoformat(info["expires_at"])
+        await asyncio.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()) + 0.5)
+        _expired(await ep.call("list_clients"))
+        after = (await client.get(f"/episodes/{ep.episode_id}", headers=admin())).json()
+        assert after["expires_at"] == info["expires_at"], "a refused call moved expires_at"
+        await _drop_all(client)
+
+
+def _too_many(response: httpx.Response, cap: int) -> None:
+    assert response.status_code == 429, response.text
+    error = response.json()["error"]
+    assert error["code"] == "TOO_MANY_EPISODES"
+    assert f"CRMBENCH_MAX_LIVE_EPISODES={cap}" in error["message"]
+    assert int(response.headers["retry-after"]) >= 1
+
+
+async def test_live_episodes_are_capped_with_a_429_and_retry_after(
+    private_database_url: str,
+) -> None:
+    async with limits_server(private_database_url, max_live_episodes=3) as client:
+        await _drop_all(client)
+        opened = [await open_episode(client) for _ in range(3)]
+        _too_many(await client.post("/episodes", json={}, headers=admin()), 3)
+        # Closing one lets a new one open.
+        await client.delete(f"/episodes/{opened[0].episode_id}", headers=admin())
+        opened[0] = await open_episode(client)
+        _too_many(await client.post("/episodes", json={}, headers=admin()), 3)
+        # An expired episode is not live: it makes room before the reaper drops it.
+        await _backdate(private_database_url, opened[1].episode_id, 7200)
+        await open_episode(client)
+        _too_many(await client.post("/episodes", json={}, headers=admin()), 3)
+        await _drop_all(client)
+
+
+async def test_a_concurrent_burst_on_two_replicas_never_overshoots_the_cap(
+    private_database_url: str,
+) -> None:
+    async with (
+        limits_server(private_database_url, max_live_episodes=3) as first,
+        limits_server(private_database_url, max_live_episodes=3) as second,
+    ):
+        await _drop_all(first)
+        burst = [c.post("/episodes", json={}, headers=admin()) for c in (first, second) * 6]
+        responses = await asyncio.gather(*burst)
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [201] * 3 + [429] * 9, statuses
+        for refused in (r for r in responses if r.status_code == 429):
+            _too_many(refused, 3)
+        listed = (await first.get("/episodes", headers=admin())).json()
+        assert listed["total"] == 3
+        await _drop_all(first)
+
+
+# ---------------------------------------------------------------------------- the admin key
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("", "CRMBENCH_ADMIN_KEY is empty"),
+        ("change-me", "CRMBENCH_ADMIN_KEY is a well-known placeholder"),
+        ("CHANGEME", "CRMBENCH_ADMIN_KEY is a well-known placeholder"),
+        ("changemechangeme", "CRMBENCH_ADMIN_KEY is a well-known placeholder"),
+        ("k" * 15, "CRMBENCH_ADMIN_KEY is too short (15 characters, at least 16)"),
+    ],
+)
+def test_a_weak_admin_key_refuses_to_start(key: str, problem: str) -> None:
+    with pytest.raises(WeakServiceKey) as refused:
+        create_app(CrmApiSettings(database_url=None, admin_key=key))
+    assert str(refused.value).startswith(problem) and "\n" not in str(refused.value)
+    assert "secrets.token_urlsafe" in str(refused.value)  # says how to make a good one
+
+
+def test_a_strong_or_generated_admin_key_starts() -> None:
+    create_app(CrmApiSettings(database_url=None, admin_key="k" * 16))
+    generated = CrmApiSettings(database_url=None)
+    assert len(generated.admin_key) >= 16
+    create_app(generated)

@@ -10,6 +10,12 @@ import pytest
 from fastapi import FastAPI
 
 from crmbench_clients.serving import serving_in_thread
+from tests.conftest import ADMIN_KEY
+
+
+def keyed() -> dict[str, str]:
+    """The header the verifier's scoring routes need: its key (the admin key by default)."""
+    return {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @dataclass

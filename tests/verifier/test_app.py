@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from crmbench_contracts.cases import Case
 from crmbench_contracts.rewards import JudgeScore, RewardRecord
 from crmbench_corpus.store import case_line
 from tests.conftest import ADMIN_KEY, Episode, RunningServer, admin, open_episode
-from tests.verifier.conftest import Served
+from tests.verifier.conftest import Served, keyed
 from tests.verifier.factories import (
     allow,
     assertion,
@@ -82,7 +83,7 @@ def settings_for(crm_api_url: str, **overrides: Any) -> VerifierSettings:
 async def verifier(crm_api: RunningServer, served: Served) -> AsyncIterator[httpx.AsyncClient]:
     """A verifier over the session's crm_api, knowing only CASE."""
     url = served(create_app(settings_for(crm_api.base_url), cases={CASE.case_id: CASE}))
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client_:
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=keyed()) as client_:
         yield client_
 
 
@@ -216,7 +217,7 @@ async def test_a_body_that_is_not_json_is_422(verifier: httpx.AsyncClient) -> No
 async def test_an_unreachable_crm_api_is_502(served: Served) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     url = served(create_app(settings_for(dead), cases={CASE.case_id: CASE}))
-    async with httpx.AsyncClient(base_url=url, timeout=60) as verifier:
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=keyed()) as verifier:
         response = await verifier.post(
             "/verify",
             json={"case_id": CASE.case_id, "episode_id": "ep_0000000000000000", "final_reply": ""},
@@ -231,13 +232,89 @@ async def test_a_wrong_admin_key_is_502_and_no_key_is_503(
 ) -> None:
     body = {"case_id": CASE.case_id, "episode_id": "ep_0000000000000000", "final_reply": ""}
     cases = {CASE.case_id: CASE}
-    wrong = served(create_app(settings_for(crm_api.base_url, admin_key="nope"), cases=cases))
-    missing = served(create_app(settings_for(crm_api.base_url, admin_key=None), cases=cases))
+    wrong_key = "not-the-crm-api-admin-key"
+    wrong = served(create_app(settings_for(crm_api.base_url, admin_key=wrong_key), cases=cases))
+    # Its own key for the scoring routes, but none for the CRM API.
+    own = settings_for(crm_api.base_url, admin_key=None, verifier_key=ADMIN_KEY)
+    missing = served(create_app(own, cases=cases))
     async with httpx.AsyncClient(timeout=60) as http:
-        refused = error_of(await http.post(f"{wrong}/verify", json=body), 502)
-        unset = error_of(await http.post(f"{missing}/verify", json=body), 503)
+        refused = error_of(
+            await http.post(
+                f"{wrong}/verify", json=body, headers={"Authorization": f"Bearer {wrong_key}"}
+            ),
+            502,
+        )
+        unset = error_of(await http.post(f"{missing}/verify", json=body, headers=keyed()), 503)
     assert refused["code"] == "CRM_API_ERROR" and "CRMBENCH_ADMIN_KEY" in refused["message"]
     assert unset["code"] == "NOT_CONFIGURED" and "CRMBENCH_ADMIN_KEY" in unset["message"]
+
+
+# ---------------------------------------------------------------------------- the verifier key
+
+
+@pytest.mark.parametrize("route", ["/verify", "/verify/state"])
+async def test_scoring_needs_the_verifier_key(
+    verifier: httpx.AsyncClient, case_episode: Episode, route: str
+) -> None:
+    """No key is 401, another key 403, and an episode token, which an agent holds, is
+    refused too: an agent can never learn its score or the expected values early."""
+    await case_episode.ok("create_quote", {"opportunity_id": "o-vfy", "amount": 60000})
+    body: dict[str, Any] = {"case_id": CASE.case_id, "final_reply": REPLY}
+    if route == "/verify":
+        body["episode_id"] = case_episode.episode_id
+    else:
+        body |= {"state": {"tables": {}}, "changes": {"tool_calls": []}}
+    async with httpx.AsyncClient(base_url=str(verifier.base_url), timeout=60) as bare:
+        missing = error_of(await bare.post(route, json=body), 401)
+        token = error_of(await bare.post(route, json=body, headers=case_episode.auth), 403)
+        other = error_of(
+            await bare.post(route, json=body, headers={"Authorization": "Bearer " + "x" * 32}),
+            403,
+        )
+        not_bearer = error_of(
+            await bare.post(route, json=body, headers={"Authorization": f"Basic {ADMIN_KEY}"}),
+            401,
+        )
+        health = await bare.get("/health")
+    assert missing["code"] == not_bearer["code"] == "UNAUTHORIZED"
+    assert token["code"] == other["code"] == "FORBIDDEN"
+    for refusal in (missing, token, other):
+        assert "expected" not in str(refusal) and "60000" not in str(refusal)
+    assert health.status_code == 200
+    # The key itself gets the score.
+    assert (await verifier.post(route, json=body)).status_code == 200
+
+
+async def test_a_separate_verifier_key_replaces_the_admin_key(
+    crm_api: RunningServer, served: Served, case_episode: Episode
+) -> None:
+    own_key = "a-verifier-key-of-its-own-0123"
+    settings = settings_for(crm_api.base_url, verifier_key=own_key)
+    url = served(create_app(settings, cases={CASE.case_id: CASE}))
+    body = {"case_id": CASE.case_id, "episode_id": case_episode.episode_id, "final_reply": ""}
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        admin_refused = error_of(await http.post("/verify", json=body, headers=keyed()), 403)
+        scored = await http.post(
+            "/verify", json=body, headers={"Authorization": f"Bearer {own_key}"}
+        )
+    assert admin_refused["code"] == "FORBIDDEN"
+    assert scored.status_code == 200, scored.text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"admin_key": None}, "set CRMBENCH_VERIFIER_KEY, or CRMBENCH_ADMIN_KEY"),
+        ({"admin_key": "change-me"}, "CRMBENCH_ADMIN_KEY is a well-known placeholder"),
+        ({"verifier_key": "short-key"}, "CRMBENCH_VERIFIER_KEY is too short (9 characters"),
+    ],
+)
+def test_the_verifier_refuses_to_start_without_a_strong_key(
+    overrides: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)) as refused:
+        create_app(settings_for("http://127.0.0.1:9", **overrides))
+    assert "\n" not in str(refused.value)
 
 
 # ---------------------------------------------------------------------------- POST /verify/state
@@ -297,7 +374,7 @@ async def test_judges_are_run_and_recorded(crm_api: RunningServer, served: Serve
     )
     url = served(app)
     state = state_of(client=[client("c-vfy", "Verity Labs")])
-    async with httpx.AsyncClient(base_url=url, timeout=60) as verifier:
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=keyed()) as verifier:
         response = await verifier.post(
             "/verify/state",
             json={
@@ -331,7 +408,7 @@ async def test_a_failing_judge_is_502(crm_api: RunningServer, served: Served) ->
             judges=[BrokenJudge("broken")],
         )
     )
-    async with httpx.AsyncClient(base_url=url, timeout=60) as verifier:
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=keyed()) as verifier:
         response = await verifier.post(
             "/verify/state", json={"case_id": CASE.case_id, "state": state_of(), "final_reply": ""}
         )
@@ -347,7 +424,7 @@ async def test_without_a_corpus_verify_is_503_until_the_file_appears(
 ) -> None:
     url = served(create_app(settings_for(crm_api.base_url, corpus_dir=tmp_path)))
     body = {"case_id": CASE.case_id, "state": state_of(), "final_reply": "quote $60,000"}
-    async with httpx.AsyncClient(base_url=url, timeout=60) as verifier:
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=keyed()) as verifier:
         assert (await verifier.get("/health")).json()["cases"] is None
         error = error_of(await verifier.post("/verify/state", json=body), 503)
         assert error["code"] == "CORPUS_UNAVAILABLE" and "cases.jsonl" in error["message"]

@@ -28,7 +28,7 @@ from tests.agent_runner.fake_llm_servers import (
     openai_reply,
 )
 from tests.conftest import REPO_ROOT, Episode, RunningServer, admin, open_episode
-from tests.verifier.conftest import Served
+from tests.verifier.conftest import Served, keyed
 from tests.verifier.factories import allow, assertion, judged, make_case, mentions
 from tests.verifier.test_app import episode_payload, settings_for
 from verifier.app import create_app
@@ -475,7 +475,7 @@ async def test_the_verifier_with_configured_judges_scores_a_live_episode(
         openai_reply(f"```json\n{verdict(0.6, 0.3, 'approval is vague')}\n```"),
         openai_reply(verdict(0.6, 0.1, "approval is implied, not said")),
     )
-    async with httpx.AsyncClient(base_url=url, timeout=60) as verifier:
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=keyed()) as verifier:
         response = await verifier.post(
             "/verify",
             json={
@@ -518,7 +518,7 @@ async def test_a_judge_that_answers_nonsense_is_a_502(
     )
     fake_anthropic.script(anthropic_text(verdict(0.9)))
     fake_openai.script(openai_reply(verdict(1.5)))
-    async with httpx.AsyncClient(base_url=url, timeout=60) as verifier:
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=keyed()) as verifier:
         response = await verifier.post(
             "/verify/state",
             json={"case_id": CASE.case_id, "state": {"tables": {}}, "final_reply": REPLY},

@@ -217,6 +217,9 @@ async def golden_case_body(conn: AsyncConnection, case_id: str) -> dict[str, Any
 
 # ---------------------------------------------------------------------------- the registry
 
+_EXPIRED = "(last_used_at + make_interval(secs => ttl_seconds) < now())"
+"""SQL: the registry row's episode has been idle past its TTL (as the reaper judges it)."""
+
 
 async def insert_episode(conn: AsyncConnection, row: dict[str, Any]) -> None:
     """Adds a registry row (the columns of crm_meta.episode; `seed` as JSON data)."""
@@ -235,15 +238,17 @@ async def insert_episode(conn: AsyncConnection, row: dict[str, Any]) -> None:
 async def bind_episode_call(
     conn: AsyncConnection, token_hash: str, tool: str | None, tool_call_id: str | None
 ) -> RowMapping | None:
-    """Advances the clock of the episode whose token hashes to `token_hash` and binds the
-    transaction to it (search_path; for writes, crm.tool and crm.tool_call_id); locks the
-    registry row. Returns episode_id, schema_name, today, actor_name, actor_role, call_seq."""
+    """Advances the clock of the unexpired episode whose token hashes to `token_hash` and
+    binds the transaction to it (search_path; for writes, crm.tool and crm.tool_call_id);
+    locks the registry row. Returns episode_id, schema_name, today, actor_name, actor_role,
+    call_seq; None when no episode has the token or it has expired (which it leaves as is)."""
     return (
         (
             await conn.execute(
                 sa.text(
                     "UPDATE crm_meta.episode SET call_seq = call_seq + 1, last_used_at = now()"
-                    " WHERE token_hash = :h RETURNING episode_id, schema_name, today,"
+                    f" WHERE token_hash = :h AND NOT {_EXPIRED}"
+                    " RETURNING episode_id, schema_name, today,"
                     " actor_name, actor_role, call_seq,"
                     " set_config('search_path', quote_ident(schema_name), true) AS bound,"
                     " CASE WHEN CAST(:tool AS text) IS NULL THEN NULL ELSE"
@@ -308,14 +313,22 @@ async def store_tool_call(
     )
 
 
-async def episode_id_for_token_hash(conn: AsyncConnection, token_hash: str) -> str | None:
-    found = (
-        await conn.execute(
-            sa.text("SELECT episode_id FROM crm_meta.episode WHERE token_hash = :h"),
-            {"h": token_hash},
+async def episode_for_token_hash(conn: AsyncConnection, token_hash: str) -> RowMapping | None:
+    """episode_id and `expired` of the episode whose token hashes to `token_hash`, None if
+    there is none; nothing is changed."""
+    return (
+        (
+            await conn.execute(
+                sa.text(
+                    f"SELECT episode_id, {_EXPIRED} AS expired FROM crm_meta.episode"
+                    " WHERE token_hash = :h"
+                ),
+                {"h": token_hash},
+            )
         )
-    ).scalar_one_or_none()
-    return None if found is None else str(found)
+        .mappings()
+        .first()
+    )
 
 
 async def get_episode(
@@ -332,6 +345,23 @@ async def get_episode(
         )
         .mappings()
         .first()
+    )
+
+
+async def lock_episode_creation(conn: AsyncConnection) -> None:
+    """Serializes episode creations until the transaction ends (a transaction-level
+    advisory lock), so that counting live episodes and adding one cannot interleave."""
+    await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('crm_meta.episode_cap'))"))
+
+
+async def count_live_episodes(conn: AsyncConnection) -> int:
+    """Episodes that have not expired (expired ones wait for the reaper)."""
+    return int(
+        (
+            await conn.execute(
+                sa.text(f"SELECT count(*) FROM crm_meta.episode WHERE NOT {_EXPIRED}")
+            )
+        ).scalar_one()
     )
 
 

@@ -42,6 +42,19 @@ router = APIRouter(tags=["episodes"], responses=ADMIN_RESPONSES)
     status_code=201,
     response_model=EpisodeCreated,
     operation_id="create_episode",
+    responses={
+        429: {
+            "model": ErrorResponse,
+            "description": "As many episodes live as the service allows "
+            "(TOO_MANY_EPISODES); retry after the Retry-After header's seconds.",
+            "headers": {
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again.",
+                    "schema": {"type": "integer"},
+                }
+            },
+        }
+    },
 )
 async def create_episode(body: EpisodeCreate, episodes: EpisodesDep, _: AdminDep) -> dict[str, Any]:
     """Create an isolated episode: the world template plus the seed rows (admin key)."""

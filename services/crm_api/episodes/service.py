@@ -50,12 +50,23 @@ class EpisodeManager:
     """
 
     def __init__(
-        self, engine: AsyncEngine, *, default_ttl: int, pool_size: int, admin_key: str
+        self,
+        engine: AsyncEngine,
+        *,
+        default_ttl: int,
+        pool_size: int,
+        admin_key: str,
+        max_live: int,
+        retry_after_seconds: int,
     ) -> None:
         self.engine = engine
         self.default_ttl = default_ttl
         self.pool_size = pool_size
         self.admin_key = admin_key
+        self.max_live = max_live
+        """Live (unexpired) episodes allowed at once; `create` refuses one more (429)."""
+        self.retry_after_seconds = retry_after_seconds
+        """The Retry-After of that refusal: about when the reaper next frees expired ones."""
         self.pool_wanted = asyncio.Event()
 
     # ------------------------------------------------------------------ auth
@@ -75,12 +86,11 @@ class EpisodeManager:
 
     async def check_admin_or_owner(self, token: str, episode_id: str) -> None:
         """The admin key, or the episode's own token: an unknown token is UNAUTHORIZED (401),
-        another episode's token gets EPISODE_NOT_FOUND (404)."""
+        an expired episode's token EPISODE_EXPIRED (401), another episode's token gets
+        EPISODE_NOT_FOUND (404)."""
         if self.is_admin(token):
             return
         owner = await self.episode_for_token(token)
-        if owner is None:
-            raise CrmError(ErrorCode.UNAUTHORIZED, "Unknown or expired token.", status_code=401)
         if owner != episode_id:
             raise CrmError(
                 ErrorCode.EPISODE_NOT_FOUND,
@@ -108,11 +118,8 @@ class EpisodeManager:
         """
         row = await repository.bind_episode_call(conn, hash_token(token), tool, tool_call_id)
         if row is None:
-            raise CrmError(
-                ErrorCode.UNAUTHORIZED,
-                "Unknown or expired episode token. Create an episode with POST /episodes.",
-                status_code=401,
-            )
+            await self._token_owner(conn, token)  # raises UNAUTHORIZED or EPISODE_EXPIRED
+            raise _unknown_token()  # the episode was dropped in between
         return EpisodeRef(
             episode_id=row["episode_id"],
             schema_name=row["schema_name"],
@@ -122,9 +129,28 @@ class EpisodeManager:
             call_seq=int(row["call_seq"]),
         )
 
-    async def episode_for_token(self, token: str) -> str | None:
+    async def _token_owner(self, conn: AsyncConnection, token: str) -> str:
+        """The live episode of an episode token. Raises UNAUTHORIZED (401) for an unknown
+        token and EPISODE_EXPIRED (401) once the episode has been idle past its TTL, even
+        before the reaper drops it; the check never extends the episode."""
+        found = await repository.episode_for_token_hash(conn, hash_token(token))
+        if found is None:
+            raise _unknown_token()
+        if found["expired"]:
+            raise CrmError(
+                ErrorCode.EPISODE_EXPIRED,
+                f"Episode {found['episode_id']} has expired: it was idle for longer than its "
+                "ttl_seconds. Its token no longer works; create a new episode with "
+                "POST /episodes.",
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        return str(found["episode_id"])
+
+    async def episode_for_token(self, token: str) -> str:
+        """The live episode of an episode token (see `_token_owner` for the refusals)."""
         async with self.engine.connect() as conn:
-            return await repository.episode_id_for_token_hash(conn, hash_token(token))
+            return await self._token_owner(conn, token)
 
     # ------------------------------------------------------------------ creation
 
@@ -203,6 +229,9 @@ class EpisodeManager:
         now = datetime.now(UTC)
         ttl = request.ttl_seconds or self.default_ttl
         async with self.engine.begin() as conn:
+            # A cheap early refusal at the cap, before any schema work; the check that
+            # counts is the locked one below.
+            await self._check_cap(conn)
             if request.case_id is not None:
                 request = await self._from_case(conn, request.case_id, request)
             version = await self.world_version(conn)
@@ -227,9 +256,27 @@ class EpisodeManager:
                 "last_used_at": now,
                 "ttl_seconds": ttl,
             }
+            # Creations count and insert one at a time (the lock is held until commit),
+            # so concurrent ones never overshoot the cap.
+            await repository.lock_episode_creation(conn)
+            await self._check_cap(conn)
             await repository.insert_episode(conn, row)
         self.pool_wanted.set()
         return row, token
+
+    async def _check_cap(self, conn: AsyncConnection) -> None:
+        """Raises TOO_MANY_EPISODES (429, with Retry-After) when `max_live` episodes live."""
+        live = await repository.count_live_episodes(conn)
+        if live >= self.max_live:
+            raise CrmError(
+                ErrorCode.TOO_MANY_EPISODES,
+                f"{live} episodes are live, the most this service allows "
+                f"(CRMBENCH_MAX_LIVE_EPISODES={self.max_live}). Close finished episodes "
+                "with DELETE /episodes/{episode_id}, or retry after Retry-After seconds, "
+                "when idle ones may have expired.",
+                status_code=429,
+                headers={"Retry-After": str(self.retry_after_seconds)},
+            )
 
     # ------------------------------------------------------------------ lookup
 
@@ -484,6 +531,15 @@ def episode_public(row: Any) -> dict[str, Any]:
         "ttl_seconds": int(row["ttl_seconds"]),
         "world_version": row["world_version"],
     }
+
+
+def _unknown_token() -> CrmError:
+    return CrmError(
+        ErrorCode.UNAUTHORIZED,
+        "Unknown episode token (the episode was deleted or never existed). Create an "
+        "episode with POST /episodes.",
+        status_code=401,
+    )
 
 
 def _episode_not_found(episode_id: str) -> CrmError:
