@@ -19,9 +19,7 @@ from fastapi import Depends, FastAPI, Request
 
 from crmbench_clients.crm_api import CrmApiClient
 from crmbench_clients.errors import ServiceError, ServiceUnavailable
-from crmbench_contracts.api_errors import (
-    install_error_handlers,
-)
+from crmbench_clients.http_errors import install_error_handlers
 from crmbench_contracts.cases import Case
 from crmbench_contracts.rewards import RewardRecord
 from crmbench_corpus.store import CASES_FILE, load_index
