@@ -13,6 +13,7 @@ violation.
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,10 +73,23 @@ def module_name(package: str, folder: Path, path: Path) -> str:
     return ".".join([package, *parts])
 
 
+def _dynamic_import(node: ast.Call) -> str | None:
+    """The module named by `importlib.import_module("x")` or `__import__("x")`, if literal."""
+    func = node.func
+    named = (isinstance(func, ast.Attribute) and func.attr == "import_module") or (
+        isinstance(func, ast.Name) and func.id in ("import_module", "__import__")
+    )
+    if not named or not node.args:
+        return None
+    first = node.args[0]
+    return first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else None
+
+
 def import_statements(
     tree: ast.AST, importer: str, is_package: bool
 ) -> Iterator[tuple[int, str, list[str]]]:
-    """(line, absolute module, imported names) of every import statement in a module."""
+    """(line, absolute module, imported names) of every import in a module: statements
+    anywhere (also inside functions) and literal `importlib.import_module` / `__import__`."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -88,10 +102,17 @@ def import_statements(
             else:
                 module = node.module or ""
             yield node.lineno, module, [alias.name for alias in node.names]
+        elif isinstance(node, ast.Call) and (dynamic := _dynamic_import(node)):
+            yield node.lineno, dynamic, []
 
 
 def _within(name: str, modules: frozenset[str]) -> bool:
     return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+CONTRACTS_THIRD_PARTY = frozenset({"pydantic", "pydantic_core", "typing_extensions"})
+"""The only packages outside the standard library that the contracts may import: they are
+I/O-free models and rules that every layer, the corpus included, loads."""
 
 
 def violations(
@@ -100,7 +121,8 @@ def violations(
     allowed: Mapping[str, frozenset[str]] = ALLOWED,
     exceptions: Mapping[str, frozenset[str]] = EXCEPTIONS,
 ) -> list[Violation]:
-    """Every first-party import outside the allowed graph, in package, file and line order."""
+    """Every import outside the allowed graph, in package, file and line order: first-party
+    imports along ALLOWED/EXCEPTIONS, and third-party imports of the contracts."""
     found: list[Violation] = []
     for package, relative in packages.items():
         folder = root / relative
@@ -110,16 +132,23 @@ def violations(
             is_package = path.name == "__init__.py"
             for line, module, names in import_statements(tree, importer, is_package):
                 target = module.split(".")[0]
-                if target not in packages or target == package or target in allowed[package]:
+                if target not in packages:
+                    third_party = target not in sys.stdlib_module_names and target != "__future__"
+                    if (
+                        package == "crmbench_contracts"
+                        and third_party
+                        and target not in CONTRACTS_THIRD_PARTY
+                    ):
+                        found.append(Violation(str(path.relative_to(root)), line, importer, module))
                     continue
-                # `from crm_api import world` names the module crm_api.world.
-                candidates = [module, *(f"{module}.{name}" for name in names)]
+                if target == package or target in allowed[package]:
+                    continue
                 permitted = exceptions.get(importer, frozenset())
-                if any(_within(candidate, permitted) for candidate in candidates[1:]) or (
-                    not names and _within(module, permitted)
+                # `from crm_api import world` names the module crm_api.world: every name
+                # of the statement must be permitted, not just one of them.
+                if _within(module, permitted) or (
+                    names and all(_within(f"{module}.{name}", permitted) for name in names)
                 ):
-                    continue
-                if names and _within(module, permitted):
                     continue
                 found.append(Violation(str(path.relative_to(root)), line, importer, module))
     return found
@@ -157,6 +186,16 @@ def test_every_first_party_package_is_covered() -> None:
         ("corpus/crmbench_corpus/clbench.py", "from crm_api.world import w", "crm_api.world"),
         ("corpus/crmbench_corpus/builder.py", "from crm_api.tools import T", "crm_api.tools"),
         ("corpus/crmbench_corpus/builder.py", "from crm_api import tools", "crm_api"),
+        ("corpus/crmbench_corpus/builder.py", "from crm_api import world, tools", "crm_api"),
+        (
+            "services/verifier/x.py",
+            "importlib.import_module('agent_runner.llm')",
+            "agent_runner.llm",
+        ),
+        ("services/crm_api/x.py", "__import__('verifier.scoring')", "verifier.scoring"),
+        ("services/crm_api/x.py", "def f():\n    from verifier import app", "verifier"),
+        ("contracts/crmbench_contracts/x.py", "from fastapi import FastAPI", "fastapi"),
+        ("contracts/crmbench_contracts/x.py", "import httpx", "httpx"),
     ],
 )
 def test_a_forbidden_import_is_named(
@@ -170,9 +209,10 @@ def test_a_forbidden_import_is_named(
     target.write_text(f'"""A module."""\n\n{statement}\n')
     found = violations(tmp_path)
     assert len(found) == 1, found
-    assert found[0].path == importer_file and found[0].line == 3
+    line = 3 + statement.count("\n")
+    assert found[0].path == importer_file and found[0].line == line
     assert found[0].imported == expected
-    assert str(found[0]).startswith(f"{importer_file}:3: ")
+    assert str(found[0]).startswith(f"{importer_file}:{line}: ")
 
 
 def test_allowed_imports_pass(tmp_path: Path) -> None:
@@ -185,4 +225,8 @@ def test_allowed_imports_pass(tmp_path: Path) -> None:
     (tmp_path / "services/agent_runner/sub/__init__.py").write_text("from . import x\n")
     (tmp_path / "services/agent_runner/sub/x.py").write_text("from ..run import y\n")
     (tmp_path / "crmbench/cli.py").write_text("import crm_api.app\nimport agent_runner\n")
+    (tmp_path / "corpus/crmbench_corpus/builder.py").write_text("from crm_api import world\n")
+    (tmp_path / "contracts/crmbench_contracts/m.py").write_text(
+        "import json\nfrom pydantic import BaseModel\nfrom crmbench_contracts import cases\n"
+    )
     assert violations(tmp_path) == []

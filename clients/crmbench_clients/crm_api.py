@@ -341,7 +341,7 @@ class CrmApiClient:
         return await send_async(self.http, self.routes.tool_definitions(format))
 
     async def tools(self) -> list[ToolDefinition]:
-        """The tools as name, description and arguments schema, sorted by name."""
+        """The tools as name, description and arguments schema, in the CRM API's order."""
         return await send_async(self.http, self.routes.tools())
 
     async def open_episode(

@@ -1,20 +1,17 @@
 """The services' error format ({"error": {code, field, message, allowed}}) and the CRM
-API's machine codes. One typed error base and one set of FastAPI handlers serve the
-verifier and the agent runner (each keeps its own code enum), and one translation of
-FastAPI's validation and routing failures makes every service answer bad input alike."""
+API's machine codes: one typed error base for the verifier and the agent runner (each
+keeps its own code enum), and one translation of refused requests (validation and routing
+failures) so every service answers bad input alike. Pydantic only: the FastAPI handlers
+that render these live in crmbench_clients.http_errors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 # The CRM API's machine codes: what a refused tool call says, and what a case's
@@ -93,9 +90,9 @@ class ErrorResponse(BaseModel, Generic[CodeT]):
     error: ErrorDetail[CodeT]
 
 
-class ServiceError(Exception, Generic[CodeT]):
+class ApiError(Exception, Generic[CodeT]):
     """A refused or failed request of a service; raised below an endpoint, rendered as
-    its JSON body by the handlers of install_error_handlers."""
+    its JSON body by crmbench_clients.http_errors.install_error_handlers."""
 
     def __init__(
         self,
@@ -118,34 +115,6 @@ class ServiceError(Exception, Generic[CodeT]):
             code=self.code, field=self.field, message=self.message, allowed=self.allowed
         )
         return ErrorResponse[Any](error=detail)
-
-
-def error_response(error: ServiceError[Any]) -> JSONResponse:
-    """The JSON response of a service error: its status and {"error": {...}} body."""
-    return JSONResponse(
-        status_code=error.status_code, content=error.to_response().model_dump(mode="json")
-    )
-
-
-def install_error_handlers(
-    app: FastAPI, refused: Callable[[RequestProblem], ServiceError[Any]]
-) -> None:
-    """Renders every ServiceError as its JSON body, and a refused request (FastAPI's
-    validation, no route, wrong method, unreadable body) as the error `refused` makes of
-    its RequestProblem. Service-specific handlers are added after this."""
-
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError[Any]) -> JSONResponse:
-        return error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(refused(validation_problem(list(exc.errors()))))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        problem = routing_problem(exc.status_code, exc.detail, request.method, request.url.path)
-        return error_response(refused(problem))
 
 
 # ---------------------------------------------------------------------------- refused requests

@@ -35,7 +35,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crmbench_clients.crm_api import CrmApiClient
-from crmbench_clients.errors import RequestRefused, ServiceError, ServiceUnavailable
+from crmbench_clients.errors import (
+    InvalidResponse,
+    RequestRefused,
+    ServiceError,
+    ServiceFailed,
+    ServiceUnavailable,
+)
 from crmbench_contracts import expectations
 from crmbench_contracts.api_errors import ErrorCode
 from crmbench_contracts.cases import (
@@ -1832,14 +1838,11 @@ async def import_conversations(
         seen[conversation_id] = number
         try:
             case, draft = await _import_one(api, item, world_ids, tools)
-        except Unimportable as exc:
+        except (Unimportable, ServiceFailed, InvalidResponse) as exc:
+            # A server error on one conversation's calls is that conversation's problem;
+            # only an unreachable CRM API (ServiceUnavailable) stops the whole import.
             entries.append(
-                ImportEntry(
-                    number,
-                    conversation_id,
-                    ImportStatus.NOT_IMPORTED,
-                    str(exc),
-                )
+                ImportEntry(number, conversation_id, ImportStatus.NOT_IMPORTED, str(exc))
             )
             continue
         status = ImportStatus.REPAIRED if draft.repairs else ImportStatus.IMPORTED

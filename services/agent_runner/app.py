@@ -50,12 +50,9 @@ from agent_runner.schemas import (
 )
 from agent_runner.settings import AgentRunnerSettings
 from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.http_errors import error_response, install_error_handlers
 from crmbench_clients.verifier import VerifierClient
-from crmbench_contracts.api_errors import (
-    RequestProblem,
-    error_response,
-    install_error_handlers,
-)
+from crmbench_contracts.api_errors import RequestProblem
 from crmbench_contracts.service_keys import check_bearer, require_strong_key
 from crmbench_llm.base import MissingApiKey
 

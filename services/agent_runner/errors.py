@@ -6,7 +6,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from crmbench_contracts import api_errors
-from crmbench_contracts.api_errors import RequestProblem, ServiceError
+from crmbench_contracts.api_errors import ApiError, RequestProblem
 
 
 class RunnerErrorCode(StrEnum):
@@ -37,7 +37,7 @@ class ErrorResponse(api_errors.ErrorResponse[RunnerErrorCode]):
     error: ErrorDetail
 
 
-class RunnerError(ServiceError[RunnerErrorCode]):
+class RunnerError(ApiError[RunnerErrorCode]):
     """A refused or failed request; raised below an endpoint, rendered as a JSON body."""
 
 

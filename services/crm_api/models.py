@@ -3,7 +3,7 @@
 Entity tables are declared without a schema: a tool call's transaction sets `search_path`
 to its episode's schema, so one SQL text serves every episode.
 The migrations in `migrations/` are the source of truth for DDL; these models must match.
-The episode registry (schema crm_meta) is queried with plain SQL in `episodes.py`.
+The episode registry (schema crm_meta) is queried with plain SQL in `episodes/repository.py`.
 """
 
 from __future__ import annotations

@@ -21,9 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from crmbench_clients.crm_api import CrmApiClient
 from crmbench_clients.errors import ServiceError, ServiceUnavailable
-from crmbench_contracts.api_errors import (
-    install_error_handlers,
-)
+from crmbench_clients.http_errors import install_error_handlers
 from crmbench_contracts.cases import Case
 from crmbench_contracts.rewards import RewardRecord
 from crmbench_contracts.service_keys import check_bearer, require_strong_key

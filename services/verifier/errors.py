@@ -6,7 +6,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from crmbench_contracts import api_errors
-from crmbench_contracts.api_errors import RequestProblem, ServiceError
+from crmbench_contracts.api_errors import ApiError, RequestProblem
 
 
 class VerifierErrorCode(StrEnum):
@@ -36,7 +36,7 @@ class ErrorResponse(api_errors.ErrorResponse[VerifierErrorCode]):
     error: ErrorDetail
 
 
-class VerifierError(ServiceError[VerifierErrorCode]):
+class VerifierError(ApiError[VerifierErrorCode]):
     """A refused or failed verification; raised below an endpoint, rendered as a JSON body."""
 
 

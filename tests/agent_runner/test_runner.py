@@ -15,7 +15,7 @@ from agent_runner.agents.baselines import OracleAgent, RandomAgent
 from agent_runner.agents.llm_agent import LLMAgent, SystemPrompt
 from agent_runner.protocol import parse_tool_result
 from agent_runner.run.config import RunConfig
-from agent_runner.run.hooks import EpisodeHooks, Guidance
+from agent_runner.run.hooks import EpisodeHooks, Guidance, NoHooks
 from agent_runner.run.runner import (
     MAX_START_ATTEMPTS,
     RunStopped,
@@ -38,6 +38,7 @@ from crmbench_contracts.traces import (
     SupervisionTransition,
 )
 from crmbench_llm import Message, ScriptedProvider, ToolCall
+from crmbench_llm.base import LLMError
 from crmbench_llm.types import Completion, Usage
 from tests.agent_runner.conftest import ApiUnderTest, RunServices, stratified_sample
 from tests.agent_runner.fake_llm_servers import (
@@ -289,6 +290,51 @@ async def test_episode_hooks_are_called_in_order_and_their_guidance_reaches_the_
         assert traced.crm_context.playbooks_retrieved == [retrieval]
         assert traced.crm_context.supervision_transitions == [transition]
     assert all(step.guidance == [] for step in steps)
+
+
+class FailingHooks(NoHooks):
+    """Hooks whose `failing` hook raises a setup error of the teacher's provider (401)."""
+
+    def __init__(self, failing: str) -> None:
+        self.failing = failing
+
+    def _maybe_fail(self, hook: str) -> None:
+        if hook == self.failing:
+            raise LLMError("invalid x-api-key", code="http_error", provider="anthropic", status=401)
+
+    async def before_act(self, ctx: EpisodeContext) -> Guidance | None:
+        self._maybe_fail("before_act")
+        return None
+
+    async def after_act(self, ctx: EpisodeContext, result: AgentResult) -> None:
+        self._maybe_fail("after_act")
+
+    async def after_reward(
+        self, ctx: EpisodeContext, result: AgentResult, reward: RewardRecord
+    ) -> None:
+        self._maybe_fail("after_reward")
+
+
+@pytest.mark.parametrize("failing", ["before_act", "after_act", "after_reward"])
+async def test_a_failing_hook_is_never_taken_for_the_agents_provider(
+    run_services: RunServices, failing: str
+) -> None:
+    """A teacher's 401 inside a hook neither stops the run (as the agent's own 401 would)
+    nor replays the episode; after_reward's failure keeps the reward already earned."""
+    config = run_config(agent="oracle", cases=["CRM-00001"])
+    run_id, stats, store = await execute(
+        run_services, config, None, OracleAgent(), hooks=FailingHooks(failing)
+    )
+    try:
+        [(session, _)] = await store.traces(run_id)
+    finally:
+        await store.close()
+    assert stats.completed == 1 and not stats.failures
+    assert f"the {failing} hook failed: LLMError" in (session.error or "")
+    if failing == "after_reward":
+        assert session.outcome == "completed" and session.passed and session.score == 1.0
+    else:
+        assert session.outcome == "harness_error" and not session.passed
 
 
 async def test_without_hooks_the_prompt_has_only_the_agents_guidance(

@@ -388,3 +388,54 @@ def test_command_refuses_a_wrong_admin_key(
 
     assert result.exit_code == 1 and "admin key" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def _failing_proxy(upstream: str, failing_path: str) -> Any:
+    """An ASGI app that forwards every request to `upstream`, except POST `failing_path`,
+    which it answers with a 500 in the error format (a CRM API fault on one tool)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def forward(request: Request) -> Response:
+        if request.method == "POST" and request.url.path == failing_path:
+            body = {"error": {"code": "INTERNAL_ERROR", "message": "injected fault"}}
+            return JSONResponse(body, status_code=500)
+        async with httpx.AsyncClient(base_url=upstream, timeout=60) as client:
+            answer = await client.request(
+                request.method,
+                request.url.path,
+                params=request.query_params,
+                content=await request.body(),
+                headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+            )
+        headers = {k: v for k, v in answer.headers.items() if k.lower() == "content-type"}
+        return Response(answer.content, status_code=answer.status_code, headers=headers)
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
+
+
+async def test_a_server_error_on_one_conversation_does_not_stop_the_import(
+    crm_api: RunningServer,
+) -> None:
+    from crmbench_clients.serving import serving_in_thread
+
+    proxy = _failing_proxy(crm_api.base_url, "/tools/create_quote")
+    with serving_in_thread(proxy, "fault-injecting proxy") as url:
+        result = await import_clbench(SAMPLE, url, ADMIN_KEY)
+    uses_quotes = {
+        json.loads(line)["conversation_id"]
+        for line in SAMPLE_LINES
+        if any(t.get("expected_tool") == "create_quote" for t in json.loads(line)["turns"])
+    }
+    assert uses_quotes, "the sample has conversations that create quotes"
+    statuses = {entry.conversation_id: entry for entry in result.entries}
+    assert len(statuses) == len(SAMPLE_IDS)
+    for conversation_id in uses_quotes:
+        entry = statuses[conversation_id]
+        assert entry.status is ImportStatus.NOT_IMPORTED, conversation_id
+        assert "500" in entry.reason and "INTERNAL_ERROR" in entry.reason, entry.reason
+    others = [e for cid, e in statuses.items() if cid not in uses_quotes]
+    assert any(e.status is not ImportStatus.NOT_IMPORTED for e in others)

@@ -5,8 +5,9 @@ acts (retrieve and inject playbooks, triage), after it acts (review), after the 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from agent_runner.agents.base import AgentResult, EpisodeContext
 from crmbench_contracts.rewards import RewardRecord
@@ -32,9 +33,12 @@ class EpisodeHooks(Protocol):
 
     Every hook gets the live `EpisodeContext` (the case, the session id, the steps so far,
     token accounts a teacher's calls can be charged to with `record_completion`). An
-    exception from a hook ends the episode as a `harness_error`, like any harness failure.
-    `after_act` and `after_reward` are skipped when the episode fails before reaching them
-    (the CRM API or the verifier unreachable).
+    exception from `before_act` or `after_act` ends the episode as a `harness_error`
+    (wrapped in `HookFailed`, so a teacher's provider error is never taken for the agent's
+    own provider failing, which would replay the episode or stop the run). An exception
+    from `after_reward` keeps the episode's outcome and reward and is recorded in the
+    session's `error`. `after_act` and `after_reward` are skipped when the episode fails
+    before reaching them (the CRM API or the verifier unreachable).
     """
 
     async def before_act(self, ctx: EpisodeContext) -> Guidance | None:
@@ -51,6 +55,25 @@ class EpisodeHooks(Protocol):
         """After scoring and the CRM episode's close: the steps carry their state change
         and the episode's reward; the session trace is built after this returns."""
         ...
+
+
+T = TypeVar("T")
+
+
+class HookFailed(Exception):
+    """A learning-loop hook raised; `hook` names it ("before_act", ...)."""
+
+    def __init__(self, hook: str, cause: BaseException) -> None:
+        super().__init__(f"the {hook} hook failed: {type(cause).__name__}: {cause}")
+        self.hook = hook
+
+
+async def run_hook(hook: str, call: Awaitable[T]) -> T:
+    """Awaits one hook call; any exception comes out as `HookFailed(hook, exc)`."""
+    try:
+        return await call
+    except Exception as exc:
+        raise HookFailed(hook, exc) from exc
 
 
 class NoHooks:

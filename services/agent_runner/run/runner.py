@@ -32,7 +32,7 @@ from typing import Any
 
 from agent_runner.agents.base import Agent, EpisodeContext, EpisodeLimits
 from agent_runner.run.config import ConfigError, RunConfig
-from agent_runner.run.hooks import EpisodeHooks, Guidance, NoHooks
+from agent_runner.run.hooks import EpisodeHooks, Guidance, HookFailed, NoHooks, run_hook
 from agent_runner.run.store import Claim, RunRow, RunStore
 from agent_runner.run.trace_log import RUN_FILE, TRACE_FILE, TraceLog
 from crmbench_clients.crm_api import CrmApiClient
@@ -292,12 +292,12 @@ class EpisodeRunner:
                 seed=self.config.seed,
             )
             try:
-                guidance = await self.hooks.before_act(ctx)
+                guidance = await run_hook("before_act", self.hooks.before_act(ctx))
                 if guidance is not None:
                     ctx.guidance = guidance.text
                 result = await self.agent.run(ctx)
                 final_reply, outcome, error = result.final_reply, result.outcome, result.error
-                await self.hooks.after_act(ctx, result)
+                await run_hook("after_act", self.hooks.after_act(ctx, result))
                 scored = await self.verifier.verify(
                     case.case_id, episode_id, final_reply, ctx.transcript
                 )
@@ -311,8 +311,13 @@ class EpisodeRunner:
                     await self.crm.close_episode(episode_id)
                 except ServiceError as exc:
                     logger.warning("episode_close_failed", extra={"error": str(exc)})
-            # After the close: synthesis may take long and needs no live episode.
-            await self.hooks.after_reward(ctx, result, scored)
+            # After the close: synthesis may take long and needs no live episode. Its
+            # failure loses no work already done: the outcome and reward stand.
+            try:
+                await run_hook("after_reward", self.hooks.after_reward(ctx, result, scored))
+            except HookFailed as exc:
+                logger.warning("episode %s: %s", session_id, exc)
+                error = str(exc)
         except ServiceError as exc:
             outcome, error, reward = "harness_error", str(exc), None
         except LLMError as exc:
