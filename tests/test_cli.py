@@ -288,7 +288,14 @@ async def _fill_with_episodes(url: str) -> tuple[int, int]:
 
     engine = create_engine(url, pool_size=4, max_overflow=0)
     try:
-        manager = EpisodeManager(engine, default_ttl=3600, pool_size=0, admin_key="k")
+        manager = EpisodeManager(
+            engine,
+            default_ttl=3600,
+            pool_size=0,
+            admin_key="k",
+            max_live=10_000,
+            retry_after_seconds=1,
+        )
         await manager.create(EpisodeCreate())
         async with engine.connect() as conn:
             settings = (

@@ -707,7 +707,7 @@ async def test_a_refused_api_key_stops_the_run_unscored_and_a_resume_plays_it(
     assert stopped.value.error.status == 401 and "API key was refused" in str(stopped.value)
     store = await RunStore.connect(run_services.database_url, pool_size=2)
     crm = CrmApiClient(run_services.crm_api_url, ADMIN_KEY)
-    verifier = VerifierClient(run_services.verifier_url)
+    verifier = VerifierClient(run_services.verifier_url, ADMIN_KEY)
     agent = build_agent(config)
     try:
         run_id = stopped.value.run_id

@@ -841,6 +841,7 @@ async def test_episodes_against_the_crm_api_pass_exactly_when_configured(
                             "episode_id": episode["episode_id"],
                             "final_reply": transcript.reply,
                         },
+                        headers=admin,  # the verifier's key defaults to the admin key
                     )
                 finally:
                     await crm.delete(f"/episodes/{episode['episode_id']}", headers=admin)

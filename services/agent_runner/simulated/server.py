@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.requests import ClientDisconnect
 
 from agent_runner.protocol import CASE_HEADER, TRIAL_HEADER
 from agent_runner.simulated.config import SimulatedLLMConfig
@@ -31,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 CREATED = 0
 """The `created` timestamp of every completion: fixed, so same request, same response."""
+
+CLIENT_CLOSED_REQUEST = 499
+"""The status logged when the client closed the connection before the answer (nginx's)."""
 
 
 class ChatCompletionRequest(BaseModel):
@@ -138,6 +142,10 @@ def create_simulated_app(
             payload = await request.json()
         except ValueError:
             return openai_error(400, "the request body is not JSON", "invalid_json")
+        except ClientDisconnect:
+            # The caller went away mid-request (a run stopped by a signal): nobody reads
+            # this answer, and it is not a server error worth a traceback.
+            return JSONResponse({}, status_code=CLIENT_CLOSED_REQUEST)
         try:
             body = ChatCompletionRequest.model_validate(payload)
         except ValidationError as error:
