@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
 
 import httpx
 
@@ -133,3 +134,60 @@ def send_sync(http: httpx.Client, call: ServiceCall[T]) -> T:
     except httpx.HTTPError as exc:
         raise call._transport_error(str(http.base_url), exc) from exc
     return call._finish(response, (time.perf_counter() - started) * 1000)
+
+
+def connection_limits(max_connections: int) -> httpx.Limits:
+    """A pool of `max_connections`, half of them kept alive between requests."""
+    return httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max(1, max_connections // 2)
+    )
+
+
+class AsyncServiceClient:
+    """One service's base URL over one async connection pool; `aclose()` (or `async with`)
+    ends it. Subclasses add a method per route that builds a `ServiceCall` and sends it."""
+
+    def __init__(self, base_url: str, *, timeout: float, max_connections: int) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, limits=connection_limits(max_connections)
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class SyncServiceClient:
+    """The blocking twin of `AsyncServiceClient`, for code without an event loop (the
+    Gymnasium env); `close()` (or `with`) ends it."""
+
+    def __init__(self, base_url: str, *, timeout: float, max_connections: int) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, limits=connection_limits(max_connections)
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -11,13 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote
 
-import httpx
-
-from crmbench_clients.calls import Reply, ServiceCall, send_async, send_sync
+from crmbench_clients.calls import (
+    AsyncServiceClient,
+    Reply,
+    ServiceCall,
+    SyncServiceClient,
+    send_async,
+    send_sync,
+)
 from crmbench_clients.errors import ServiceError, error_fields, error_for_status
 from crmbench_contracts.traces import StateChange
 
@@ -288,13 +292,7 @@ class CrmApiRoutes:
         )
 
 
-def _limits(max_connections: int) -> httpx.Limits:
-    return httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max(1, max_connections // 2)
-    )
-
-
-class CrmApiClient:
+class CrmApiClient(AsyncServiceClient):
     """The CRM API over one async connection pool; `aclose()` (or `async with`) ends it.
 
     `admin_key` is needed for episodes, their state and change log; tool calls use the
@@ -309,25 +307,8 @@ class CrmApiClient:
         timeout: float = 30.0,
         max_connections: int = 128,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, timeout=timeout, max_connections=max_connections)
         self.routes = CrmApiRoutes(admin_key)
-        self.http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout, limits=_limits(max_connections)
-        )
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-    async def __aenter__(self) -> CrmApiClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def health(self) -> dict[str, Any]:
         return await send_async(self.http, self.routes.health())
@@ -416,7 +397,7 @@ class CrmApiClient:
         )
 
 
-class SyncCrmApiClient:
+class SyncCrmApiClient(SyncServiceClient):
     """The blocking form of `CrmApiClient` (same routes, errors and answers), for code
     without an event loop such as the Gymnasium env; `close()` (or `with`) ends it."""
 
@@ -428,25 +409,8 @@ class SyncCrmApiClient:
         timeout: float = 30.0,
         max_connections: int = 8,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, timeout=timeout, max_connections=max_connections)
         self.routes = CrmApiRoutes(admin_key)
-        self.http = httpx.Client(
-            base_url=self.base_url, timeout=timeout, limits=_limits(max_connections)
-        )
-
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> SyncCrmApiClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def health(self) -> dict[str, Any]:
         return send_sync(self.http, self.routes.health())

@@ -8,13 +8,18 @@ send them with the verifier key. Every failure, a refusal included, is a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
-from crmbench_clients.calls import Reply, ServiceCall, send_async, send_sync
+from crmbench_clients.calls import (
+    AsyncServiceClient,
+    Reply,
+    ServiceCall,
+    SyncServiceClient,
+    send_async,
+    send_sync,
+)
 from crmbench_contracts.rewards import RewardRecord
 
 SERVICE = "verifier"
@@ -90,7 +95,7 @@ class VerifierRoutes:
         return self._scoring("/verify/state", body)
 
 
-class VerifierClient:
+class VerifierClient(AsyncServiceClient):
     """The verifier over one async connection pool; `aclose()` (or `async with`) ends it.
 
     `key` is the verifier key its scoring routes require (CRMBENCH_VERIFIER_KEY, by
@@ -105,30 +110,8 @@ class VerifierClient:
         timeout: float = 120.0,
         max_connections: int = 64,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, timeout=timeout, max_connections=max_connections)
         self.routes = VerifierRoutes(key)
-        self.http = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max(1, max_connections // 2),
-            ),
-        )
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-    async def __aenter__(self) -> VerifierClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def health(self) -> dict[str, Any]:
         return await send_async(self.http, self.routes.health())
@@ -164,27 +147,14 @@ class VerifierClient:
         )
 
 
-class SyncVerifierClient:
+class SyncVerifierClient(SyncServiceClient):
     """The blocking form of `VerifierClient`, for the Gymnasium env."""
 
-    def __init__(self, base_url: str, key: str | None, *, timeout: float = 120.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.routes = VerifierRoutes(key)
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
-
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> SyncVerifierClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
+    def __init__(
+        self, base_url: str, key: str | None, *, timeout: float = 120.0, max_connections: int = 8
     ) -> None:
-        self.close()
+        super().__init__(base_url, timeout=timeout, max_connections=max_connections)
+        self.routes = VerifierRoutes(key)
 
     def health(self) -> dict[str, Any]:
         return send_sync(self.http, self.routes.health())
