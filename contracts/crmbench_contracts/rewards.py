@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 PASS_THRESHOLD = 0.9
 REPORTED_THRESHOLDS = (0.7, 0.8, 0.9)
@@ -13,6 +14,28 @@ REPORTED_THRESHOLDS = (0.7, 0.8, 0.9)
 def threshold_key(threshold: float) -> str:
     """The key of a threshold in `RewardRecord.verdicts`, traces and reports: 0.7 -> "0.7"."""
     return f"{threshold:g}"
+
+
+class VerificationMode(StrEnum):
+    """How the verifier read the episode's final reply.
+
+    - `offline`: no LLM judge took part; the reply was read by the offline matchers
+      (phrase and value matching today, the offline classifier to come).
+    - `judges`: the LLM judges scored the reply and agreed (or no arbiter was configured).
+    - `judges+arbiter`: the judges disagreed or were unsure, and the arbiter decided.
+    """
+
+    OFFLINE = "offline"
+    JUDGES = "judges"
+    JUDGES_ARBITER = "judges+arbiter"
+
+
+def verification_mode(judged: bool, arbitrated: bool) -> VerificationMode:
+    """The mode of a verification where judges did (`judged`) and the arbiter did
+    (`arbitrated`) take part."""
+    if arbitrated:
+        return VerificationMode.JUDGES_ARBITER
+    return VerificationMode.JUDGES if judged else VerificationMode.OFFLINE
 
 
 class CheckResult(BaseModel):
@@ -52,3 +75,16 @@ class RewardRecord(BaseModel):
     judges: list[JudgeScore] = Field(default_factory=list)
     arbiter: JudgeScore | None = None
     structured_score: float = Field(ge=0, le=1)
+    verification_mode: VerificationMode = Field(
+        description="How the reply was read: `offline` (no judge), `judges`, or "
+        "`judges+arbiter`. Records written before the field existed get the mode their "
+        "`judges` and `arbiter` imply."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_of_older_records(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "verification_mode" not in data:
+            mode = verification_mode(bool(data.get("judges")), data.get("arbiter") is not None)
+            return {**data, "verification_mode": mode}
+        return data

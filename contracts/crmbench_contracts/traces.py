@@ -10,9 +10,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from crmbench_contracts.rewards import RewardRecord
+from crmbench_contracts.rewards import RewardRecord, VerificationMode
+
+# The mode names traces used before `VerificationMode`; older traces still load.
+LEGACY_VERIFICATION_MODES = {
+    "structured": VerificationMode.OFFLINE,
+    "structured+judges": VerificationMode.JUDGES,
+}
 
 EpisodeOutcome = Literal[
     "completed",  # the agent ended with a reply
@@ -172,8 +178,10 @@ class CrmContext(BaseModel):
     split: str
     failure_category: str | None = None
     failure_family: str | None = None
-    verification_mode: str = "structured"
-    """`structured`, or `structured+judges` when LLM judges scored the reply too."""
+    verification_mode: VerificationMode | None = None
+    """The reward record's `verification_mode` (how the reply was read); None when the
+    episode was not verified (a harness error). Older traces' `structured` reads as
+    `offline`, `structured+judges` as `judges`."""
     playbooks_retrieved: list[PlaybookRetrieval] = Field(default_factory=list)
     """The playbook entries retrieved for the episode, injected or not."""
     playbooks_adopted: list[str] = Field(default_factory=list)
@@ -181,6 +189,11 @@ class CrmContext(BaseModel):
     supervision_transitions: list[SupervisionTransition] = Field(default_factory=list)
     """The lane the episode started in (triage) and every change of lane after it."""
     baseline_score: float | None = None
+
+    @field_validator("verification_mode", mode="before")
+    @classmethod
+    def _legacy_mode(cls, value: Any) -> Any:
+        return LEGACY_VERIFICATION_MODES.get(value, value) if isinstance(value, str) else value
 
 
 class SessionTrace(BaseModel):

@@ -254,8 +254,8 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
     - `reset(seed=..., options={"case_id": ...})` opens an episode. Without a case id the
       case is drawn from `case_ids` (default: the whole corpus) with the env's `np_random`,
       so a seed fixes the sequence of cases. The observation is the user's messages (the
-      case's turns, joined by blank lines); `info` has `episode_id`, `case_id`, `turns`,
-      `today`, `actor` and `tools` (OpenAI function schemas).
+      case's turns, joined by blank lines); `info` has `episode_id`, `turns`, `today`,
+      `actor` and `tools` (OpenAI function schemas).
     - `step({"tool": name, "arguments": {...}})` calls the tool: the observation is the
       result as an LLM agent sees it (a refusal is `{"status": 4xx, "error": {...}}` and
       does not end the episode), reward 0. `info`: `step`, `tool`, `tool_call_id`,
@@ -266,6 +266,11 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
       episode with an empty reply, the reward is that score and `info` holds the tool
       call's fields plus the reward record's.
     Actions may be JSON strings or mappings; `action_space` describes the JSON form.
+
+    The policy never sees which golden case it plays: the case id maps to the committed
+    expected state, so neither observations nor `info` carry it (the reward record in
+    `info` comes without its `case_id`). Build the env with `expose_case_id=True` to debug:
+    then reset's `info` and the reward record have `case_id`.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -281,16 +286,20 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
         timeout: float = 30.0,
         corpus_dir: Path | None = None,
         verifier_key: str | None = None,
+        expose_case_id: bool = False,
     ) -> None:
         """`corpus_dir` holds the cases' text (neither service serves it); by default the
         corpus committed with the repository, which must match the one the services load.
         `verifier_key` is the verifier's key when it has its own (CRMBENCH_VERIFIER_KEY);
-        by default the admin key, which the verifier accepts unless it has its own."""
+        by default the admin key, which the verifier accepts unless it has its own.
+        `expose_case_id` puts the case id in `info` (for debugging only: a policy trained
+        with it can learn the answers by case)."""
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, not {max_steps}")
         self.crm_api_url = crm_api_url.rstrip("/")
         self.verifier_url = verifier_url.rstrip("/")
         self.max_steps = max_steps
+        self.expose_case_id = expose_case_id
         self._cases = _corpus((corpus_dir or default_corpus_dir()).resolve())
         chosen = tuple(case_ids) if case_ids is not None else tuple(self._cases)
         unknown = [case_id for case_id in chosen if case_id not in self._cases]
@@ -345,7 +354,7 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
         )
         info = {
             "episode_id": body["episode_id"],
-            "case_id": case.case_id,
+            **({"case_id": case.case_id} if self.expose_case_id else {}),
             "turns": turns,
             "today": body["today"],
             "actor": body["actor"],
@@ -408,7 +417,7 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
             raise EpisodeNotRunning("step() was called before reset(); call reset() first")
         if episode.ended is not None:
             raise EpisodeNotRunning(
-                f"the episode of {episode.case.case_id} has {episode.ended}; "
+                f"the episode {episode.episode_id} has {episode.ended}; "
                 "call reset() to start another"
             )
         return episode
@@ -467,6 +476,8 @@ class CrmEnv(gymnasium.Env[str, str | Mapping[str, Any]]):
                 episode.case.case_id, episode.episode_id, reply, episode.transcript
             )
         record = verdict.model_dump(mode="json")
+        if not self.expose_case_id:
+            del record["case_id"]
         episode.ended = why
         self._drop_episode()
         return record

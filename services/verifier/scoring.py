@@ -25,6 +25,10 @@ Score
   score when it was called, else the judges' mean). Collateral forces 0 either way.
   Scores are rounded to 6 decimals; passed = score >= pass_threshold (0.9), and
   verdicts report 0.7, 0.8 and 0.9 with keys "0.7", "0.8", "0.9".
+
+Verification mode
+  `offline` when no judge scored the reply, `judges` when judges did, `judges+arbiter`
+  when the arbiter decided (`crmbench_contracts.rewards.VerificationMode`).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from crmbench_contracts.rewards import (
     CollateralChange,
     RewardRecord,
     threshold_key,
+    verification_mode,
 )
 from verifier.judges import JudgeOutcome
 from verifier.schemas import ChangeLog, EpisodeState, parse_changes, parse_state
@@ -302,6 +307,9 @@ def score_case(
         judges=list(judges.judges) if judges is not None else [],
         arbiter=judges.arbiter if judges is not None else None,
         structured_score=structured,
+        verification_mode=verification_mode(
+            judge_value is not None, judges is not None and judges.arbiter is not None
+        ),
     )
 
 

@@ -143,6 +143,31 @@ def test_session_metadata_carries_crm_context_tokens_and_ids() -> None:
     }
 
 
+def test_the_export_says_how_the_reply_was_read() -> None:
+    session, steps = _episode()  # judges disagreed, the arbiter decided
+    meta = atlas_session(session, steps)["session_metadata"]
+    assert meta["verification_mode"] == "judges+arbiter"
+    assert meta["crm_context"]["verification_mode"] == "judges+arbiter"
+    assert atlas_session(session, steps)["session_reward"]["raw"]["verification_mode"] == (
+        "judges+arbiter"
+    )
+    offline = make_session("B", reward=make_reward("B", 1.0, failed_check=None))
+    assert atlas_session(offline, [])["session_metadata"]["verification_mode"] == "offline"
+    failed = make_session("C", outcome="harness_error", score=0.0)
+    assert atlas_session(failed, [])["session_metadata"]["verification_mode"] is None
+
+
+def test_an_older_trace_without_the_mode_exports_the_one_it_implies() -> None:
+    session, steps = _episode()
+    record = session.model_dump(mode="json")
+    del record["reward"]["verification_mode"]
+    record["crm_context"]["verification_mode"] = "structured+judges"
+    older = SessionTrace.model_validate(record)
+    meta = atlas_session(older, steps)["session_metadata"]
+    assert meta["verification_mode"] == "judges+arbiter"  # from the record's arbiter
+    assert meta["crm_context"]["verification_mode"] == "judges"
+
+
 def test_session_reward_explains_the_score_and_maps_the_judges() -> None:
     session, steps = _episode()
     reward = atlas_session(session, steps)["session_reward"]
@@ -340,6 +365,10 @@ def test_export_from_a_run_directory_to_stdout(run_dir: Path, cli: typer.Typer) 
     sessions = [json.loads(line) for line in result.stdout.splitlines()]
     # Only the run asked for, steps nested.
     assert [s["session_metadata"]["case_id"] for s in sessions] == ["CASE-1", "CASE-2"]
+    assert [s["session_metadata"]["verification_mode"] for s in sessions] == [
+        "judges+arbiter",
+        "offline",
+    ]
     assert [len(s["steps"]) for s in sessions] == [2, 0]
 
 

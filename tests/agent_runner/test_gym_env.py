@@ -89,7 +89,7 @@ def test_the_reference_actions_and_reply_earn_reward_one(
     env = make_env()
     observation, info = env.reset(options={"case_id": case_id})
     assert observation == "\n\n".join(turn.content for turn in case.turns)
-    assert info["case_id"] == case_id and info["turns"] == [t.content for t in case.turns]
+    assert "case_id" not in info and info["turns"] == [t.content for t in case.turns]
     assert info["actor"]["name"] == case.actor.name and info["today"] == case.today.isoformat()
     names = {tool["function"]["name"] for tool in info["tools"]}
     assert {action.tool for action in case.expected.reference_actions} <= names
@@ -99,8 +99,9 @@ def test_the_reference_actions_and_reply_earn_reward_one(
     observation, reward, terminated, truncated, record = env.step(reply)
 
     assert (observation, reward, terminated, truncated) == ("", 1.0, True, False)
-    assert RewardRecord.model_validate(record).passed
-    assert record["episode_id"] == info["episode_id"] and record["case_id"] == case_id
+    assert "case_id" not in record  # kept from the policy
+    assert RewardRecord.model_validate({**record, "case_id": case_id}).passed
+    assert record["episode_id"] == info["episode_id"]
     assert episode_status(crm_api, info["episode_id"]) == 404  # dropped once scored
     with pytest.raises(EpisodeNotRunning, match="has terminated; call reset"):
         env.step({"reply": "again"})
@@ -128,7 +129,8 @@ def test_the_step_limit_truncates_and_still_scores_the_episode(make_env: MakeEnv
     assert truncated and not terminated
     assert parse_tool_result(observation)[0]  # the last tool result is still observed
     assert info["tool"] == search.tool and info["step"] == 2 and info["ok"]
-    record = RewardRecord.model_validate(info)
+    assert "case_id" not in info
+    record = RewardRecord.model_validate({**info, "case_id": WRITE_CASE})
     assert reward == record.score < 0.9
     with pytest.raises(EpisodeNotRunning, match="has truncated"):
         env.step(call)
@@ -166,6 +168,35 @@ def test_a_tool_step_reports_status_and_latency(make_env: MakeEnv) -> None:
     assert info["tool_call_id"] == "step-1" and info["latency_ms"] > 0
 
 
+@pytest.mark.parametrize("expose", [False, True])
+def test_the_policy_sees_the_case_id_only_when_asked(make_env: MakeEnv, expose: bool) -> None:
+    case = CASES[WRITE_CASE]
+    env = make_env(expose_case_id=True) if expose else make_env()
+    observation, info = env.reset(options={"case_id": WRITE_CASE})
+    seen = [observation, json.dumps(info)]
+    search = case.expected.reference_actions[0]
+    for action in (
+        {"tool": search.tool, "arguments": search.args},
+        {"tool": "modify_opportunity", "arguments": {"opportunity_id": "nope"}},  # refused
+        {"tool": "no_such_tool"},
+    ):
+        observation, _, _, _, step_info = env.step(action)
+        seen += [observation, json.dumps(step_info)]
+    observation, _, terminated, _, record = env.step({"reply": "Done."})
+    assert terminated
+    seen += [observation, json.dumps(record)]
+    with pytest.raises(EpisodeNotRunning) as ended:
+        env.step({"reply": "again"})
+    seen.append(str(ended.value))
+    leaks = [text[:80] for text in seen if WRITE_CASE in text]
+    if expose:
+        assert info["case_id"] == record["case_id"] == WRITE_CASE
+        assert RewardRecord.model_validate(record).case_id == WRITE_CASE
+    else:
+        assert leaks == []
+        assert "case_id" not in info and "case_id" not in record
+
+
 # ---------------------------------------------------------------------- reset and close
 
 
@@ -180,7 +211,8 @@ def case_sequence(env: CrmEnv, seed: int, resets: int = 3) -> list[tuple[str, st
 
 
 def test_the_same_seed_gives_the_same_cases(make_env: MakeEnv) -> None:
-    one, two = make_env(case_ids=SAMPLE), make_env(case_ids=SAMPLE)
+    one = make_env(case_ids=SAMPLE, expose_case_id=True)
+    two = make_env(case_ids=SAMPLE, expose_case_id=True)
     sequence = case_sequence(one, 7)
     assert case_sequence(two, 7) == sequence
     assert case_sequence(one, 7) == sequence  # re-seeding the same env replays it too

@@ -14,8 +14,9 @@ from agent_runner.reports.reading import ResultsError, load_sessions
 from agent_runner.reports.rendering import render_report
 from agent_runner.reports.statistics import build_report, load_report, pass_hat_k, wilson_interval
 from crmbench.results_cli import register
+from crmbench_contracts.rewards import JudgeScore
 from crmbench_contracts.traces import SessionTrace
-from tests.agent_runner.trace_factory import make_session, write_run
+from tests.agent_runner.trace_factory import make_reward, make_session, write_run
 
 
 @pytest.fixture
@@ -234,6 +235,56 @@ def test_run_json_sets_the_trials_and_a_broken_one_only_warns(tmp_path: Path) ->
     assert report.run is None and any("run.json is unreadable" in w for w in report.warnings)
 
 
+def test_each_run_lists_how_its_replies_were_read() -> None:
+    judged = make_reward("B", 1.0, failed_check=None,
+                         judges=[JudgeScore(judge="j", score=1.0, uncertainty=0.0, rationale="")])  # fmt: skip
+    sessions = [
+        make_session("A", run_id="run-1"),
+        make_session("B", run_id="run-1"),
+        make_session("C", run_id="run-1", outcome="harness_error", score=0.0),
+        make_session("A", run_id="run-2", reward=make_reward("A", 1.0, failed_check=None)),
+        make_session("B", run_id="run-2", reward=judged),
+    ]
+    report = build_report(sessions)
+    # per run, scored episodes only (the harness error was not verified)
+    assert report.verification_modes == {
+        "run-1": {"offline": 2},
+        "run-2": {"offline": 1, "judges": 1},
+    }
+    modes = next(b for b in report.breakdowns if b.dimension == "verification mode")
+    assert [(g.group, g.episodes, g.scored) for g in modes.groups] == [
+        ("offline", 3, 3),
+        ("judges", 1, 1),
+        ("not verified", 1, 0),
+    ]
+    text = render_report(report)
+    assert "verification of run run-1: offline 2 (scored episodes per mode)" in text
+    assert "verification of run run-2: offline 1, judges 1 (scored episodes per mode)" in text
+    assert "By verification mode" in text
+    assert "note: episodes were verified in more than one mode" in text
+    single = render_report(build_report([make_session("A"), make_session("B")]))
+    assert "verification: offline 2 (scored episodes per mode)" in single
+    assert "more than one mode" not in single
+
+
+def test_older_traces_read_their_verification_mode(tmp_path: Path) -> None:
+    old = make_session("A").model_dump(mode="json")
+    old["crm_context"]["verification_mode"] = "structured+judges"  # the name used before
+    older = make_session("B").model_dump(mode="json")
+    del older["crm_context"]["verification_mode"]
+    reward = make_reward("C", 1.0, failed_check=None).model_dump(mode="json")
+    del reward["verification_mode"]  # a record from before the field
+    oldest = make_session("C").model_dump(mode="json")
+    oldest["reward"], oldest["crm_context"]["verification_mode"] = reward, "structured"
+    path = tmp_path / "sessions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (old, older, oldest)), encoding="utf-8")
+    sessions = load_sessions(path)
+    assert [s.crm_context.verification_mode for s in sessions] == ["judges", None, "offline"]
+    assert sessions[2].reward is not None and sessions[2].reward.verification_mode == "offline"
+    report = load_report(path)
+    assert report.verification_modes == {"run-1": {"offline": 1, "judges": 1, "not verified": 1}}
+
+
 # ---------------------------------------------------------------------------- the command
 
 
@@ -245,6 +296,7 @@ def test_results_command_prints_aligned_tables(tmp_path: Path, cli: typer.Typer)
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
     assert rows["0.9"][:4] == ["0.9", "6", "12", "50.0%"]
     assert "pass^k" in out and "By failure family" in out and "success path" in out
+    assert "verification: offline 12 (scored episodes per mode)" in out
 
 
 def test_results_command_prints_json(tmp_path: Path, cli: typer.Typer) -> None:
@@ -254,6 +306,7 @@ def test_results_command_prints_json(tmp_path: Path, cli: typer.Typer) -> None:
     data = json.loads(out)
     assert data["pass_rates"]["0.9"]["passed"] == 6
     assert data["pass_hat_k"][2]["values"]["0.9"] == pytest.approx(0.25)
+    assert data["verification_modes"] == {"run-1": {"offline": 12}}
 
 
 @pytest.mark.parametrize(

@@ -127,6 +127,11 @@ async def test_oracle_passes_every_case_of_a_stratified_eval_sample(
     writes = [step for step in steps if step.ok and not step.tool.endswith("_search")]
     assert writes and any(step.state_change for step in writes)
     assert all(s.crm_context.split == "eval" for s in sessions)
+    # The trace says how the reply was read, as the verifier's record does (no judges here).
+    for session in [*sessions, *(s for s, _ in traces)]:
+        assert session.reward is not None
+        assert session.crm_context.verification_mode == session.reward.verification_mode
+        assert session.crm_context.verification_mode == "offline"
 
 
 async def test_random_agent_stays_under_ten_percent(
@@ -426,6 +431,7 @@ async def test_an_unreachable_verifier_is_a_harness_error(
     finally:
         await store.close()
     assert session.outcome == "harness_error" and "verifier" in (session.error or "")
+    assert session.crm_context.verification_mode is None  # never verified
 
 
 async def test_claims_of_a_dead_worker_are_taken_over_and_its_late_result_is_dropped(

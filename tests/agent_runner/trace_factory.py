@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from agent_runner.run.trace_log import TRACE_FILE, episode_lines
+from crmbench_contracts import rewards
 from crmbench_contracts.rewards import (
     REPORTED_THRESHOLDS,
     CheckResult,
     CollateralChange,
     JudgeScore,
     RewardRecord,
+    VerificationMode,
 )
 from crmbench_contracts.traces import (
     CrmContext,
@@ -55,7 +57,14 @@ def make_session(
     model: str | None = "gpt-4.1",
     task: str = "Create an opportunity for Acme worth 5000.",
     final_answer: str = "Done: opportunity created.",
+    verification_mode: VerificationMode | None = None,
 ) -> SessionTrace:
+    """A session; its verification mode is the reward's, else `verification_mode`, else
+    offline (none for a harness error, which was not verified), as the runner fills it."""
+    if reward is not None:
+        verification_mode = reward.verification_mode
+    elif verification_mode is None and outcome != "harness_error":
+        verification_mode = VerificationMode.OFFLINE
     student = TokenUsage(
         calls=1 if sum(student_tokens) else 0,
         input_tokens=student_tokens[0],
@@ -94,6 +103,7 @@ def make_session(
             split=split,
             failure_category=failure_category,
             failure_family=failure_family,
+            verification_mode=verification_mode,
         ),
         started_at=STARTED,
         ended_at=STARTED,
@@ -144,7 +154,10 @@ def make_reward(
     judges: Sequence[JudgeScore] = (),
     arbiter: JudgeScore | None = None,
     collateral: Sequence[CollateralChange] = (),
+    verification_mode: VerificationMode | None = None,
 ) -> RewardRecord:
+    """A reward record; its verification mode is what `judges` and `arbiter` imply unless
+    given."""
     checks = [
         CheckResult(
             check_id="opportunity_exists",
@@ -179,6 +192,8 @@ def make_reward(
         judges=list(judges),
         arbiter=arbiter,
         structured_score=score,
+        verification_mode=verification_mode
+        or rewards.verification_mode(bool(judges), arbiter is not None),
     )
 
 

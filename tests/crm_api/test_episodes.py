@@ -19,6 +19,7 @@ from crm_api.app import create_app
 from crm_api.migrate import migrate
 from crm_api.settings import CrmApiSettings
 from crmbench_contracts.service_keys import WeakServiceKey
+from crmbench_corpus.store import case_line, load_index
 from tests.conftest import (
     Episode,
     RunningServer,
@@ -309,6 +310,94 @@ async def test_an_episode_is_built_from_a_loaded_case(
         assert missing.status_code == 404 and "cases load" in missing.json()["error"]["message"]
     finally:
         for e in (from_case, from_seed):
+            await http.delete(f"/episodes/{e.episode_id}", headers=admin())
+
+
+LEAK_CASE = "CRM-00001"
+
+
+def _leaks(response: httpx.Response, secret: str) -> list[str]:
+    """Where `secret` shows in a response: its body or any header (name or value)."""
+    found = [f"body of {response.request.method} {response.request.url.path}"] * (
+        secret.lower() in response.text.lower()
+    )
+    found += [
+        f"header {name} of {response.request.method} {response.request.url.path}"
+        for name, value in response.headers.items()
+        if secret.lower() in f"{name}: {value}".lower()
+    ]
+    return found
+
+
+async def test_an_episode_token_never_sees_its_case_id(
+    http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    case = load_index()[LEAK_CASE]
+    await db.execute(
+        "INSERT INTO crm_meta.golden_case VALUES ($1, 'h', $2::jsonb, now())"
+        " ON CONFLICT (case_id) DO UPDATE SET body = EXCLUDED.body",
+        case.case_id,
+        case_line(case),
+    )
+    made = await http.post("/episodes", json={"case_id": case.case_id}, headers=admin())
+    assert made.status_code == 201, made.text
+    ep = Episode(made.json()["episode_id"], made.json()["token"], http)
+    other = await open_episode(http, payload())
+    token = ep.auth
+    try:
+        seen: list[httpx.Response] = []
+        # the case's own reference calls, without X-Tool-Call-Id (the echoed id is made up)
+        for action in case.expected.reference_actions:
+            seen.append(await ep.call(action.tool, action.args))
+        assert [r.status_code for r in seen] == [200] * len(seen)
+        assert seen[0].headers["X-Tool-Call-Id"].startswith(f"{ep.episode_id}:")
+        lookup = {"criteria": {"name": "Quarry Software"}}
+        with_id = {**token, "X-Tool-Call-Id": "leak-1"}
+        seen += [
+            await http.post("/tools/client_search", json=lookup, headers=with_id),
+            await http.post("/tools/client_search", json=lookup, headers=with_id),  # replayed
+            await http.post("/tools/client_search", json={}, headers=with_id),  # 409 reused
+            await http.post(
+                "/tools/client_search", json=lookup, headers={**token, "X-Tool-Call-Id": "bad id"}
+            ),
+            await ep.call("create_new_client", {"name": "Leak Co", "email": "a@leak.example.com"}),
+            await ep.call("create_new_client", {}),  # 422
+            await ep.call("create_new_client", {"name": "X", "colour": "red"}),  # unknown field
+            await ep.call("no_such_tool"),  # 404
+            await http.get("/tools/client_search", headers=token),  # 405
+            await http.post("/tools/client_search", content=b"\xff", headers=token),  # unreadable
+            await http.get(f"/episodes/{ep.episode_id}/state", headers=token),
+            await http.get(f"/episodes/{ep.episode_id}/changes", headers=token),
+            await http.get(
+                f"/episodes/{ep.episode_id}/state", params={"tables": "nope"}, headers=token
+            ),
+            await http.get(f"/episodes/{other.episode_id}", headers=token),  # 404
+            await http.get("/episodes/ep_0000000000000000", headers=token),
+            await http.get("/episodes", headers=token),  # 403
+            await http.post(f"/episodes/{ep.episode_id}/reset", headers=token),  # 403
+            await http.get(f"/episodes/{ep.episode_id}/snapshots", headers=token),  # 403
+            await http.get("/tools", headers=token),
+            await http.get("/health", headers=token),
+            await http.get("/no/such/route", headers=token),
+        ]
+        owner = await http.get(f"/episodes/{ep.episode_id}", headers=token)
+        seen.append(owner)
+        assert {r.status_code for r in seen} >= {200, 403, 404, 405, 409, 422}
+        assert [leak for r in seen for leak in _leaks(r, case.case_id)] == []
+        owner_view = owner.json()
+        assert (
+            owner.status_code == 200
+            and owner_view["episode_id"] == ep.episode_id
+            and "case_id" not in owner_view
+        )
+        # the admin key still sees which case the episode plays
+        as_admin = await http.get(f"/episodes/{ep.episode_id}", headers=admin())
+        assert as_admin.json()["case_id"] == case.case_id
+        listed = await http.get("/episodes", params={"limit": 500}, headers=admin())
+        mine = [e for e in listed.json()["episodes"] if e["episode_id"] == ep.episode_id]
+        assert [e["case_id"] for e in mine] == [case.case_id]
+    finally:
+        for e in (ep, other):
             await http.delete(f"/episodes/{e.episode_id}", headers=admin())
 
 

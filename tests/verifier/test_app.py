@@ -120,6 +120,8 @@ async def test_a_correct_episode_scores_one(
     assert [c.passed for c in record.checks] == [True, True, True, True], record.checks
     assert record.score == 1.0 and record.passed
     assert record.verdicts == {"0.7": True, "0.8": True, "0.9": True}
+    # no judge is configured: the reply was read offline, and the record says so
+    assert response.json()["verification_mode"] == "offline"
 
 
 async def test_a_missing_change_and_a_vague_reply_score_low(
@@ -394,6 +396,7 @@ async def test_judges_are_run_and_recorded(crm_api: RunningServer, served: Serve
     assert request.state_summary == {"changes": []}
     # structured: collateral passes (1 of 4 weight); judges: 0.5 at weight 0.2
     assert record.score == pytest.approx(0.8 * 0.25 + 0.2 * 0.5)
+    assert response.json()["verification_mode"] == "judges+arbiter"
 
 
 async def test_a_failing_judge_is_502(crm_api: RunningServer, served: Served) -> None:

@@ -498,10 +498,43 @@ async def test_the_verifier_with_configured_judges_scores_a_live_episode(
     # Every structured check passes (1.0); the file gives the judges half the score.
     assert record.structured_score == 1.0
     assert record.score == pytest.approx(0.5 * 1.0 + 0.5 * 0.6) and not record.passed
+    assert response.json()["verification_mode"] == "judges+arbiter"
     # Each judge saw the task, the episode's real change and the reply.
     prompt = fake_anthropic.received[0].body["messages"][0]["content"][0]["text"]
     assert REPLY in prompt and '"op": "INSERT"' in prompt and '"table": "quote"' in prompt
     assert [r.body["model"] for r in fake_openai.received] == ["gpt-4.1", "gpt-4.1-mini"]
+
+
+async def test_agreeing_judges_are_the_verification_mode_judges(
+    crm_api: RunningServer,
+    served: Served,
+    judges_file: Path,
+    case_episode: Episode,
+    fake_openai: FakeApi,
+    fake_anthropic: FakeApi,
+) -> None:
+    await case_episode.ok("create_quote", {"opportunity_id": "o-jdg", "amount": 60000})
+    app = create_app(
+        settings_for(crm_api.base_url, judges_config=judges_file), cases={CASE.case_id: CASE}
+    )
+    url = served(app)
+    # 0.9 and 0.8 spread 0.1 <= max_spread 0.25, both sure: no arbiter.
+    fake_anthropic.script(anthropic_text(verdict(0.9, 0.0, "all said")))
+    fake_openai.script(openai_reply(verdict(0.8, 0.1, "mostly said")))
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=keyed()) as verifier:
+        response = await verifier.post(
+            "/verify",
+            json={
+                "case_id": CASE.case_id,
+                "episode_id": case_episode.episode_id,
+                "final_reply": REPLY,
+            },
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["verification_mode"] == "judges"
+    record = RewardRecord.model_validate(response.json())
+    assert record.arbiter is None and [j.judge for j in record.judges] == ["sonnet", "gpt-4.1"]
+    assert [r.body["model"] for r in fake_openai.received] == ["gpt-4.1"]
 
 
 async def test_a_judge_that_answers_nonsense_is_a_502(

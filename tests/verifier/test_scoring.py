@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from crmbench_contracts.expectations import find_mention, number_renderings, value_renderings
-from crmbench_contracts.rewards import CheckResult, JudgeScore, RewardRecord
+from crmbench_contracts.rewards import CheckResult, JudgeScore, RewardRecord, VerificationMode
 from tests.verifier.factories import (
     EMPTY_LOG,
     allow,
@@ -505,6 +505,48 @@ def test_judges_blend_into_the_score() -> None:
         case, state_of(client=[ACME]), EMPTY_LOG, "sure", judges=outcome, judge_weight=0.5
     )
     assert heavy.score == pytest.approx(0.8)
+
+
+def _judge(name: str, score: float) -> JudgeScore:
+    return JudgeScore(judge=name, score=score, uncertainty=0.0, rationale="")
+
+
+@pytest.mark.parametrize(
+    ("outcome", "mode"),
+    [
+        (None, VerificationMode.OFFLINE),
+        (JudgeOutcome(), VerificationMode.OFFLINE),  # judges configured, none listed
+        (JudgeOutcome(judges=[_judge("a", 0.9), _judge("b", 0.8)]), VerificationMode.JUDGES),
+        (
+            JudgeOutcome(
+                judges=[_judge("a", 1.0), _judge("b", 0.2)],
+                arbiter=_judge("arbiter", 0.5),
+                disagreed=True,
+            ),
+            VerificationMode.JUDGES_ARBITER,
+        ),
+    ],
+)
+def test_the_record_says_how_the_reply_was_read(
+    outcome: JudgeOutcome | None, mode: VerificationMode
+) -> None:
+    case = make_case(state=STATE_OK, communicate=[judged()])
+    record = score_case(case, state_of(client=[ACME]), EMPTY_LOG, "sure", judges=outcome)
+    assert record.verification_mode is mode
+    assert record.model_dump(mode="json")["verification_mode"] == mode.value
+
+
+def test_an_older_record_without_the_mode_gets_the_one_its_judges_imply() -> None:
+    case = make_case(state=STATE_OK)
+    offline = score_case(case, state_of(client=[ACME]), EMPTY_LOG, "").model_dump(mode="json")
+    del offline["verification_mode"]
+    assert RewardRecord.model_validate(offline).verification_mode is VerificationMode.OFFLINE
+    judged_ = {**offline, "judges": [_judge("a", 1.0).model_dump()]}
+    assert RewardRecord.model_validate(judged_).verification_mode is VerificationMode.JUDGES
+    arbitrated = {**judged_, "arbiter": _judge("arbiter", 1.0).model_dump()}
+    assert (
+        RewardRecord.model_validate(arbitrated).verification_mode is VerificationMode.JUDGES_ARBITER
+    )
 
 
 def test_collateral_forces_zero_even_with_perfect_judges() -> None:

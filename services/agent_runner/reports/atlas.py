@@ -172,6 +172,9 @@ def atlas_session(session: SessionTrace, steps: Sequence[StepTrace]) -> dict[str
     they were made (Atlas tools look a step's description and tool up in the plan).
     """
     ordered = sorted(steps, key=lambda step: step.step_id)
+    # How the reply was read (the reward record's, else the trace's for older traces).
+    mode = session.reward.verification_mode if session.reward else None
+    mode = mode or session.crm_context.verification_mode
     atlas_steps = [atlas_step(step, session.score) for step in ordered]
     return {
         "task": session.task,
@@ -203,6 +206,7 @@ def atlas_session(session: SessionTrace, steps: Sequence[StepTrace]) -> dict[str
             "score": session.score,
             "passed": session.passed,
             "verdicts": session.verdicts,
+            "verification_mode": mode.value if mode is not None else None,
             "steps": session.steps,
             "crm_context": session.crm_context.model_dump(mode="json"),
             "token_usage": {

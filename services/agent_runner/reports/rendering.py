@@ -62,6 +62,7 @@ def _header(report: RunReport) -> list[str]:
     harness = len(report.harness_errors)
     planned = run.total_items if run is not None else None
     of_planned = f" (of {planned} planned)" if planned is not None else ""
+    lines += _verification_lines(report)
     lines.append(
         f"{report.episodes} episodes{of_planned} of {report.cases} cases: "
         f"{report.scored_episodes} scored, "
@@ -69,6 +70,24 @@ def _header(report: RunReport) -> list[str]:
         "not the agent's fault)"
     )
     return lines
+
+
+def _verification_lines(report: RunReport) -> list[str]:
+    """How the replies were read: one line, or one per run when the traces mix runs."""
+
+    def counts(modes: dict[str, int]) -> str:
+        return ", ".join(f"{mode} {count}" for mode, count in modes.items())
+
+    runs = report.verification_modes
+    if not runs:
+        return ["verification: no scored episode"]
+    if len(runs) == 1:
+        [modes] = runs.values()
+        return [f"verification: {counts(modes)} (scored episodes per mode)"]
+    return [
+        f"verification of run {run_id}: {counts(modes)} (scored episodes per mode)"
+        for run_id, modes in runs.items()
+    ]
 
 
 def render_report(report: RunReport) -> str:

@@ -26,7 +26,7 @@ from agent_runner.reports.reading import (
 )
 from agent_runner.run.trace_log import RUN_FILE
 from crmbench_contracts.cases import FAILURE_CATEGORIES, Difficulty, FailureFamily, Split
-from crmbench_contracts.rewards import PASS_THRESHOLD, REPORTED_THRESHOLDS
+from crmbench_contracts.rewards import PASS_THRESHOLD, REPORTED_THRESHOLDS, VerificationMode
 from crmbench_contracts.traces import Audience, EpisodeOutcome, SessionTrace
 
 SUCCESS_PATH = "success path"
@@ -37,6 +37,23 @@ HARNESS_NOTE = (
     "harness errors (the CRM API or the verifier failed) are not the agent's fault: "
     "they are left out of every pass rate, pass^k, mean score and cost figure"
 )
+
+
+NOT_VERIFIED = "not verified"
+"""The verification mode group of episodes without a reward record (harness errors)."""
+MIXED_MODES_NOTE = (
+    "episodes were verified in more than one mode (see 'verification'); scores read "
+    "offline and by LLM judges are not directly comparable"
+)
+
+
+def verification_mode_of(session: SessionTrace) -> str:
+    """How the session's reply was read: the reward record's mode (the source), else the
+    trace's `crm_context.verification_mode` (older traces), else NOT_VERIFIED."""
+    if session.reward is not None:
+        return session.reward.verification_mode.value
+    mode = session.crm_context.verification_mode
+    return mode.value if mode is not None else NOT_VERIFIED
 
 
 def threshold_key(threshold: float) -> str:
@@ -191,6 +208,9 @@ class RunReport(BaseModel):
     pass_hat_k: list[PassHatK]
     """k = 1..trials; empty for single-trial runs."""
     breakdowns: list[Breakdown]
+    verification_modes: dict[str, dict[str, int]]
+    """Per run id: its scored episodes per verification mode (`offline`, `judges`,
+    `judges+arbiter`; see crmbench_contracts.rewards.VerificationMode)."""
     cost: CostSummary
     harness_errors: list[HarnessErrorEntry]
     notes: list[str]
@@ -259,8 +279,27 @@ def _breakdowns(sessions: Sequence[SessionTrace]) -> list[Breakdown]:
             lambda s: s.crm_context.difficulty,
             [v.value for v in Difficulty],
         ),
+        _breakdown(
+            "verification mode",
+            sessions,
+            verification_mode_of,
+            [*(v.value for v in VerificationMode), NOT_VERIFIED],
+        ),
         _breakdown("outcome", sessions, lambda s: s.outcome, get_args(EpisodeOutcome)),
     ]
+
+
+def _verification_modes(scored: Sequence[SessionTrace]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for session in scored:
+        modes = counts.setdefault(session.run_id, {})
+        mode = verification_mode_of(session)
+        modes[mode] = modes.get(mode, 0) + 1
+    order = [*(v.value for v in VerificationMode), NOT_VERIFIED]
+    return {
+        run_id: dict(sorted(modes.items(), key=lambda item: order.index(item[0])))
+        for run_id, modes in sorted(counts.items())
+    }
 
 
 def _usage(values: Sequence[float] | None, passing: Sequence[float] | None) -> UsageFigure:
@@ -348,6 +387,9 @@ def build_report(
             pass_hat.append(PassHatK(k=k, cases=cases, values=values))
 
     notes = [HARNESS_NOTE] if harness else []
+    modes = _verification_modes(scored)
+    if len({mode for counts in modes.values() for mode in counts}) > 1:
+        notes.append(MIXED_MODES_NOTE)
     return RunReport(
         run=run,
         reading=reading,
@@ -362,6 +404,7 @@ def build_report(
         mean_score=_mean([s.score for s in scored]),
         pass_hat_k=pass_hat,
         breakdowns=_breakdowns(sessions),
+        verification_modes=modes,
         cost=_cost(scored),
         harness_errors=[
             HarnessErrorEntry(

@@ -352,9 +352,7 @@ class EpisodeRunner:
             token_usage=usage,
             crm_context=crm_context(case).model_copy(
                 update={
-                    "verification_mode": "structured+judges"
-                    if reward is not None and reward.judges
-                    else "structured",
+                    "verification_mode": reward.verification_mode if reward else None,
                     **learning_context(guidance),
                 }
             ),

@@ -44,9 +44,11 @@ AdminDep = Annotated[None, Depends(require_admin)]
 
 async def require_admin_or_owner(
     episode_id: str, episodes: EpisodesDep, credentials: Credentials
-) -> None:
-    """The admin key, or the episode's own token (another episode's token gets a 404)."""
-    await episodes.check_admin_or_owner(bearer_token(credentials), episode_id)
+) -> bool:
+    """The admin key (True) or the episode's own token (False); another episode's token
+    gets a 404. Routes use the flag to keep case-derived fields from the owner."""
+    return await episodes.check_admin_or_owner(bearer_token(credentials), episode_id)
 
 
-OwnerDep = Annotated[None, Depends(require_admin_or_owner)]
+OwnerDep = Annotated[bool, Depends(require_admin_or_owner)]
+"""True for the admin key, False for the episode's own token."""

@@ -74,10 +74,17 @@ async def list_episodes(
     return {"episodes": [episode_public(r) for r in rows], "total": total}
 
 
-@router.get("/episodes/{episode_id}", response_model=EpisodeOut, operation_id="get_episode")
-async def get_episode(episode_id: str, episodes: EpisodesDep, _: OwnerDep) -> dict[str, Any]:
-    """One episode's registry entry (admin key or the episode's token)."""
-    return episode_public(await episodes.get(episode_id))
+@router.get(
+    "/episodes/{episode_id}",
+    response_model=EpisodeOut,
+    # The owner's view leaves case_id out of the dict; this keeps it out of the body too.
+    response_model_exclude_unset=True,
+    operation_id="get_episode",
+)
+async def get_episode(episode_id: str, episodes: EpisodesDep, admin: OwnerDep) -> dict[str, Any]:
+    """One episode's registry entry (admin key or the episode's token). The episode's own
+    token does not see `case_id`: it would tell the agent which golden case it plays."""
+    return episode_public(await episodes.get(episode_id), admin=admin)
 
 
 @router.delete("/episodes/{episode_id}", response_model=Deleted, operation_id="delete_episode")

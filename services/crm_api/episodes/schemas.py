@@ -39,7 +39,12 @@ class EpisodeCreate(Strict):
 
 class EpisodeOut(BaseModel):
     episode_id: str
-    case_id: str | None = None
+    case_id: str | None = Field(
+        default=None,
+        description="The golden case the episode was built from (null when built from a "
+        "seed). Admin key only: absent from the episode token's view of GET "
+        "/episodes/{episode_id}, so an agent cannot learn which case it plays.",
+    )
     today: date
     actor: Actor
     call_seq: int = Field(description="Tool calls that changed or read state so far.")

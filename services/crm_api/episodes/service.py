@@ -84,12 +84,12 @@ class EpisodeManager:
                 status_code=403,
             )
 
-    async def check_admin_or_owner(self, token: str, episode_id: str) -> None:
-        """The admin key, or the episode's own token: an unknown token is UNAUTHORIZED (401),
-        an expired episode's token EPISODE_EXPIRED (401), another episode's token gets
-        EPISODE_NOT_FOUND (404)."""
+    async def check_admin_or_owner(self, token: str, episode_id: str) -> bool:
+        """The admin key (True), or the episode's own token (False): an unknown token is
+        UNAUTHORIZED (401), an expired episode's token EPISODE_EXPIRED (401), another
+        episode's token gets EPISODE_NOT_FOUND (404)."""
         if self.is_admin(token):
-            return
+            return True
         owner = await self.episode_for_token(token)
         if owner != episode_id:
             raise CrmError(
@@ -98,6 +98,7 @@ class EpisodeManager:
                 field="episode_id",
                 status_code=404,
             )
+        return False
 
     async def authenticate(
         self,
@@ -517,9 +518,15 @@ def expires_at(row: Any) -> datetime:
     return last + timedelta(seconds=int(row["ttl_seconds"]))
 
 
-def episode_public(row: Any) -> dict[str, Any]:
-    """A registry row as the API shows it (`EpisodeOut`): no token hash, no schema name."""
-    return {
+def episode_public(row: Any, *, admin: bool = True) -> dict[str, Any]:
+    """A registry row as the API shows it (`EpisodeOut`): no token hash, no schema name.
+
+    `admin=False` is the episode owner's view: it leaves out `case_id` (the key is absent,
+    not null), since the case id maps to the case's committed expected state. Nothing
+    else in the row is derived from the case beyond what the agent sees through its tools
+    (the seed rows, the episode's `today` and `actor`).
+    """
+    public = {
         "episode_id": row["episode_id"],
         "case_id": row["case_id"],
         "today": row["today"],
@@ -531,6 +538,9 @@ def episode_public(row: Any) -> dict[str, Any]:
         "ttl_seconds": int(row["ttl_seconds"]),
         "world_version": row["world_version"],
     }
+    if not admin:
+        del public["case_id"]
+    return public
 
 
 def _unknown_token() -> CrmError:
