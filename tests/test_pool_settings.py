@@ -72,3 +72,35 @@ def test_the_docs_state_the_defaults() -> None:
     assert _documented("agent_runner.md", "CRMBENCH_RUNNER_DB_POOL_SIZE") == str(
         runner.runner_db_pool_size
     )
+
+
+def test_an_old_pool_variable_is_named_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The old shared names are ignored; both services say so when they start, naming the
+    replacement, instead of silently dropping the user's tuning."""
+    from agent_runner.app import create_app as create_runner
+    from crm_api.app import create_app as create_crm_api
+
+    strong = "a-strong-admin-key-0123456789"
+    with caplog.at_level("WARNING"):
+        create_crm_api(CrmApiSettings(admin_key=strong))
+        create_runner(
+            AgentRunnerSettings(admin_key=strong, database_url="postgresql://x/y", work=False)
+        )
+    assert not [r for r in caplog.records if "no longer read" in r.getMessage()]
+
+    monkeypatch.setenv("CRMBENCH_DB_POOL_SIZE", "3")
+    monkeypatch.setenv("CRMBENCH_DB_MAX_OVERFLOW", "1")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        create_crm_api(CrmApiSettings(admin_key=strong))
+        create_runner(
+            AgentRunnerSettings(admin_key=strong, database_url="postgresql://x/y", work=False)
+        )
+    messages = [r.getMessage() for r in caplog.records if "no longer read" in r.getMessage()]
+    assert (
+        sum("CRMBENCH_DB_POOL_SIZE" in m and "CRMBENCH_RUNNER_DB_POOL_SIZE" in m for m in messages)
+        == 2
+    )
+    assert sum("CRMBENCH_DB_MAX_OVERFLOW" in m for m in messages) == 2

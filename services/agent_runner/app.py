@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -54,6 +55,7 @@ from crmbench_clients.http_errors import error_response, install_error_handlers
 from crmbench_clients.verifier import VerifierClient
 from crmbench_contracts.api_errors import RequestProblem
 from crmbench_contracts.service_keys import check_bearer, require_strong_key
+from crmbench_contracts.settings_names import renamed_variable_warnings
 from crmbench_llm.base import MissingApiKey
 
 log = logging.getLogger("agent_runner")
@@ -338,6 +340,8 @@ def create_app(
     Raises ValueError when a required setting is missing."""
     settings = settings or AgentRunnerSettings()
     _required(settings)
+    for message in renamed_variable_warnings(os.environ):
+        log.warning(message)
     name = f"{worker_name()}:{secrets.token_hex(2)}"
 
     @contextlib.asynccontextmanager

@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import logging
 import math
+import os
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -47,6 +48,7 @@ from crm_api.validation import translate_validation_errors
 from crmbench_contracts.api_errors import ErrorCode
 from crmbench_contracts.canonical import canonical_json
 from crmbench_contracts.service_keys import require_strong_key
+from crmbench_contracts.settings_names import renamed_variable_warnings
 
 log = logging.getLogger("crm_api")
 
@@ -98,6 +100,8 @@ def create_app(settings: CrmApiSettings | None = None) -> FastAPI:
     empty, short or a well-known placeholder."""
     settings = settings or get_settings()
     require_strong_key(settings.admin_key, "CRMBENCH_ADMIN_KEY")
+    for message in renamed_variable_warnings(os.environ):
+        log.warning(message)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
