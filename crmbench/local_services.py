@@ -47,6 +47,8 @@ def running_verifier(
     """A verifier on 127.0.0.1 reading episodes from `crm_api_url`; yields its base URL.
 
     Its scoring routes take `verifier_key`, by default the admin key: callers send that.
+    Left None, the verifier's own fallback to the admin key applies, so a refusal of a
+    weak key names CRMBENCH_ADMIN_KEY rather than CRMBENCH_VERIFIER_KEY.
     """
     from verifier.app import create_app
     from verifier.settings import VerifierSettings
@@ -54,7 +56,7 @@ def running_verifier(
     overrides: dict[str, object] = {
         "crm_api_url": crm_api_url,
         "admin_key": admin_key,
-        "verifier_key": verifier_key or admin_key,
+        "verifier_key": verifier_key,
     }
     if corpus_dir is not None:
         overrides["corpus_dir"] = corpus_dir

@@ -52,6 +52,32 @@ class ServiceUrls:
     """The services started by this process (the others came from the environment)."""
 
 
+def _set(name: str) -> str | None:
+    """An environment variable's value; empty counts as unset (as the services read it)."""
+    return os.environ.get(name) or None
+
+
+def check_service_keys(*, runner_routes: bool = False) -> None:
+    """Fails, in one line naming the variable the user set, when a key this command will
+    use is weak (see `crmbench_contracts.service_keys.key_problem`). Called before anything
+    (a run folder, a queued run, a service) is made. CRMBENCH_ADMIN_KEY counts when it is
+    used: with CRMBENCH_CRM_API_URL, and as the run routes' key (`runner_routes`, for
+    `crmbench serve agent-runner`) when CRMBENCH_RUNNER_KEY is unset; it is checked first,
+    under its own name, since the other keys default to it."""
+    from crmbench_contracts.service_keys import key_problem
+
+    names: list[str] = []
+    if _set("CRMBENCH_CRM_API_URL") or (runner_routes and not _set("CRMBENCH_RUNNER_KEY")):
+        names.append("CRMBENCH_ADMIN_KEY")
+    if runner_routes:
+        names.append("CRMBENCH_RUNNER_KEY")
+    names.append("CRMBENCH_VERIFIER_KEY")
+    for name in names:
+        problem = key_problem(_set(name), name)
+        if problem is not None:
+            raise fail(problem)
+
+
 @contextlib.contextmanager
 def service_environment(database_url: str, corpus_dir: Path) -> Iterator[ServiceUrls]:
     """The CRM API and the verifier: configured ones by URL (CRMBENCH_CRM_API_URL with
@@ -71,13 +97,16 @@ def service_environment(database_url: str, corpus_dir: Path) -> Iterator[Service
             crm_url, admin_key = stack.enter_context(running_crm_api(database_url))
             started.append("crm_api")
         assert admin_key is not None
-        verifier_key = os.environ.get("CRMBENCH_VERIFIER_KEY") or admin_key
+        own_verifier_key = _set("CRMBENCH_VERIFIER_KEY")
         verifier_url = os.environ.get("CRMBENCH_VERIFIER_URL")
         if not verifier_url:
+            # Without CRMBENCH_VERIFIER_KEY the verifier falls back to the admin key itself,
+            # so a refusal of that key names CRMBENCH_ADMIN_KEY, the variable actually set.
             verifier_url = stack.enter_context(
-                running_verifier(crm_url, admin_key, str(corpus_dir), verifier_key=verifier_key)
+                running_verifier(crm_url, admin_key, str(corpus_dir), verifier_key=own_verifier_key)
             )
             started.append("verifier")
+        verifier_key = own_verifier_key or admin_key
         yield ServiceUrls(crm_url, admin_key, verifier_url, verifier_key, started)
 
 
@@ -369,6 +398,8 @@ def run_command(
         "concurrency": concurrency,
     }
     flags_given = any(value is not None for value in overrides.values())
+    # Every key first: a weak one must not leave a run folder or a queued run behind.
+    check_service_keys()
     config = _config_from(config_file, overrides)
     if join is None and not RunFiles(out).run_file.exists():
         # A new run: its cases must exist before anything (folder, lock, database) is made.

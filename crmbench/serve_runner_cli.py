@@ -51,20 +51,24 @@ def serve_agent_runner(
     from crm_api.migrate import migrate
     from crm_api.settings import CrmApiSettings
     from crmbench.postgres import resolve_database_url
-    from crmbench.run_cli import service_environment
+    from crmbench.run_cli import check_service_keys, service_environment
 
+    # Every key under the variable the user set (CRMBENCH_ADMIN_KEY first: the others
+    # default to it), before anything starts.
+    check_service_keys(runner_routes=True)
     settings = AgentRunnerSettings()
     if work is not None:
         settings = settings.model_copy(update={"work": work})
     # The run routes' key: CRMBENCH_RUNNER_KEY, else the admin key given in the
     # environment; with neither, the CRM API started here has a key no one else knows,
     # so one is generated for the runner and printed once.
+    require_strong_key(settings.api_key, settings.api_key_variable)
     generated_key = settings.api_key is None
     if generated_key:
         settings = settings.model_copy(update={"runner_key": secrets.token_urlsafe(24)})
     elif settings.runner_key is None:
+        # Pinned now: the admin key is replaced below when the CRM API starts here.
         settings = settings.model_copy(update={"runner_key": settings.admin_key})
-    require_strong_key(settings.runner_key, settings.api_key_variable)
     # A bad run config fails here, in one line, before any service starts.
     config = load_run_config(settings.run_config)
     sock = bind(host, port)  # a busy port fails now, before any service starts

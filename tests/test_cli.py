@@ -117,6 +117,9 @@ def test_errors_are_one_line_without_traceback(
 # ---------------------------------------------------------------------------- issue 12: 3, 4
 
 
+KEY_VARIABLES = ("CRMBENCH_ADMIN_KEY", "CRMBENCH_VERIFIER_KEY", "CRMBENCH_RUNNER_KEY")
+
+
 @pytest.mark.parametrize(
     ("command", "env", "problem"),
     [
@@ -133,12 +136,32 @@ def test_errors_are_one_line_without_traceback(
             {"CRMBENCH_RUNNER_KEY": "secret"},
             "CRMBENCH_RUNNER_KEY is a well-known placeholder",
         ),
+        # The admin key, which the others default to, is named as itself (issue 12 review).
+        (
+            ["serve", "agent-runner"],
+            {"CRMBENCH_ADMIN_KEY": "change-me"},
+            "CRMBENCH_ADMIN_KEY is a well-known placeholder",
+        ),
+        (
+            ["serve", "agent-runner"],
+            {
+                "CRMBENCH_ADMIN_KEY": "change-me",
+                "CRMBENCH_RUNNER_KEY": "a-strong-runner-key-0123456789",
+                "CRMBENCH_CRM_API_URL": "http://127.0.0.1:1",
+            },
+            "CRMBENCH_ADMIN_KEY is a well-known placeholder",
+        ),
+        (
+            ["serve", "agent-runner"],
+            {"CRMBENCH_ADMIN_KEY": "a-strong-admin-key-0123456789", "CRMBENCH_VERIFIER_KEY": "x"},
+            "CRMBENCH_VERIFIER_KEY is too short (1 characters, at least 16)",
+        ),
     ],
 )
 def test_serve_refuses_a_weak_key_in_one_line_before_starting(
     monkeypatch: pytest.MonkeyPatch, command: list[str], env: dict[str, str], problem: str
 ) -> None:
-    for name in ("CRMBENCH_ADMIN_KEY", "CRMBENCH_VERIFIER_KEY", "CRMBENCH_RUNNER_KEY"):
+    for name in (*KEY_VARIABLES, "CRMBENCH_CRM_API_URL", "CRMBENCH_VERIFIER_URL"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -57,6 +57,28 @@ def test_bad_run_options_are_refused(tmp_path: Path, args: list[str], message: s
 
 
 @pytest.mark.usefixtures("cli_env")
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"CRMBENCH_VERIFIER_KEY": "short"}, "CRMBENCH_VERIFIER_KEY is too short"),
+        # The verifier key defaults to the admin key: a weak one is named as what was set.
+        ({"CRMBENCH_ADMIN_KEY": "change-me"}, "CRMBENCH_ADMIN_KEY is a well-known placeholder"),
+    ],
+)
+def test_a_weak_key_is_refused_before_a_run_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], problem: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "r"
+    code, output = invoke("run", "--agent", "oracle", "--limit", "1", "--out", str(out))
+    assert code == 1, output
+    assert output.startswith(f"error: {problem}"), output
+    assert "started run" not in output and "Traceback" not in output
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("cli_env")
 def test_a_broken_config_file_is_named(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("agent: oracle\nlimits: {max_steps: -1}\n")

@@ -550,6 +550,54 @@ async def test_a_ten_second_ttl_expires_ten_seconds_after_the_last_call(
         await _drop_all(client)
 
 
+def _gone(response: httpx.Response) -> None:
+    assert response.status_code == 409, response.text
+    error = response.json()["error"]
+    assert error["code"] == "EPISODE_EXPIRED" and "POST /episodes" in error["message"]
+
+
+async def test_an_expired_episode_cannot_be_reset_snapshotted_or_restored(
+    private_database_url: str,
+) -> None:
+    """The admin key cannot bring an expired episode back (its token working again, the
+    live-episode cap overshot); it can still read and delete it until the reaper runs."""
+    async with limits_server(private_database_url, max_live_episodes=2) as client:
+        await _drop_all(client)
+        ep = await open_episode(client, {"ttl_seconds": 60})
+        ep.http = client
+        await ep.ok("create_new_client", {"name": "Early", "email": "e@early.io"})
+        url = f"/episodes/{ep.episode_id}"
+        saved = await client.post(f"{url}/snapshots", json={"name": "s1"}, headers=admin())
+        assert saved.status_code == 201, saved.text
+        await _backdate(private_database_url, ep.episode_id, 61)
+        before = await _registry(private_database_url, ep.episode_id)
+        _gone(await client.post(f"{url}/reset", headers=admin()))
+        _gone(await client.post(f"{url}/snapshots/s1/restore", headers=admin()))
+        _gone(await client.post(f"{url}/snapshots", json={"name": "s2"}, headers=admin()))
+        # Nothing was revived: the clock did not move and the token stays refused.
+        assert await _registry(private_database_url, ep.episode_id) == before
+        _expired(await ep.call("list_clients"))
+        # Reads and the snapshot list still work for the admin key.
+        for path in (url, f"{url}/state", f"{url}/changes", f"{url}/snapshots"):
+            seen = await client.get(path, headers=admin())
+            assert seen.status_code == 200, (path, seen.text)
+        # The cap counts only live episodes, and resets cannot add expired ones back.
+        live = [await open_episode(client) for _ in range(2)]
+        _too_many(await client.post("/episodes", json={}, headers=admin()), 2)
+        _gone(await client.post(f"{url}/reset", headers=admin()))
+        listed = (await client.get("/episodes", headers=admin())).json()["episodes"]
+        now = datetime.now(UTC)
+        unexpired = [e for e in listed if datetime.fromisoformat(e["expires_at"]) > now]
+        assert sorted(e["episode_id"] for e in unexpired) == sorted(e.episode_id for e in live)
+        # A live episode still resets, snapshots and restores as before.
+        assert (
+            await client.post(f"/episodes/{live[0].episode_id}/reset", headers=admin())
+        ).status_code == 200
+        # And the admin key can delete the expired one.
+        assert (await client.delete(url, headers=admin())).status_code == 200
+        await _drop_all(client)
+
+
 def _too_many(response: httpx.Response, cap: int) -> None:
     assert response.status_code == 429, response.text
     error = response.json()["error"]

@@ -334,12 +334,16 @@ async def episode_for_token_hash(conn: AsyncConnection, token_hash: str) -> RowM
 async def get_episode(
     conn: AsyncConnection, episode_id: str, *, lock: bool = False
 ) -> RowMapping | None:
-    """The registry row of an episode (FOR UPDATE when `lock`), None if there is none."""
+    """The registry row of an episode (FOR UPDATE when `lock`) plus `expired` (idle past its
+    TTL, as the reaper judges it), None if there is none."""
     suffix = " FOR UPDATE" if lock else ""
     return (
         (
             await conn.execute(
-                sa.text(f"SELECT * FROM crm_meta.episode WHERE episode_id = :id{suffix}"),
+                sa.text(
+                    f"SELECT *, {_EXPIRED} AS expired FROM crm_meta.episode"
+                    f" WHERE episode_id = :id{suffix}"
+                ),
                 {"id": episode_id},
             )
         )

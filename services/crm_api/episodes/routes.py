@@ -29,7 +29,11 @@ ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing bearer credentials."},
     403: {"model": ErrorResponse, "description": "The credentials may not do this."},
     404: {"model": ErrorResponse, "description": "No such episode or snapshot."},
-    409: {"model": ErrorResponse, "description": "Conflicts with the episode's state."},
+    409: {
+        "model": ErrorResponse,
+        "description": "Conflicts with the episode's state (EPISODE_EXPIRED for a reset, "
+        "snapshot or restore of an expired episode).",
+    },
     422: {"model": ErrorResponse, "description": "The request is not valid."},
     **SERVICE_ERROR_RESPONSES,
 }

@@ -289,6 +289,23 @@ class EpisodeManager:
             raise _episode_not_found(episode_id)
         return row
 
+    async def _get_live_row(self, conn: AsyncConnection, episode_id: str) -> Any:
+        """The registry row, locked, of an episode that has not expired. An expired one
+        (not yet reaped) is refused with EPISODE_EXPIRED (409): resetting, restoring or
+        snapshotting it would mark it used and so bring it back to life, around both its
+        TTL and the live-episode cap."""
+        row = await self._get_row(conn, episode_id, lock=True)
+        if row["expired"]:
+            raise CrmError(
+                ErrorCode.EPISODE_EXPIRED,
+                f"Episode {episode_id} has expired (idle for longer than its ttl_seconds) "
+                "and can no longer be reset, snapshotted or restored; it stays readable "
+                "until the reaper drops it. Create a new episode with POST /episodes.",
+                field="episode_id",
+                status_code=409,
+            )
+        return row
+
     async def get(self, episode_id: str) -> dict[str, Any]:
         async with self.engine.connect() as conn:
             return dict(await self._get_row(conn, episode_id))
@@ -335,9 +352,10 @@ class EpisodeManager:
     # ------------------------------------------------------------------ reset, snapshots
 
     async def reset(self, episode_id: str) -> dict[str, Any]:
-        """Back to the starting state: the world plus the episode's seed, clock at zero."""
+        """Back to the starting state: the world plus the episode's seed, clock at zero.
+        Raises EPISODE_EXPIRED (409) for an expired episode."""
         async with self.engine.begin() as conn:
-            row = await self._get_row(conn, episode_id, lock=True)
+            row = await self._get_live_row(conn, episode_id)
             schema = row["schema_name"]
             await repository.reset_to_world(conn, schema)
             await self._apply_seed(conn, schema, SeedRows.model_validate(row["seed"]))
@@ -345,9 +363,11 @@ class EpisodeManager:
             return dict(await self._get_row(conn, episode_id))
 
     async def snapshot(self, episode_id: str, name: str) -> dict[str, Any]:
+        """Saves the episode's tables and change log as `name`. Raises EPISODE_EXPIRED (409)
+        for an expired episode, CONFLICT (409) for a name already taken."""
         _check_snapshot_name(name)
         async with self.engine.begin() as conn:
-            row = await self._get_row(conn, episode_id, lock=True)
+            row = await self._get_live_row(conn, episode_id)
             if await repository.snapshot_exists(conn, episode_id, name):
                 raise CrmError(
                     ErrorCode.CONFLICT,
@@ -381,8 +401,10 @@ class EpisodeManager:
         return found
 
     async def restore(self, episode_id: str, name: str) -> dict[str, Any]:
+        """Puts the episode back to snapshot `name`. Raises EPISODE_EXPIRED (409) for an
+        expired episode, SNAPSHOT_NOT_FOUND (404) for an unknown name."""
         async with self.engine.begin() as conn:
-            row = await self._get_row(conn, episode_id, lock=True)
+            row = await self._get_live_row(conn, episode_id)
             snap = await self._snapshot_schema(conn, episode_id, name)
             await repository.truncate_episode_tables(conn, row["schema_name"])
             await repository.copy_tables(
