@@ -1,6 +1,7 @@
 """The Anthropic messages provider. The system prompt travels separately; tool calls and
 results are content blocks; thinking blocks go back with the turn that made them. The SDK's
-own retries are off so the shared retry loop applies."""
+own retries are off so the shared retry loop applies; replies are read from the response's
+JSON, checked here, as for OpenAI."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from crmbench_llm.types import (
     ToolSpec,
     Usage,
 )
+from crmbench_llm.wire import bad_response, count, json_body, mapping, text_of
 
 PROVIDER = "anthropic"
 
@@ -160,16 +162,18 @@ class AnthropicProvider:
         if headers:
             request["extra_headers"] = dict(headers)
         started = time.perf_counter()
-        response = await call_with_retries(
+        body = await call_with_retries(
             lambda: self._attempt(request), self.config.retry_policy(), provider=PROVIDER
         )
         latency_ms = (time.perf_counter() - started) * 1000
-        return self._completion(response, latency_ms, messages)
+        return self._completion(body, latency_ms, messages)
 
-    async def _attempt(self, request: dict[str, Any]) -> Any:
+    async def _attempt(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request; the response's JSON body (read as sent: the SDK's parsed model is
+        built without validation, so a malformed answer is best caught here)."""
         try:
             async with asyncio.timeout(self.config.timeout_seconds):
-                return await self.client.messages.create(**request)
+                raw = await self.client.messages.with_raw_response.create(**request)
         except anthropic.APIStatusError as error:
             raise http_failure(
                 PROVIDER, error.status_code, error.message, error.response.headers
@@ -182,46 +186,53 @@ class AnthropicProvider:
             ) from error
         except anthropic.APIConnectionError as error:
             raise connection_failure(PROVIDER, str(error), timed_out=False) from error
+        return json_body(PROVIDER, raw.http_response)
 
     def _completion(
-        self, response: Any, latency_ms: float, conversation: Sequence[Message]
+        self, body: dict[str, Any], latency_ms: float, conversation: Sequence[Message]
     ) -> Completion:
+        content = body.get("content")
+        if not isinstance(content, list):
+            raise bad_response(PROVIDER, "the response has no list of content blocks")
         texts: list[str] = []
         tool_calls: list[ToolCall] = []
         reasoning: list[dict[str, Any]] = []
         taken = used_ids(conversation)
         turn = assistant_turn(conversation)
-        for block in response.content:
-            if block.type == "text":
-                texts.append(block.text)
-            elif block.type == "tool_use":
+        for block in map(mapping, content):
+            kind = block.get("type")
+            if kind == "text":
+                texts.append(text_of([block]))
+            elif kind == "tool_use":
                 tool_calls.append(
                     make_tool_call(
-                        getattr(block, "id", None),
-                        getattr(block, "name", None),
-                        getattr(block, "input", None),
+                        block.get("id"),
+                        block.get("name"),
+                        block.get("input"),
                         turn=turn,
                         index=len(tool_calls),
                         taken=taken,
                     )
                 )
-            elif block.type in REASONING_BLOCKS:
-                reasoning.append(block.to_dict())
-        raw = response.usage
-        cached = getattr(raw, "cache_read_input_tokens", None) or 0
-        cache_writes = getattr(raw, "cache_creation_input_tokens", None) or 0
+            elif kind in REASONING_BLOCKS:
+                reasoning.append(block)
+        raw = mapping(body.get("usage"))
+        cached = count(raw.get("cache_read_input_tokens"))
+        cache_writes = count(raw.get("cache_creation_input_tokens"))
         # Anthropic's input_tokens excludes cache reads and writes; ours counts all input.
         usage = Usage(
-            input_tokens=(raw.input_tokens or 0) + cached + cache_writes,
-            output_tokens=raw.output_tokens or 0,
+            input_tokens=count(raw.get("input_tokens")) + cached + cache_writes,
+            output_tokens=count(raw.get("output_tokens")),
             cached_input_tokens=cached,
         )
-        model = response.model or self.config.model
+        model = body.get("model") if isinstance(body.get("model"), str) else None
+        model = model or self.config.model
+        stop = body.get("stop_reason")
         return Completion(
             message=Message.assistant("".join(texts), tool_calls, reasoning),
             stop_reason="tool_calls"
             if tool_calls
-            else _STOP_REASONS.get(response.stop_reason or "", "other"),
+            else _STOP_REASONS.get(stop if isinstance(stop, str) else "", "other"),
             usage=usage,
             latency_ms=latency_ms,
             cost_usd=self.prices.cost(usage, self.config.model, model),

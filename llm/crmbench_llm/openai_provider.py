@@ -16,12 +16,7 @@ from typing import Any
 
 import openai
 
-from crmbench_llm.base import (
-    LLMError,
-    call_with_retries,
-    connection_failure,
-    http_failure,
-)
+from crmbench_llm.base import call_with_retries, connection_failure, http_failure
 from crmbench_llm.config import PriceTable, ProviderConfig
 from crmbench_llm.tool_calls import assistant_turn, make_tool_call, used_ids
 from crmbench_llm.types import (
@@ -31,6 +26,7 @@ from crmbench_llm.types import (
     ToolSpec,
     Usage,
 )
+from crmbench_llm.wire import bad_response, count, json_body, mapping, text_of
 
 PROVIDER = "openai"
 
@@ -153,28 +149,26 @@ class OpenAIProvider:
             ) from error
         except openai.APIConnectionError as error:
             raise connection_failure(PROVIDER, str(error), timed_out=False) from error
-        try:
-            body = raw.http_response.json()
-        except ValueError as error:
-            raise bad_response(f"the answer is not JSON: {error}") from error
-        if not isinstance(body, dict):
-            raise bad_response("the answer is not a JSON object")
-        return body
+        return json_body(PROVIDER, raw.http_response)
 
     def _completion(
         self, body: dict[str, Any], latency_ms: float, conversation: Sequence[Message]
     ) -> Completion:
         choices = body.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise bad_response("the response has no choices")
+            raise bad_response(PROVIDER, "the response has no choices")
         choice = choices[0]
-        message = _mapping(choice.get("message"))
+        message = mapping(choice.get("message"))
         taken = used_ids(conversation)
         turn = assistant_turn(conversation)
+        raw_calls = message.get("tool_calls")
+        if raw_calls is not None and not isinstance(raw_calls, list):
+            kind = type(raw_calls).__name__
+            raise bad_response(PROVIDER, f"message.tool_calls is a {kind}, not a list")
         tool_calls = []
-        for index, call in enumerate(message.get("tool_calls") or []):
-            call = _mapping(call)
-            function = _mapping(call.get("function"))
+        for index, call in enumerate(raw_calls or []):
+            call = mapping(call)
+            function = mapping(call.get("function"))
             if call.get("type", "function") != "function" or not function:
                 continue  # a custom tool kind this harness never offers
             tool_calls.append(
@@ -187,20 +181,19 @@ class OpenAIProvider:
                     taken=taken,
                 )
             )
-        raw_usage = _mapping(body.get("usage"))
-        details = _mapping(raw_usage.get("prompt_tokens_details"))
+        raw_usage = mapping(body.get("usage"))
+        details = mapping(raw_usage.get("prompt_tokens_details"))
         usage = Usage(
-            input_tokens=_count(raw_usage.get("prompt_tokens")),
-            output_tokens=_count(raw_usage.get("completion_tokens")),
-            cached_input_tokens=_count(details.get("cached_tokens")),
+            input_tokens=count(raw_usage.get("prompt_tokens")),
+            output_tokens=count(raw_usage.get("completion_tokens")),
+            cached_input_tokens=count(details.get("cached_tokens")),
         )
-        content = message.get("content")
         model = body.get("model") if isinstance(body.get("model"), str) else None
         model = model or self.config.model
         finish = choice.get("finish_reason")
         finish_reason = finish if isinstance(finish, str) else ""
         return Completion(
-            message=Message.assistant(content if isinstance(content, str) else "", tool_calls),
+            message=Message.assistant(text_of(message.get("content")), tool_calls),
             # Some compatible servers report "stop" even when they return tool calls.
             stop_reason="tool_calls" if tool_calls else _STOP_REASONS.get(finish_reason, "other"),
             usage=usage,
@@ -209,16 +202,3 @@ class OpenAIProvider:
             model=model,
             provider=PROVIDER,
         )
-
-
-def bad_response(message: str) -> LLMError:
-    """The server answered 200 with something that is not a chat completion."""
-    return LLMError(message, code="bad_response", provider=PROVIDER)
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and value > 0 else 0

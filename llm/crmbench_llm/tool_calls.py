@@ -8,6 +8,7 @@ tool result answering it, and the assistant turn sent back, carry the same id.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -23,23 +24,59 @@ def tool_arguments(value: Any) -> tuple[dict[str, Any], str | None]:
 
     A JSON object, or a string holding one, is the arguments. An empty string, null or a
     missing field is no arguments (`{}`). Anything else (text that is not JSON, a JSON
-    array or number) is kept in `raw`, as text, for the model to be told it was wrong.
+    array or number, NaN or Infinity anywhere, nesting too deep to parse) is kept in
+    `raw`, as text, for the model to be told it was wrong.
     """
     if value is None:
         return {}, None
     if isinstance(value, dict):
-        return value, None
+        if _finite(value):
+            return value, None
+        return {}, _as_text(value)
     if isinstance(value, str):
         if not value.strip():
             return {}, None
         try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
+            parsed = strict_json_loads(value)
+        except (ValueError, RecursionError):
             return {}, value
         if isinstance(parsed, dict):
             return parsed, None
         return {}, value
-    return {}, json.dumps(value)
+    return {}, _as_text(value)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def strict_json_loads(text: str) -> Any:
+    """`json.loads` as the JSON standard has it: NaN, Infinity and -Infinity (which
+    Python accepts and no JSON API does) raise ValueError; too deep nesting raises
+    RecursionError."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _finite(value: Any) -> bool:
+    """Whether no float in `value` (walked without recursion) is NaN or infinite."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return True
+
+
+def _as_text(value: Any) -> str:
+    """Arguments that are not a JSON object, as text for the model to see."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError, RecursionError):  # nested deeper than json can write
+        return "<arguments nested too deeply to show>"
 
 
 def generated_id(turn: int, index: int) -> str:

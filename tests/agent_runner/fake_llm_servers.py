@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 RequestCheck = Callable[[dict[str, Any]], None]
+JSON = "application/json"
 
 OPENAI_QUIRKS = frozenset(
     {
@@ -58,6 +59,8 @@ class ScriptedAnswer:
     headers: dict[str, str] = field(default_factory=dict)
     delay_seconds: float = 0.0
     check: RequestCheck | None = None
+    raw: str | None = None
+    """Sent verbatim instead of `body` (no quirks): what no JSON encoder writes."""
 
 
 @dataclass
@@ -96,7 +99,7 @@ class FakeApi:
     def script(self, *answers: ScriptedAnswer) -> None:
         self.answers.extend(answers)
 
-    async def answer(self, request: Request) -> JSONResponse:
+    async def answer(self, request: Request) -> Response:
         body = await request.json()
         self.received.append(ReceivedRequest(body, dict(request.headers), time.monotonic()))
         problems = self.validator(self, body) if self.validator is not None else []
@@ -113,10 +116,15 @@ class FakeApi:
                 return JSONResponse(self.error_body(f"bad request shape: {failure}"), 418)
         if answer.delay_seconds:
             await asyncio.sleep(answer.delay_seconds)
-        reply = answer.body
-        if answer.status == 200 and self.quirker is not None:
-            reply = self.quirker(self, copy.deepcopy(reply))
-        return JSONResponse(reply, answer.status, headers=answer.headers)
+        if answer.raw is not None:
+            text = answer.raw
+        else:
+            reply = answer.body
+            if answer.status == 200 and self.quirker is not None:
+                reply = self.quirker(self, copy.deepcopy(reply))
+            # NaN and Infinity are written as Python writes them, as lax servers do.
+            text = json.dumps(reply)
+        return Response(text, answer.status, headers=answer.headers, media_type=JSON)
 
 
 def openai_app(api: FakeApi) -> FastAPI:
@@ -128,7 +136,7 @@ def openai_app(api: FakeApi) -> FastAPI:
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> JSONResponse:
+    async def chat_completions(request: Request) -> Response:
         return await api.answer(request)
 
     return app
@@ -144,7 +152,7 @@ def anthropic_app(api: FakeApi) -> FastAPI:
     app = FastAPI()
 
     @app.post("/v1/messages")
-    async def messages(request: Request) -> JSONResponse:
+    async def messages(request: Request) -> Response:
         return await api.answer(request)
 
     return app
@@ -429,6 +437,22 @@ def openai_reply(
                 "prompt_tokens_details": {"cached_tokens": cached_tokens},
             },
         },
+    )
+
+
+def openai_raw_reply(message: dict[str, Any] | str, finish_reason: str = "stop") -> ScriptedAnswer:
+    """A 200 chat completion whose `choices[0].message` is `message` as given (a dict, or
+    JSON text put in verbatim), for the shapes no quirk flag covers."""
+    text = message if isinstance(message, str) else json.dumps(message)
+    return ScriptedAnswer(
+        200,
+        {},
+        raw=(
+            '{"id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000, '
+            '"model": "gpt-4.1-2025-04-14", "choices": [{"index": 0, "message": '
+            f'{text}, "finish_reason": "{finish_reason}"}}], "usage": '
+            '{"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}'
+        ),
     )
 
 

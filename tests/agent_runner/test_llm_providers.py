@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,17 @@ from tests.agent_runner.fake_llm_servers import (
     ANTHROPIC_QUIRKS,
     OPENAI_QUIRKS,
     FakeApi,
+    ScriptedAnswer,
     anthropic_reply,
+    openai_raw_reply,
     openai_reply,
     openai_tool_call,
     validate_anthropic_request,
     validate_openai_request,
 )
 
+DEEP_ARRAY = "[" * 100_000 + "]" * 100_000
+"""JSON nested deeper than Python's parser goes (it raises RecursionError)."""
 ORIGINAL_PAIRING = Path(__file__).resolve().parents[2] / "config" / "run.original-pairing.yaml"
 
 FIND_CONTACT = ToolSpec(
@@ -425,6 +430,12 @@ def test_a_local_server_may_need_no_key(
         ('{"email": ', {}, '{"email": '),  # the model's broken JSON: kept for the model
         ("[1, 2]", {}, "[1, 2]"),
         (["a"], {}, '["a"]'),
+        # Not JSON although Python's json reads it: the CRM API could never be sent it.
+        ('{"email": NaN}', {}, '{"email": NaN}'),
+        ('{"n": [1, -Infinity]}', {}, '{"n": [1, -Infinity]}'),
+        ({"email": float("inf")}, {}, '{"email": Infinity}'),  # an object holding Infinity
+        ({"a": {"b": [float("nan")]}}, {}, '{"a": {"b": [NaN]}}'),
+        pytest.param(DEEP_ARRAY, {}, DEEP_ARRAY, id="nested-too-deep-to-parse"),
     ],
 )
 async def test_openai_tool_call_arguments_in_every_shape(
@@ -462,6 +473,107 @@ async def test_openai_tool_calls_without_ids_get_stable_ids_per_turn(
     assert [c.id for c in first.message.tool_calls] == ["call_t0_0", "call_t0_1"]
     assert [c.id for c in second.message.tool_calls] == ["call_t1_0"]
     assert openai_api.fake.violations == []
+
+
+@pytest.mark.parametrize("tool_calls", ["5", "true", '{"id": "call_1"}', '"call_1"'])
+async def test_openai_tool_calls_that_are_not_a_list_are_a_bad_response(
+    openai_api: ApiUnderTest, prices: PriceTable, tool_calls: str
+) -> None:
+    """The server's message is broken, not the model's call: an outage, never a crash."""
+    openai_api.fake.script(
+        openai_raw_reply(f'{{"role": "assistant", "content": null, "tool_calls": {tool_calls}}}')
+    )
+
+    with pytest.raises(LLMError) as raised:
+        await openai_api.make(prices).complete([Message.user("go")], [FIND_CONTACT])
+
+    assert raised.value.code == "bad_response" and raised.value.fault == "outage"
+
+
+async def test_a_body_nested_too_deep_to_parse_is_a_bad_response(
+    api: ApiUnderTest, prices: PriceTable
+) -> None:
+    api.fake.script(ScriptedAnswer(200, {}, raw='{"a": ' * 100_000 + "1" + "}" * 100_000))
+
+    with pytest.raises(LLMError) as raised:
+        await api.make(prices).complete([Message.user("go")])
+
+    assert raised.value.code == "bad_response" and raised.value.fault == "outage"
+    assert len(api.fake.received) == 1
+
+
+async def test_openai_content_as_a_list_of_parts_is_its_text(
+    openai_api: ApiUnderTest, prices: PriceTable
+) -> None:
+    parts = [
+        {"type": "text", "text": "Ana is "},
+        {"type": "image_url", "image_url": {"url": "data:,"}},
+        {"type": "text", "text": "contact 7."},
+    ]
+    openai_api.fake.script(openai_raw_reply({"role": "assistant", "content": parts}))
+
+    completion = await openai_api.make(prices).complete([Message.user("go")])
+
+    assert completion.message.content == "Ana is contact 7."
+    assert completion.stop_reason == "end"
+
+
+async def test_openai_non_finite_arguments_go_back_raw_without_a_protocol_violation(
+    openai_api: ApiUnderTest, prices: PriceTable
+) -> None:
+    """A call whose arguments hold NaN is the model's malformed call: kept as its text,
+    answered with a tool result, and sent back as the string it was."""
+    openai_api.fake.quirks.add("arguments_as_object")
+    call = openai_tool_call("call_1", "find_contact", {"email": float("nan")})
+    openai_api.fake.script(openai_reply(None, tool_calls=[call]), openai_reply("done"))
+    provider = openai_api.make(prices)
+
+    first = await provider.complete([Message.user("go")], [FIND_CONTACT])
+    (sent,) = first.message.tool_calls
+    conversation = [Message.user("go"), first.message, Message.tool(sent.id, "malformed")]
+    final = await provider.complete(conversation, [FIND_CONTACT])
+
+    assert (sent.arguments, sent.raw_arguments) == ({}, '{"email": NaN}')
+    assert final.message.content == "done" and openai_api.fake.violations == []
+    returned = openai_api.fake.received[1].body["messages"][1]["tool_calls"][0]
+    assert returned["function"]["arguments"] == '{"email": NaN}'
+
+
+@pytest.mark.parametrize("content", ["null", '"hi"', "5", '{"type": "text", "text": "hi"}'])
+async def test_anthropic_content_that_is_not_a_list_is_a_bad_response(
+    anthropic_api: ApiUnderTest, prices: PriceTable, content: str
+) -> None:
+    reply = anthropic_reply([]).body
+    raw = json.dumps(reply).replace('"content": []', f'"content": {content}')
+    anthropic_api.fake.script(ScriptedAnswer(200, {}, raw=raw))
+
+    with pytest.raises(LLMError) as raised:
+        await anthropic_api.make(prices).complete([Message.user("go")])
+
+    assert raised.value.code == "bad_response" and raised.value.fault == "outage"
+
+
+async def test_anthropic_odd_blocks_usage_and_non_finite_input_are_read_not_crashed_on(
+    anthropic_api: ApiUnderTest, prices: PriceTable
+) -> None:
+    blocks: list[Any] = [
+        "stray text",
+        {"text": "no type"},
+        {"type": "text", "text": None},
+        {"type": "text", "text": "Looking."},
+        {"type": "tool_use", "id": "toolu_1", "name": "find_contact", "input": {"n": math.inf}},
+    ]
+    answer = anthropic_reply(blocks, stop_reason="tool_use")
+    answer.body["usage"] = None
+    anthropic_api.fake.script(answer)
+
+    completion = await anthropic_api.make(prices).complete([Message.user("go")], [FIND_CONTACT])
+
+    assert completion.message.content == "Looking."
+    assert completion.message.tool_calls == [
+        ToolCall(id="toolu_1", name="find_contact", arguments={}, raw_arguments='{"n": Infinity}')
+    ]
+    assert (completion.usage.input_tokens, completion.usage.output_tokens) == (0, 0)
 
 
 def _tool_call_reply(api: ApiUnderTest, turn: int) -> Any:

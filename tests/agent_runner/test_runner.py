@@ -765,3 +765,39 @@ async def test_a_provider_outage_is_retried_then_a_harness_error_never_a_score(
     assert rows[0]["attempts"] == MAX_START_ATTEMPTS
     assert session.outcome == "harness_error" and session.reward is None
     assert "503" in (session.error or "") and steps == []
+
+
+async def test_a_call_with_nan_arguments_is_the_models_mistake_and_the_episode_is_scored(
+    run_services: RunServices, openai_api: ApiUnderTest
+) -> None:
+    """Arguments holding NaN (which Python's json reads and no JSON API accepts) are a
+    malformed call the model is told about, not a crash of the CRM client: the episode
+    is played on and scored, and what goes back to the server is valid."""
+    from agent_runner.agents.factory import build_agent
+
+    openai_api.fake.quirks.add("arguments_as_object")
+    bad = openai_tool_call("call_1", "client_search", {"criteria": {"name": float("nan")}})
+    good = openai_tool_call("call_2", "client_search", {"criteria": {"name": "Quarry Software"}})
+    reply = "That deal belongs to Emberton Pharma, not Quarry Software, so I did not draft it."
+    openai_api.fake.script(
+        openai_reply(None, tool_calls=[bad]),
+        openai_reply(None, tool_calls=[good]),
+        openai_reply(reply),
+    )
+    config = run_config(
+        agent="student",
+        cases=["CRM-00001"],
+        providers={"student": openai_api.config().model_dump()},
+    )
+    run_id, _, store = await execute(run_services, config, None, build_agent(config))
+    try:
+        [(session, steps)] = await store.traces(run_id)
+    finally:
+        await store.close()
+    assert session.outcome == "completed" and session.reward is not None, session.error
+    assert session.passed
+    # The malformed call never reached the CRM API; the model was told, then searched.
+    assert [(s.tool, s.ok) for s in steps] == [("client_search", True)]
+    told = openai_api.fake.received[1].body["messages"][-1]
+    assert told["role"] == "tool" and "JSON object" in told["content"]
+    assert openai_api.fake.violations == []
