@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from crm_api.domain import ENTITY_TABLES
 from crm_api.episodes.repository import (
     change_log_rows,
+    insert_episode,
     insert_rows,
     quote_ident,
     render_tables,
@@ -301,20 +302,10 @@ async def restore_database(engine: AsyncEngine, dump: dict[str, Any]) -> int:
                 episode.get("tool_calls", []),
             )
             registry["schema_name"] = schema
-            registry["seed"] = json.dumps(registry["seed"])
             registry["today"] = date.fromisoformat(registry["today"])
             for key in ("created_at", "last_used_at"):
                 registry[key] = datetime.fromisoformat(registry[key])
-            await conn.execute(
-                sa.text(
-                    "INSERT INTO crm_meta.episode (episode_id, schema_name, token_hash, case_id,"
-                    " today, actor_name, actor_role, seed, world_version, call_seq, created_at,"
-                    " last_used_at, ttl_seconds) VALUES (:episode_id, :schema_name, :token_hash,"
-                    " :case_id, :today, :actor_name, :actor_role, CAST(:seed AS jsonb),"
-                    " :world_version, :call_seq, :created_at, :last_used_at, :ttl_seconds)"
-                ),
-                registry,
-            )
+            await insert_episode(conn, registry)
             for snap in episode["snapshots"]:
                 snapshot_schema = "snap_" + secrets.token_hex(8)
                 await _fill_schema(

@@ -329,26 +329,10 @@ class RunStore:
         return True
 
     async def progress(self, run_id: str) -> Progress:
-        row = await self.pool.fetchrow(
-            """
-            SELECT count(*) AS total,
-                   count(*) FILTER (WHERE status = 'done') AS done,
-                   count(*) FILTER (WHERE status = 'running') AS running,
-                   count(*) FILTER (WHERE passed) AS passed,
-                   count(*) FILTER (WHERE outcome = 'harness_error') AS harness_errors,
-                   coalesce(sum(cost_usd), 0) AS cost_usd
-            FROM runner.run_items WHERE run_id = $1
-            """,
-            run_id,
-        )
-        assert row is not None
-        return Progress(
-            total=row["total"],
-            done=row["done"],
-            running=row["running"],
-            passed=row["passed"],
-            harness_errors=row["harness_errors"],
-            cost_usd=float(row["cost_usd"]),
+        """The run's item counts and cost so far (all zero for a run without items)."""
+        found = await self.progress_of([run_id])
+        return found.get(run_id) or Progress(
+            total=0, done=0, running=0, passed=0, harness_errors=0, cost_usd=0.0
         )
 
     async def progress_of(self, run_ids: Sequence[str]) -> dict[str, Progress]:
