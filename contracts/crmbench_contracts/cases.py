@@ -37,6 +37,21 @@ class Severity(StrEnum):
     LOW = "LOW"
 
 
+class Outcome(StrEnum):
+    """What a final reply may claim happened (cases.md, "outcomes").
+
+    - `completed`: the request was carried out (for a read-only task: answered).
+    - `refused`: it was not done, because of a named rule.
+    - `needs_approval`: it was not done; a manager must approve or do it.
+    - `needs_clarification`: it was not done yet; the agent asks the user a question.
+    """
+
+    COMPLETED = "completed"
+    REFUSED = "refused"
+    NEEDS_APPROVAL = "needs_approval"
+    NEEDS_CLARIFICATION = "needs_clarification"
+
+
 class FailureFamily(StrEnum):
     SCHEMA = "schema"
     DOMAIN_VALUES = "domain values"
@@ -119,13 +134,38 @@ class AllowedChange(Strict):
 
 
 class CommunicationFact(Strict):
-    """A fact the final reply must contain: any of some phrases, or a value from the state."""
+    """A fact the final reply must contain (matching rules: crmbench_contracts.expectations).
 
-    kind: Literal["mentions", "mentions_value", "judge"]
+    - `mentions`: one of `any_of` appears; with `affirmed`, in a clause that does not
+      negate it ("I did not move it to Proposal" does not confirm Proposal).
+    - `mentions_value`: the value `ref` names in the final state appears.
+    - `reason`: the reply gives the reason of failure category `rule` in words its
+      offline lexicon knows (crmbench_contracts.replies.REASONS) or one of `any_of`, and,
+      when `subject_any` is set, names one of those subjects too (the field, the file
+      type). A reply that names the reasons of many unrelated rules earns no reason fact.
+    - `judge`: left to the LLM judges.
+    With judges configured, the judges decide every fact by meaning.
+    """
+
+    kind: Literal["mentions", "mentions_value", "reason", "judge"]
     fact: str
     any_of: list[str] = Field(default_factory=list)
     ref: RowRef | None = None
+    rule: str | None = None
+    subject_any: list[str] = Field(default_factory=list)
+    affirmed: bool = False
     weight: float = 1.0
+
+
+class Branch(Strict):
+    """One acceptable way to end a case: the outcomes its reply may claim, and what must
+    hold. A case passes when any of its branches does (cases.md, "outcomes")."""
+
+    name: str
+    outcomes: list[Outcome] = Field(min_length=1)
+    state: list[StateAssertion]
+    allowed_changes: list[AllowedChange]
+    communicate: list[CommunicationFact]
 
 
 class Action(Strict):
@@ -137,11 +177,28 @@ class Action(Strict):
 
 
 class Expected(Strict):
+    """What must hold at the end. The primary branch is `state`, `allowed_changes`,
+    `communicate` and `outcomes` (the one the reference actions and reply take);
+    `alternatives` are further acceptable branches."""
+
     state: list[StateAssertion]
     allowed_changes: list[AllowedChange]
     communicate: list[CommunicationFact]
     reference_actions: list[Action]
     reference_reply: str
+    outcomes: list[Outcome] = Field(default_factory=lambda: [Outcome.COMPLETED], min_length=1)
+    alternatives: list[Branch] = Field(default_factory=list)
+
+    def branches(self) -> list[Branch]:
+        """The primary branch (named "primary") followed by the alternatives."""
+        primary = Branch(
+            name="primary",
+            outcomes=self.outcomes,
+            state=self.state,
+            allowed_changes=self.allowed_changes,
+            communicate=self.communicate,
+        )
+        return [primary, *self.alternatives]
 
 
 class Trap(Strict):

@@ -32,12 +32,17 @@ Allowed changes
   that many distinct rows (a further change to a row the rule already covers uses no
   extra room). An entry no rule takes is collateral damage.
 
-Communication facts
+Communication facts (`read_fact`)
   mentions: one of `any_of` appears in the reply, case-insensitively, whitespace
-  collapsed, typographic dashes and quotes read as ASCII. mentions_value: the value of
-  `ref` in the final state appears in the reply as a whole token (numbers in common
-  renderings: 75000, 75000.0, 75,000, 75,000.00, $75,000, 75k; ISO dates also as
-  "March 31, 2026" and the like). judge facts are left to LLM judges.
+  collapsed, typographic dashes and quotes read as ASCII; with `affirmed`, as a whole
+  word in a clause that does not negate it (crmbench_contracts.replies.clauses).
+  mentions_value: the value of `ref` in the final state appears in the reply as a whole
+  token (numbers in common renderings: 75000, 75000.0, 75,000, 75,000.00, $75,000, 75k;
+  ISO dates also as "March 31, 2026" and the like), with `affirmed` likewise.
+  reason: the reply gives the reason of failure category `rule` (its lexicon in
+  crmbench_contracts.replies, or one of `any_of`), names one of `subject_any` when set,
+  and names at most replies.MAX_UNRELATED_REASONS other reasons (else it is not
+  specific). judge facts are left to LLM judges.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from crmbench_contracts.cases import AllowedChange, CommunicationFact, RowRef, StateAssertion
+from crmbench_contracts.replies import CATEGORY_REASONS, affirmed_phrase, read_reason
 from crmbench_contracts.rewards import CollateralChange
 
 NUMBER_TOLERANCE = 0.005
@@ -583,12 +589,83 @@ def fact_value(fact: CommunicationFact, world: FinalState) -> Any:
     return value
 
 
-def fact_found(fact: CommunicationFact, reply: str, world: FinalState) -> str | None:
-    """What the reply says that satisfies a mentions or mentions_value fact (the phrase or
-    the rendering), None when it says nothing that does. Unresolvable for a defective
-    fact; ValueError for a judge fact, which only the LLM judges can score."""
+@dataclass(frozen=True)
+class FactReading:
+    """What the reply says toward one fact: `found` is the text that satisfies it (None
+    when nothing does), `expected` what was looked for, `detail` one line for a rationale."""
+
+    found: str | None
+    expected: Any
+    detail: str
+
+
+def _affirmed_mention(reply: str, renderings: Sequence[str]) -> str | None:
+    """find_mention restricted to clauses that do not negate the rendering."""
+    found = find_mention(reply, renderings)
+    if found is None:
+        return None
+    return affirmed_phrase(reply, [r for r in renderings if find_mention(reply, [r])])
+
+
+def read_fact(fact: CommunicationFact, reply: str, world: FinalState) -> FactReading:
+    """How the reply stands toward a mentions, mentions_value or reason fact (rules in the
+    module docstring). Unresolvable for a defective fact (no phrase, no unique row, an
+    unknown rule); ValueError for a judge fact, which only the LLM judges can score."""
     if fact.kind == "mentions":
-        return find_phrase(reply, mention_phrases(fact))
+        phrases = mention_phrases(fact)
+        if fact.affirmed:
+            found = affirmed_phrase(reply, phrases)
+            missing = f"the reply affirms none of {compact(phrases)}"
+        else:
+            found = find_phrase(reply, phrases)
+            missing = f"the reply mentions none of {compact(phrases)}"
+        shown = f"the reply mentions {found!r}" if found is not None else missing
+        return FactReading(found, fact.any_of, shown)
     if fact.kind == "mentions_value":
-        return find_mention(reply, value_renderings(fact_value(fact, world)))
+        value = fact_value(fact, world)
+        renderings = value_renderings(value)
+        found = (
+            _affirmed_mention(reply, renderings)
+            if fact.affirmed
+            else find_mention(reply, renderings)
+        )
+        expected = {"ref": fact.ref.model_dump() if fact.ref else None, "value": value}
+        shown = (
+            f"the reply gives {found!r}"
+            if found is not None
+            else f"the reply does not {'affirm' if fact.affirmed else 'give'} {compact(value)}"
+        )
+        return FactReading(found, expected, shown)
+    if fact.kind == "reason":
+        if fact.rule is None or fact.rule not in CATEGORY_REASONS:
+            raise Unresolvable(
+                f"a reason fact needs a known `rule` (a failure category), got {fact.rule!r}"
+            )
+        reading = read_reason(reply, fact.rule, fact.any_of)
+        expected = {"rule": fact.rule, "subject_any": fact.subject_any}
+        if reading.given is None:
+            return FactReading(None, expected, f"the reply does not give the {fact.rule} reason")
+        if not reading.specific:
+            return FactReading(
+                None,
+                expected,
+                f"the reply names {len(reading.unrelated)} unrelated reasons "
+                f"({', '.join(reading.unrelated)}): not specific, so the reason is not earned",
+            )
+        if fact.subject_any:
+            subject = find_mention(reply, fact.subject_any) or find_phrase(reply, fact.subject_any)
+            if subject is None:
+                return FactReading(
+                    None,
+                    expected,
+                    f"the reply gives a reason ({reading.given!r}) but names none of "
+                    f"{compact(fact.subject_any)}",
+                )
+        return FactReading(reading.given, expected, f"the reply gives the reason: {reading.given!r}")
     raise ValueError(f"a {fact.kind} fact is scored by the LLM judges, not by matching")
+
+
+def fact_found(fact: CommunicationFact, reply: str, world: FinalState) -> str | None:
+    """What the reply says that satisfies a mentions, mentions_value or reason fact, None
+    when it says nothing that does (read_fact has the rules and the errors)."""
+    return read_fact(fact, reply, world).found

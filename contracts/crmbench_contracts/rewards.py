@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from crmbench_contracts.cases import Outcome
+
 PASS_THRESHOLD = 0.9
 REPORTED_THRESHOLDS = (0.7, 0.8, 0.9)
 
@@ -62,6 +64,36 @@ class JudgeScore(BaseModel):
     score: float = Field(ge=0, le=1)
     uncertainty: float = Field(ge=0, le=1)
     rationale: str
+    outcome: Outcome | None = Field(
+        default=None, description="The outcome the judge read the reply as claiming."
+    )
+    facts: dict[str, bool] = Field(
+        default_factory=dict,
+        description="Fact id (`fact_id(branch, index)`, e.g. `primary/0`) -> whether the "
+        "reply conveys it, by meaning.",
+    )
+
+
+def fact_id(branch: str, index: int) -> str:
+    """The id of communication fact `index` of branch `branch` in judges' verdicts."""
+    return f"{branch}/{index}"
+
+
+class OutcomeSource(StrEnum):
+    """Who read the claimed outcome: the offline classifier, the judges, or the arbiter."""
+
+    OFFLINE = "offline"
+    JUDGES = "judges"
+    ARBITER = "arbiter"
+
+
+class BranchResult(BaseModel):
+    """How one acceptable branch of the case scored."""
+
+    name: str
+    score: float = Field(ge=0, le=1)
+    outcome_accepted: bool
+    outcomes: list[Outcome]
 
 
 class RewardRecord(BaseModel):
@@ -75,6 +107,14 @@ class RewardRecord(BaseModel):
     judges: list[JudgeScore] = Field(default_factory=list)
     arbiter: JudgeScore | None = None
     structured_score: float = Field(ge=0, le=1)
+    claimed_outcome: Outcome | None = Field(
+        default=None, description="The outcome the final reply claims (None in older records)."
+    )
+    outcome_source: OutcomeSource | None = None
+    branch: str | None = Field(
+        default=None, description="The branch whose checks are reported (the best-scoring)."
+    )
+    branches: list[BranchResult] = Field(default_factory=list)
     verification_mode: VerificationMode = Field(
         description="How the reply was read: `offline` (no judge), `judges`, or "
         "`judges+arbiter`. Records written before the field existed get the mode their "

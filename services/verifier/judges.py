@@ -18,13 +18,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping, Sequence
+from collections import Counter
 from statistics import fmean
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from crmbench_contracts.cases import Case
+from crmbench_contracts.cases import Case, Outcome
 from crmbench_contracts.rewards import JudgeScore
+
+
+_Vote = TypeVar("_Vote", Outcome, bool)
 
 
 class JudgeRequest(BaseModel):
@@ -58,6 +62,31 @@ class JudgeOutcome(BaseModel):
         if self.judges:
             return fmean(judge.score for judge in self.judges)
         return None
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """The claimed outcome the judges read: the arbiter's when it gave one, else the
+        judges' strict majority; None when no verdict says or they tie (the offline
+        classifier then decides)."""
+        if self.arbiter is not None and self.arbiter.outcome is not None:
+            return self.arbiter.outcome
+        return _majority([judge.outcome for judge in self.judges])
+
+    def fact(self, fact_id: str) -> bool | None:
+        """Whether the reply conveys fact `fact_id` (rewards.fact_id): the arbiter's
+        verdict when it gave one, else the judges' strict majority; None when none says."""
+        if self.arbiter is not None and fact_id in self.arbiter.facts:
+            return self.arbiter.facts[fact_id]
+        return _majority([judge.facts.get(fact_id) for judge in self.judges])
+
+
+def _majority(votes: Sequence[_Vote | None]) -> _Vote | None:
+    """The value more than half of the votes that were cast agree on, else None."""
+    cast = [vote for vote in votes if vote is not None]
+    if not cast:
+        return None
+    value, count = Counter(cast).most_common(1)[0]
+    return value if count * 2 > len(cast) else None
 
 
 @runtime_checkable
