@@ -38,6 +38,7 @@ CASE = make_case(
     state=[assertion("row_exists", "client", {"name": "Acme Corp"})],
     communicate=[judged("explains why the deal cannot be reopened")],
     turns=["Reopen the Acme pilot deal please."],
+    outcomes=[Outcome.REFUSED],
 )
 REQUEST = JudgeRequest(case=CASE, final_reply="I cannot reopen a closed deal.")
 LIMITS = {"max_spread": 0.3, "max_uncertainty": 0.5}
@@ -181,7 +182,7 @@ ASK = Branch(
 
 def branched_case() -> Case:
     """A case refused on its primary branch, with an alternative that asks first."""
-    base = make_case(
+    return make_case(
         case_id="vfy-branches",
         communicate=[
             REASON,
@@ -190,11 +191,9 @@ def branched_case() -> Case:
             ),
         ],
         turns=["Set the Acme pilot probability to 45.5%."],
+        outcomes=[Outcome.REFUSED],
+        alternatives=[ASK],
     )
-    expected = base.expected.model_copy(
-        update={"outcomes": [Outcome.REFUSED], "alternatives": [ASK]}
-    )
-    return base.model_copy(update={"expected": expected})
 
 
 def test_the_prompt_lists_every_branchs_facts_with_ids_and_hides_the_accepted_outcomes() -> None:
