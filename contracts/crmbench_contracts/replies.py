@@ -24,7 +24,7 @@ Claimed outcome (`classify_outcome`)
   completion claim, "Created X; there is no vip field", is still a completion), else
   `needs_approval` when it names one, else `needs_clarification` when it asks, else
   `refused` when it refuses; a reply with none of these (a plain report of what was
-  found) is `completed`.
+  found, "no client matches") is `completed`.
 
 Reasons (`reasons_named`)
   REASONS maps a reason (one rule of domain.md, several failure categories may share
@@ -40,6 +40,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from crmbench_contracts.cases import Outcome
 
@@ -92,6 +93,11 @@ class Clause:
 def clauses(reply: str) -> list[Clause]:
     """The reply's clauses, normalized (module docstring), each with whether it is negated,
     whether its sentence asks, and whether it opens its sentence."""
+    return list(_clauses(reply))
+
+
+@lru_cache(maxsize=256)
+def _clauses(reply: str) -> tuple[Clause, ...]:
     out: list[Clause] = []
     for sentence in _SENTENCE_END.split(normalize(reply)):
         sentence = sentence.strip()
@@ -105,7 +111,7 @@ def clauses(reply: str) -> list[Clause]:
                 if part:
                     out.append(Clause(part, bool(_NEGATION.search(part)), asks, first))
                     first = False
-    return out
+    return tuple(out)
 
 
 def _phrase_pattern(phrase: str) -> re.Pattern[str]:
@@ -164,6 +170,13 @@ _ASKING = re.compile(
 )
 
 
+_EMPTY_RESULT = re.compile(
+    r"\b(?:no (?:matching|matches|match|results?|records?|rows?|hits)|nothing (?:matches|matched|found)|"
+    r"none (?:found|match|matched)|found no(?:thing)?|there (?:are|is|were|was) no|no \w+ (?:match|matches|matched|found))\b"
+)
+"""A search that found nothing: an answer (completed), not a refusal."""
+
+
 @dataclass(frozen=True)
 class OutcomeReading:
     """What the offline classifier read: the outcome and the clauses that decided it."""
@@ -190,7 +203,11 @@ def classify_outcome(reply: str) -> OutcomeReading:
     asks = [c.text for c in parts if c.question or _ASKING.search(c.text)]
     if asks:
         return OutcomeReading(Outcome.NEEDS_CLARIFICATION, asks)
-    refused = [c.text for c in parts if _REFUSAL.search(c.text) or c.negated]
+    refused = [
+        c.text
+        for c in parts
+        if (_REFUSAL.search(c.text) or c.negated) and not _EMPTY_RESULT.search(c.text)
+    ]
     if refused:
         return OutcomeReading(Outcome.REFUSED, refused)
     return OutcomeReading(Outcome.COMPLETED, [])
@@ -205,40 +222,66 @@ REASONS: dict[str, tuple[str, ...]] = {
     "stage_value": (
         r"not (?:a |one of the )?(?:valid|recogni[sz]ed|known|real|allowed|available|supported) stages?",
         r"(?:isn't|is not|not) (?:a |one of the )?(?:valid|recogni[sz]ed|real|known|available) (?:stage|option|value|choice)\b",
-        r"valid stages", r"no (?:such )?stage", r"(?:stage|that) (?:doesn't|does not) exist",
-        r"prospecting, qualification", r"stages? (?:are|is|available)",
+        r"valid stages",
+        r"no (?:such )?stage",
+        r"(?:stage|that) (?:doesn't|does not) exist",
+        r"prospecting, qualification",
+        r"stages? (?:are|is|available)",
         r"(?:don't|doesn't|do not|does not) have (?:a|an|that) .{0,20}stage",
     ),
     "required_amount": (
         r"(?:need|needs|required|require|requires|missing|without|no) (?:an? |the )?(?:deal )?(?:amount|value)",
         r"\bamount\b.{0,30}\b(?:required|missing|needed|mandatory)",
-        r"how much", r"what(?:'s| is) (?:the |it )?(?:deal )?(?:worth|value|amount)",
-        r"deal value", r"(?:amount|value) (?:is|was) (?:not given|missing)",
+        r"how much",
+        r"what(?:'s| is) (?:the |it )?(?:deal )?(?:worth|value|amount)",
+        r"deal value",
+        r"(?:amount|value) (?:is|was) (?:not given|missing)",
     ),
     "no_such_field": (
         r"no ['\"]?[\w ]{1,20}['\"]? (?:field|attribute|property|column)",
         r"(?:isn't|is not|not) an? (?:valid |supported |known |real |standard |recogni[sz]ed )?(?:field|attribute|property|column)",
         r"(?:doesn't|does not|don't|do not) (?:have|support|track|store|keep|offer) (?:a|an|that|such|any|this)",
-        r"no (?:such|place|field|slot)", r"not (?:been )?(?:stored|saved|supported|recorded|kept|set)",
+        r"no (?:such|place|field|slot)",
+        r"not (?:been )?(?:stored|saved|supported|recorded|kept|set)",
         rf"{_CANT} (?:be )?(?:store|save|set|record|add|keep|track)",
-        r"(?:field|attribute|property) (?:doesn't|does not) exist", r"unsupported field",
-        r"not (?:a )?part of", r"(?:wasn't|was not|weren't) (?:stored|saved|set|kept|added)",
+        r"(?:field|attribute|property) (?:doesn't|does not) exist",
+        r"unsupported field",
+        r"not (?:a )?part of",
+        r"(?:wasn't|was not|weren't) (?:stored|saved|set|kept|added)",
     ),
     "positive_amount": (
-        r"\bnegative\b", r"below (?:zero|0|\$0)", r"less than (?:zero|0|\$0)", r"under (?:zero|\$0)",
+        r"\bnegative\b",
+        r"below (?:zero|0|\$0)",
+        r"less than (?:zero|0|\$0)",
+        r"under (?:zero|\$0)",
         r"(?:must|has to|needs to|should) be (?:positive|above|more than|greater than|over)",
-        r"(?:greater|more|higher|bigger) than (?:zero|0|\$0)\b", r"above (?:zero|\$0)",
-        r"\bpositive\b", r"\bminus\b",
+        r"(?:greater|more|higher|bigger) than (?:zero|0|\$0)\b",
+        r"above (?:zero|\$0)",
+        r"\bpositive\b",
+        r"\bminus\b",
     ),
     "zero_amount": (
-        r"\bzero\b", r"\$0\b", r"worth nothing", r"\bnon-?zero\b", r"(?:of|be|is|to) 0\b(?!\s?%)(?! and)(?! to)",
-        r"(?:greater|more|higher|bigger) than (?:zero|0|\$0)\b", r"above (?:zero|\$0)",
+        r"\bzero\b",
+        r"\$0\b",
+        r"worth nothing",
+        r"\bnon-?zero\b",
+        r"(?:of|be|is|to) 0\b(?!\s?%)(?! and)(?! to)",
+        r"(?:greater|more|higher|bigger) than (?:zero|0|\$0)\b",
+        r"above (?:zero|\$0)",
         r"(?:empty|no) amount",
     ),
     "max_amount": (
-        _TEN_MILLION, r"\bmaximum\b", r"\bmax\b", r"\bcaps?\b", r"\bcapped\b", r"\blimit\b",
-        r"too (?:large|high|big|much)", r"\bexceeds?\b", r"over the (?:limit|max)",
-        r"upper (?:bound|limit)", r"(?:at most|no more than|up to) (?:\$\s?)?10",
+        _TEN_MILLION,
+        r"\bmaximum\b",
+        r"\bmax\b",
+        r"\bcaps?\b",
+        r"\bcapped\b",
+        r"\blimit\b",
+        r"too (?:large|high|big|much)",
+        r"\bexceeds?\b",
+        r"over the (?:limit|max)",
+        r"upper (?:bound|limit)",
+        r"(?:at most|no more than|up to) (?:\$\s?)?10",
     ),
     "probability_range": (
         r"(?:between|from) 0\s?%?\s?(?:and|to|-|through) 100",
@@ -246,68 +289,125 @@ REASONS: dict[str, tuple[str, ...]] = {
         rf"{_CANT} (?:be |go )?(?:exceed|above|over|beyond|past|more than|greater than|higher than|bigger than) 100",
         r"(?:above|over|more than|greater than|higher than|beyond|exceed\w*) 100\s?%?",
         rf"{_CANT} (?:be )?(?:negative|below 0|less than 0|under 0|below zero)",
-        r"out of range", r"valid range", r"(?:at most|max(?:imum)?(?: is)?|no more than|no higher than|tops out at|caps at) 100",
-        r"\bpercentage\b.{0,30}\b100\b", r"\bnegative\b",
+        r"out of range",
+        r"valid range",
+        r"(?:at most|max(?:imum)?(?: is)?|no more than|no higher than|tops out at|caps at) 100",
+        r"\bpercentage\b.{0,30}\b100\b",
+        r"\bnegative\b",
     ),
     "whole_probability": (
-        r"whole (?:number|percent|percentage|value)s?", r"\bintegers?\b", r"\bround(?:ed|ing)?\b",
-        r"\bdecimals?\b", r"\bfractions?\b", r"no decimal", r"fractional",
+        r"whole (?:number|percent|percentage|value)s?",
+        r"\bintegers?\b",
+        r"\bround(?:ed|ing)?\b",
+        r"\bdecimals?\b",
+        r"\bfractions?\b",
+        r"no decimal",
+        r"fractional",
     ),
     "past_date": (
-        r"in the past", r"already (?:passed|gone|happened|over|behind)", r"before today",
-        r"earlier than today", r"has (?:already )?passed", r"(?:is|'s) (?:already )?past\b",
-        r"today or later", r"(?:must|has to|needs to) be (?:today|in the future|a future)",
-        r"\bfuture\b", r"gone by", r"\bexpired\b", r"prior to today", r"before the current date",
+        r"in the past",
+        r"already (?:passed|gone|happened|over|behind)",
+        r"before today",
+        r"earlier than today",
+        r"has (?:already )?passed",
+        r"(?:is|'s) (?:already )?past\b",
+        r"today or later",
+        r"(?:must|has to|needs to) be (?:today|in the future|a future)",
+        r"\bfuture\b",
+        r"gone by",
+        r"\bexpired\b",
+        r"prior to today",
+        r"before the current date",
     ),
     "date_format": (r"yyyy-mm-dd", r"\bformat\b", r"\biso\b"),
     "already_exists": (
         r"already (?:exists?|in|on file|there|have|has|registered|listed|a client|set up|recorded)",
-        r"\bexisting\b", r"\bduplicates?\b", r"(?:is|are) already\b",
+        r"\bexisting\b",
+        r"\bduplicates?\b",
+        r"(?:is|are) already\b",
     ),
     "other_client": (
-        r"belongs? to", r"(?:different|another|other|wrong) (?:client|account|customer|company)",
-        r"(?:doesn't|does not|don't) belong", r"someone else's", r"\bmismatch",
+        r"belongs? to",
+        r"(?:different|another|other|wrong) (?:client|account|customer|company)",
+        r"(?:doesn't|does not|don't) belong",
+        r"someone else's",
+        r"\bmismatch",
         r"(?:is|'s) (?:for|under|owned by|linked to|tied to|with|on) .{1,40}(?:not|rather than|instead of)",
         r"not (?:for|linked to|associated with|tied to|under|owned by)",
     ),
     "blank_name": (
-        r"\bblank\b", r"\bempty\b", r"(?:only|just) (?:spaces|whitespace|blanks)", r"\bwhitespace\b",
+        r"\bblank\b",
+        r"\bempty\b",
+        r"(?:only|just) (?:spaces|whitespace|blanks)",
+        r"\bwhitespace\b",
         r"(?:needs|must have|requires|has to have) (?:a|an actual|a real|some) (?:name|value)",
-        r"name (?:can't|cannot|can not|must not) be", r"no (?:actual )?name",
+        r"name (?:can't|cannot|can not|must not) be",
+        r"no (?:actual )?name",
     ),
     "email_format": (
-        r"(?:not a |isn't a |is not a )?\binvalid (?:e-?mail|address)", r"not a valid (?:e-?mail|address)",
+        r"(?:not a |isn't a |is not a )?\binvalid (?:e-?mail|address)",
+        r"not a valid (?:e-?mail|address)",
         r"(?:e-?mail|address) .{0,40}(?:invalid|malformed|broken|wrong|incorrect|not valid|isn't valid|typo|doesn't look|does not look)",
         r"(?:malformed|broken|incorrect|wrong|bad|mistyped) (?:e-?mail|address)",
         r"(?:doesn't|does not|don't) look (?:right|valid|correct)",
         r"valid (?:e-?mail|address)",
     ),
     "unsafe_name": (
-        r"\bpaths?\b", r"\bunsafe\b", r"not safe", r"(?:folder|directory|directories)", r"\btraversal\b",
-        r"plain file ?name", r"\bslash(?:es)?\b", r"\bsecurity\b",
+        r"\bpaths?\b",
+        r"\bunsafe\b",
+        r"not safe",
+        r"(?:folder|directory|directories)",
+        r"\btraversal\b",
+        r"plain file ?name",
+        r"\bslash(?:es)?\b",
+        r"\bsecurity\b",
     ),
     "file_type": (
         r"not (?:a )?(?:supported|accepted|allowed|permitted) (?:file )?(?:type|format|extension|kind)",
         r"(?:file )?(?:type|format|extension|kind of file)s? .{0,30}(?:not|isn't|aren't|n't) (?:supported|accepted|allowed|permitted)",
-        r"\bexecutables?\b", rf"{_CANT} be (?:uploaded|attached)", r"(?:kind|type) of file", r"not supported",
-        r"not accepted", r"(?:isn't|aren't|is not|are not) (?:supported|accepted)", r"\bblocked\b",
+        r"\bexecutables?\b",
+        rf"{_CANT} be (?:uploaded|attached)",
+        r"(?:kind|type) of file",
+        r"not supported",
+        r"not accepted",
+        r"(?:isn't|aren't|is not|are not) (?:supported|accepted)",
+        r"\bblocked\b",
     ),
     "missing_extension": (
-        r"\bextensions?\b", r"file ?type", r"what (?:kind|type|format) of file", r"\bsuffix\b",
-        r"\.(?:pdf|docx?)\b", r"\bformat\b",
+        r"\bextensions?\b",
+        r"file ?type",
+        r"what (?:kind|type|format) of file",
+        r"\bsuffix\b",
+        r"\.(?:pdf|docx?)\b",
+        r"\bformat\b",
     ),
     "closed_deal": (
-        r"(?:already |is |'s |been |was )closed\b", r"closed-?(?:won|lost)", r"closed (?:deals?|opportunit\w+)",
-        r"\blocked\b", r"\breopen", r"\b(?:won|lost) (?:deals?|opportunit\w+)", r"no longer open",
+        r"(?:already |is |'s |been |was )closed\b",
+        r"closed-?(?:won|lost)",
+        r"closed (?:deals?|opportunit\w+)",
+        r"\blocked\b",
+        r"\breopen",
+        r"\b(?:won|lost) (?:deals?|opportunit\w+)",
+        r"no longer open",
     ),
     "won_needs_quote": (
-        r"approved quote", r"\bnegotiation\b", r"quote (?:has to|must|needs to) be approved",
-        r"(?:needs|requires|without|no) (?:an? )?(?:approved )?quote", r"skip (?:stages|ahead)",
+        r"approved quote",
+        r"\bnegotiation\b",
+        r"quote (?:has to|must|needs to) be approved",
+        r"(?:needs|requires|without|no) (?:an? )?(?:approved )?quote",
+        r"skip (?:stages|ahead)",
     ),
     "permission": (
-        r"\bmanagers?\b", r"\bpermissions?\b", r"not (?:permitted|authori[sz]ed)",
+        r"\bmanagers?\b",
+        r"\bpermissions?\b",
+        r"not (?:permitted|authori[sz]ed)",
         r"(?:aren't|are not|isn't|is not|am not) (?:permitted|authori[sz]ed)",
-        r"\bapproval\b", r"sign-?off", r"\bauthori[sz]", r"\brights\b", r"\baccess\b", r"\b20\s?%",
+        r"\bapproval\b",
+        r"sign-?off",
+        r"\bauthori[sz]",
+        r"\brights\b",
+        r"\baccess\b",
+        r"\b20\s?%",
     ),
 }
 """Reason -> patterns (regular expressions over the normalized reply) that state it."""
@@ -359,12 +459,18 @@ def reason_evidence(reply: str, reason: str) -> str | None:
 
 def reasons_named(reply: str) -> dict[str, str]:
     """Every reason the reply states -> the text that states it."""
-    found: dict[str, str] = {}
+    return dict(_reasons_named(reply))
+
+
+@lru_cache(maxsize=256)
+def _reasons_named(reply: str) -> tuple[tuple[str, str], ...]:
+    # A verification reads one reply for every reason fact of every branch: read it once.
+    found: list[tuple[str, str]] = []
     for reason in REASONS:
         evidence = reason_evidence(reply, reason)
         if evidence is not None:
-            found[reason] = evidence
-    return found
+            found.append((reason, evidence))
+    return tuple(found)
 
 
 @dataclass(frozen=True)
