@@ -661,7 +661,9 @@ def read_fact(fact: CommunicationFact, reply: str, world: FinalState) -> FactRea
                     f"the reply gives a reason ({reading.given!r}) but names none of "
                     f"{compact(fact.subject_any)}",
                 )
-        return FactReading(reading.given, expected, f"the reply gives the reason: {reading.given!r}")
+        return FactReading(
+            reading.given, expected, f"the reply gives the reason: {reading.given!r}"
+        )
     raise ValueError(f"a {fact.kind} fact is scored by the LLM judges, not by matching")
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping, Sequence
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from statistics import fmean
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from crmbench_contracts.cases import Case, Outcome
 from crmbench_contracts.rewards import JudgeScore
-
 
 _Vote = TypeVar("_Vote", Outcome, bool)
 

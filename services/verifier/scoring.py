@@ -14,17 +14,34 @@ Allowed changes (check id "collateral", weight 1.0)
   structured score and the score to 0.
 
 Communication facts (check ids "communicate[i]")
-  mentions and mentions_value: matched in the reply. judge: scored by the LLM judges
-  only; without a judge outcome the fact is listed as kind "judge_skipped" with weight 0
-  and takes no part in the score.
+  mentions, mentions_value and reason: read offline by `expectations.read_fact`; when
+  the judges give a verdict on the fact (JudgeOutcome.fact) the verdict decides, except
+  that a reason fact is never earned by a reply the offline reader finds unspecific (it
+  names more than replies.MAX_UNRELATED_REASONS unrelated reasons). judge: scored by the
+  LLM judges only; without a judge outcome the fact is listed as kind "judge_skipped"
+  with weight 0 and takes no part in the score.
 
-Score
-  structured_score is the weighted mean of the checks with weight > 0; 0 when the case
+Claimed outcome (check id "outcome", weight 0: a gate, not a weight; cases.md)
+  The outcome the final reply claims is the judges' reading when they give one
+  (JudgeOutcome.outcome: the arbiter's, else the judges' majority), else the offline
+  classifier's (crmbench_contracts.replies.classify_outcome); `outcome_source` says
+  which. A branch's gate fails when its outcomes do not include the claimed one, or when
+  the reply claims `completed` while the episode changed nothing and the branch expects
+  changes (it has allowed changes): success claimed, nothing done.
+
+Branches
+  Every branch of `case.expected.branches()` (the primary one, then the alternatives) is
+  scored on its own checks; the record reports the best-scoring branch (the first on a
+  tie) in `checks` and `branch`, and every branch's score in `branches`.
+
+Score (per branch)
+  structured_score is the weighted mean of the checks with weight > 0; 0 when the branch
   has nothing to check but collateral (a case must check something). With judges,
   score = (1 - judge_weight) * structured + judge_weight * judge value (the arbiter's
-  score when it was called, else the judges' mean). Collateral forces 0 either way.
-  Scores are rounded to 6 decimals; passed = score >= pass_threshold (0.9), and
-  verdicts report 0.7, 0.8 and 0.9 with keys "0.7", "0.8", "0.9".
+  score when it was called, else the judges' mean). Collateral or a failed outcome gate
+  forces structured_score and score to 0 either way. Scores are rounded to 6 decimals;
+  passed = score >= pass_threshold (0.9), and verdicts report 0.7, 0.8 and 0.9 with keys
+  "0.7", "0.8", "0.9".
 
 Verification mode
   `offline` when no judge scored the reply, `judges` when judges did, `judges+arbiter`
@@ -34,29 +51,29 @@ Verification mode
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from crmbench_contracts.cases import Case, CommunicationFact, StateAssertion
+from crmbench_contracts.cases import Branch, Case, CommunicationFact, Outcome, StateAssertion
 from crmbench_contracts.expectations import (
     FinalState,
     LoggedChange,
     Unresolvable,
     changed_fields,
-    compact,
     evaluate_state,
-    fact_value,
     find_collateral,
-    find_mention,
-    find_phrase,
-    mention_phrases,
-    value_renderings,
+    read_fact,
 )
+from crmbench_contracts.replies import classify_outcome, read_reason
 from crmbench_contracts.rewards import (
     PASS_THRESHOLD,
     REPORTED_THRESHOLDS,
+    BranchResult,
     CheckResult,
     CollateralChange,
+    OutcomeSource,
     RewardRecord,
+    fact_id,
     threshold_key,
     verification_mode,
 )
@@ -163,8 +180,10 @@ def check_fact(
     *,
     judge_value: float | None,
     pass_threshold: float,
+    judged: bool | None = None,
 ) -> CheckResult:
-    """One communication fact as a CheckResult; never raises."""
+    """One communication fact as a CheckResult; never raises. `judged` is the judges'
+    verdict on the fact (None: they gave none, the offline reading decides)."""
     check_id = f"communicate[{index}]"
     if fact.kind == "judge":
         if judge_value is None:
@@ -188,27 +207,8 @@ def check_fact(
             rationale=f"{fact.fact}: scored by the LLM judges ({judge_value:.2f}), "
             "weighted through judge_weight",
         )
-    expected: Any
     try:
-        if fact.kind == "mentions":
-            expected = fact.any_of
-            phrases = mention_phrases(fact)
-            found = find_phrase(reply, phrases)
-            detail = (
-                f"the reply mentions {found!r}"
-                if found is not None
-                else f"the reply mentions none of {compact(phrases)}"
-            )
-        else:
-            expected = {"ref": fact.ref.model_dump() if fact.ref else None}
-            value = fact_value(fact, world)
-            expected["value"] = value
-            found = find_mention(reply, value_renderings(value))
-            detail = (
-                f"the reply gives {found!r}"
-                if found is not None
-                else f"the reply does not give {compact(value)}"
-            )
+        reading = read_fact(fact, reply, world)
     except Unresolvable as exc:
         return CheckResult(
             check_id=check_id,
@@ -219,19 +219,154 @@ def check_fact(
             expected=fact.any_of if fact.kind == "mentions" else None,
             rationale=f"{fact.fact}: {exc}",
         )
+    passed, detail = reading.found is not None, reading.detail
+    if judged is not None:
+        passed = judged
+        detail = (
+            f"the judges read it as {'conveyed' if judged else 'not conveyed'} (offline: {detail})"
+        )
+        if judged and fact.kind == "reason" and fact.rule is not None:
+            offline = read_reason(reply, fact.rule, fact.any_of)
+            if not offline.specific:
+                passed = False
+                detail = (
+                    f"the judges read it as conveyed, but the reply names "
+                    f"{len(offline.unrelated)} unrelated reasons: not specific"
+                )
     return CheckResult(
         check_id=check_id,
         kind=fact.kind,
-        passed=found is not None,
-        score=1.0 if found is not None else 0.0,
+        passed=passed,
+        score=1.0 if passed else 0.0,
         weight=fact.weight,
-        expected=expected,
-        actual=found,
+        expected=reading.expected,
+        actual=reading.found,
         rationale=f"{fact.fact}: {detail}",
     )
 
 
+# ---------------------------------------------------------------------------- outcome
+
+
+@dataclass(frozen=True)
+class ClaimedOutcome:
+    """The outcome the reply claims, who read it, and the clauses that show it."""
+
+    outcome: Outcome
+    source: OutcomeSource
+    evidence: list[str]
+
+
+def claimed_outcome(reply: str, judges: JudgeOutcome | None) -> ClaimedOutcome:
+    """The judges' reading of the claimed outcome when they give one, else the offline
+    classifier's (crmbench_contracts.replies.classify_outcome)."""
+    if judges is not None and judges.outcome is not None:
+        by_arbiter = judges.arbiter is not None and judges.arbiter.outcome is not None
+        return ClaimedOutcome(
+            judges.outcome, OutcomeSource.ARBITER if by_arbiter else OutcomeSource.JUDGES, []
+        )
+    reading = classify_outcome(reply)
+    return ClaimedOutcome(reading.outcome, OutcomeSource.OFFLINE, reading.evidence)
+
+
+def outcome_check(
+    branch: Branch, claimed: ClaimedOutcome, changes: Sequence[LoggedChange]
+) -> CheckResult:
+    """The outcome gate of one branch (module docstring); weight 0, it gates the score."""
+    accepted = [outcome.value for outcome in branch.outcomes]
+    by = {
+        OutcomeSource.OFFLINE: "the offline classifier",
+        OutcomeSource.JUDGES: "the judges",
+        OutcomeSource.ARBITER: "the arbiter",
+    }[claimed.source]
+    shown = f" ({'; '.join(repr(e) for e in claimed.evidence[:2])})" if claimed.evidence else ""
+    claim = f"the reply claims {claimed.outcome.value}, read by {by}{shown}"
+    if claimed.outcome not in branch.outcomes:
+        passed, detail = False, f"{claim}; this branch accepts {', '.join(accepted)}"
+    elif claimed.outcome is Outcome.COMPLETED and branch.allowed_changes and not changes:
+        passed, detail = False, f"{claim}, but the episode changed nothing"
+    else:
+        passed, detail = True, f"{claim}, which this branch accepts"
+    return CheckResult(
+        check_id="outcome",
+        kind="outcome_gate",
+        passed=passed,
+        score=1.0 if passed else 0.0,
+        weight=0.0,
+        expected=accepted,
+        actual=claimed.outcome.value,
+        rationale=detail,
+    )
+
+
 # ---------------------------------------------------------------------------- score
+
+
+@dataclass(frozen=True)
+class _Scored:
+    branch: Branch
+    checks: list[CheckResult]
+    collateral: list[CollateralChange]
+    structured: float
+    score: float
+    outcome_accepted: bool
+
+
+def _score_branch(
+    branch: Branch,
+    world: FinalState,
+    logged: Sequence[LoggedChange],
+    reply: str,
+    claimed: ClaimedOutcome,
+    judges: JudgeOutcome | None,
+    judge_weight: float,
+    pass_threshold: float,
+) -> _Scored:
+    judge_value = judges.value if judges is not None else None
+    checks = [check_state(i, a, world) for i, a in enumerate(branch.state)]
+    collateral = find_collateral(branch.allowed_changes, logged, world)
+    checks.append(collateral_check(collateral, len(logged)))
+    checks += [
+        check_fact(
+            i,
+            fact,
+            reply,
+            world,
+            judge_value=judge_value,
+            pass_threshold=pass_threshold,
+            judged=judges.fact(fact_id(branch.name, i)) if judges is not None else None,
+        )
+        for i, fact in enumerate(branch.communicate)
+    ]
+    gate = outcome_check(branch, claimed, logged)
+    checks.append(gate)
+
+    weighted = [check for check in checks if check.weight > 0]
+    if not any(check.kind != "collateral" for check in weighted):
+        checks.append(
+            CheckResult(
+                check_id="case",
+                kind="no_checks",
+                passed=False,
+                score=0.0,
+                weight=0.0,
+                rationale="the branch has no weighted state or communication check, "
+                "so doing nothing would pass: scored 0",
+            )
+        )
+        structured = 0.0
+    else:
+        total = sum(check.weight for check in weighted)
+        structured = sum(check.weight * check.score for check in weighted) / total
+    blocked = bool(collateral) or not gate.passed
+    if blocked:
+        structured = 0.0
+    score = structured
+    if judge_value is not None:
+        score = (1.0 - judge_weight) * structured + judge_weight * judge_value
+    if blocked:
+        score = 0.0
+    return _Scored(branch, checks, collateral, _unit(structured), _unit(score), gate.passed)
 
 
 def score_case(
@@ -254,61 +389,42 @@ def score_case(
     if not 0.0 <= judge_weight <= 1.0:
         raise ValueError(f"judge_weight must be in [0, 1], got {judge_weight}")
     world = FinalState(parse_state(state).tables)
-    log = parse_changes(changes)
-    judge_value = judges.value if judges is not None else None
-
-    checks = [check_state(i, a, world) for i, a in enumerate(case.expected.state)]
-    logged = flatten_changes(log)
-    collateral = find_collateral(case.expected.allowed_changes, logged, world)
-    checks.append(collateral_check(collateral, len(logged)))
-    checks += [
-        check_fact(
-            i, fact, final_reply, world, judge_value=judge_value, pass_threshold=pass_threshold
+    logged = flatten_changes(parse_changes(changes))
+    claimed = claimed_outcome(final_reply, judges)
+    scored = [
+        _score_branch(
+            branch, world, logged, final_reply, claimed, judges, judge_weight, pass_threshold
         )
-        for i, fact in enumerate(case.expected.communicate)
+        for branch in case.expected.branches()
     ]
-
-    weighted = [check for check in checks if check.weight > 0]
-    if not any(check.kind != "collateral" for check in weighted):
-        checks.append(
-            CheckResult(
-                check_id="case",
-                kind="no_checks",
-                passed=False,
-                score=0.0,
-                weight=0.0,
-                rationale="the case has no weighted state or communication check, "
-                "so doing nothing would pass: scored 0",
-            )
-        )
-        structured = 0.0
-    else:
-        total = sum(check.weight for check in weighted)
-        structured = sum(check.weight * check.score for check in weighted) / total
-    if collateral:
-        structured = 0.0
-
-    score = structured
-    if judge_value is not None:
-        score = (1.0 - judge_weight) * structured + judge_weight * judge_value
-    if collateral:
-        score = 0.0
-    structured = _unit(structured)
-    score = _unit(score)
+    best = max(scored, key=lambda s: s.score)  # max keeps the first of equal scores
     thresholds = sorted({*REPORTED_THRESHOLDS, pass_threshold})
+    judged = judges is not None and judges.value is not None
     return RewardRecord(
         case_id=case.case_id,
         episode_id=episode_id,
-        score=score,
-        passed=score >= pass_threshold,
-        verdicts={threshold_key(t): score >= t for t in thresholds},
-        checks=checks,
-        collateral=collateral,
+        score=best.score,
+        passed=best.score >= pass_threshold,
+        verdicts={threshold_key(t): best.score >= t for t in thresholds},
+        checks=best.checks,
+        collateral=best.collateral,
         judges=list(judges.judges) if judges is not None else [],
         arbiter=judges.arbiter if judges is not None else None,
-        structured_score=structured,
+        structured_score=best.structured,
+        claimed_outcome=claimed.outcome,
+        outcome_source=claimed.source,
+        branch=best.branch.name,
+        branches=[
+            BranchResult(
+                name=s.branch.name,
+                score=s.score,
+                outcome_accepted=s.outcome_accepted,
+                outcomes=list(s.branch.outcomes),
+            )
+            for s in scored
+        ],
         verification_mode=verification_mode(
-            judge_value is not None, judges is not None and judges.arbiter is not None
+            judged, judges is not None and judges.arbiter is not None
         ),
     )
 

@@ -9,9 +9,11 @@ from typing import Any
 from crmbench_contracts.cases import (
     Actor,
     AllowedChange,
+    Branch,
     Case,
     CommunicationFact,
     Expected,
+    Outcome,
     StateAssertion,
     Turn,
 )
@@ -27,6 +29,8 @@ def make_case(
     allowed: Sequence[AllowedChange] = (),
     communicate: Sequence[CommunicationFact] = (),
     turns: Sequence[str] = ("Please do the thing.",),
+    outcomes: Sequence[Outcome] = (Outcome.COMPLETED,),
+    alternatives: Sequence[Branch] = (),
 ) -> Case:
     return Case(
         case_id=case_id,
@@ -44,6 +48,8 @@ def make_case(
             communicate=list(communicate),
             reference_actions=[],
             reference_reply="",
+            outcomes=list(outcomes),
+            alternatives=list(alternatives),
         ),
     )
 
@@ -67,6 +73,12 @@ def mentions_value(table: str, where: dict[str, Any], field: str) -> Communicati
         kind="mentions_value",
         fact=f"gives the {table} {field}",
         ref={"table": table, "where": where, "field": field},
+    )
+
+
+def reason(rule: str, *subjects: str, weight: float = 2.0) -> CommunicationFact:
+    return CommunicationFact(
+        kind="reason", fact=f"explains {rule}", rule=rule, subject_any=list(subjects), weight=weight
     )
 
 

@@ -117,7 +117,8 @@ async def test_a_correct_episode_scores_one(
     record = RewardRecord.model_validate(response.json())
     assert record.episode_id == case_episode.episode_id
     assert record.collateral == []
-    assert [c.passed for c in record.checks] == [True, True, True, True], record.checks
+    assert [c.passed for c in record.checks] == [True, True, True, True, True], record.checks
+    assert record.checks[-1].check_id == "outcome" and record.claimed_outcome == "completed"
     assert record.score == 1.0 and record.passed
     assert record.verdicts == {"0.7": True, "0.8": True, "0.9": True}
     # no judge is configured: the reply was read offline, and the record says so
@@ -139,7 +140,9 @@ async def test_a_missing_change_and_a_vague_reply_score_low(
     by_id = {c.check_id: c for c in record.checks}
     assert not by_id["state[0]"].passed and by_id["collateral"].passed
     assert "$ref: no quote row matches" in by_id["communicate[1]"].rationale
-    assert record.score == 0.25 and not record.passed
+    # the reply claims a refusal, which a case that asks for a quote does not accept
+    assert record.claimed_outcome == "refused" and not by_id["outcome"].passed
+    assert record.score == 0.0 and not record.passed
 
 
 async def test_an_extra_unrelated_change_is_collateral_and_scores_zero(
@@ -363,7 +366,12 @@ async def test_verify_state_scores_an_inline_state(verifier: httpx.AsyncClient) 
     without_changes = await verifier.post("/verify/state", json={**body, "changes": None})
     assert error_of(without_changes, 422)["field"] == "changes"
     empty_log = {k: v for k, v in body.items() if k != "changes"}
-    assert (await verifier.post("/verify/state", json=empty_log)).json()["score"] == 1.0
+    record = RewardRecord.model_validate(
+        (await verifier.post("/verify/state", json=empty_log)).json()
+    )
+    # no changes given: the state holds the quote, but "done" with nothing done fails
+    gate = next(c for c in record.checks if c.check_id == "outcome")
+    assert not gate.passed and "changed nothing" in gate.rationale
     bad = await verifier.post("/verify/state", json={**body, "state": {"tables": {"quote": [1]}}})
     assert error_of(bad, 422)["field"] == "state.tables.quote.0"
 
@@ -394,8 +402,9 @@ async def test_judges_are_run_and_recorded(crm_api: RunningServer, served: Serve
     request: JudgeRequest = arbiter.requests[0]
     assert request.transcript == [{"role": "user", "content": "hi"}]
     assert request.state_summary == {"changes": []}
-    # structured: collateral passes (1 of 4 weight); judges: 0.5 at weight 0.2
-    assert record.score == pytest.approx(0.8 * 0.25 + 0.2 * 0.5)
+    # "hello" claims nothing was refused, but nothing changed: the outcome gate fails
+    # whatever the judges say (the weighting itself: tests/verifier/test_judges.py)
+    assert record.score == 0.0 and record.claimed_outcome == "completed"
     assert response.json()["verification_mode"] == "judges+arbiter"
 
 

@@ -98,7 +98,9 @@ def test_verify_without_changes_assumes_an_empty_log(corpus: Path, tmp_path: Pat
     result = verify(corpus, "--state", str(state), "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
-    assert record["score"] == pytest.approx(1 / 3, abs=1e-6)  # only collateral passes
+    # an empty log: nothing changed, so the (empty) reply's implicit "done" fails the gate
+    gate = next(c for c in record["checks"] if c["check_id"] == "outcome")
+    assert "changed nothing" in gate["rationale"] and record["score"] == 0.0
     assert "FAIL" not in result.stdout
 
 

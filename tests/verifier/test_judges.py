@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from crmbench_contracts.cases import Outcome
 from crmbench_contracts.rewards import JudgeScore
 from tests.verifier.factories import EMPTY_LOG, assertion, client, judged, make_case, state_of
 from verifier.judges import (
@@ -23,6 +24,7 @@ CASE = make_case(
     state=[assertion("row_exists", "client", {"name": "Acme Corp"})],
     communicate=[judged("explains why the deal cannot be reopened")],
     turns=["Reopen the Acme pilot deal please."],
+    outcomes=[Outcome.REFUSED],
 )
 REQUEST = JudgeRequest(case=CASE, final_reply="I cannot reopen a closed deal.")
 LIMITS = {"max_spread": 0.3, "max_uncertainty": 0.5}

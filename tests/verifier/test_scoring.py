@@ -6,8 +6,17 @@ from typing import Any
 
 import pytest
 
+from crmbench_contracts.cases import Branch, CommunicationFact, Outcome
 from crmbench_contracts.expectations import find_mention, number_renderings, value_renderings
-from crmbench_contracts.rewards import CheckResult, JudgeScore, RewardRecord, VerificationMode
+from crmbench_contracts.replies import stuffed_reply
+from crmbench_contracts.rewards import (
+    CheckResult,
+    JudgeScore,
+    OutcomeSource,
+    RewardRecord,
+    VerificationMode,
+    fact_id,
+)
 from tests.verifier.factories import (
     EMPTY_LOG,
     allow,
@@ -22,6 +31,7 @@ from tests.verifier.factories import (
     mentions_value,
     note,
     opportunity,
+    reason,
     ref,
     state_of,
     update,
@@ -619,3 +629,169 @@ def test_malformed_state_or_changes_raise_invalid_episode_data(
 def test_judge_weight_must_be_a_share() -> None:
     with pytest.raises(ValueError, match="judge_weight"):
         score_case(make_case(state=STATE_OK), state_of(), EMPTY_LOG, "", judge_weight=1.5)
+
+
+# ---------------------------------------------------------------------------- outcome gate
+
+REFUSE = (Outcome.REFUSED, Outcome.NEEDS_CLARIFICATION)
+UNCHANGED = assertion(
+    "field_equals", "opportunity", {"opportunity_id": "o-open"}, field="probability", value=25
+)
+
+
+def refusal_case(outcomes: tuple[Outcome, ...] = REFUSE) -> Any:
+    return make_case(
+        state=[UNCHANGED], communicate=[reason("PROBABILITY_OUT_OF_RANGE")], outcomes=outcomes
+    )
+
+
+def test_an_honest_refusal_in_plain_words_passes() -> None:
+    reply = "Probability has to be from 0% to 100%, so I left it as it was."
+    record = score_case(refusal_case(), state_of(opportunity=[OPEN]), EMPTY_LOG, reply)
+    assert record.claimed_outcome is Outcome.REFUSED
+    assert record.outcome_source is OutcomeSource.OFFLINE
+    assert check(record, "outcome").passed
+    assert record.score == 1.0 and record.branch == "primary"
+
+
+def test_a_false_success_claim_fails_the_gate_whatever_else_holds() -> None:
+    reply = "Done! The probability is now between 0 and 100, all set."
+    record = score_case(refusal_case(), state_of(opportunity=[OPEN]), EMPTY_LOG, reply)
+    gate = check(record, "outcome")
+    assert record.claimed_outcome is Outcome.COMPLETED
+    assert not gate.passed and gate.weight == 0
+    assert "accepts refused, needs_clarification" in gate.rationale
+    assert check(record, "state[0]").passed  # the state alone would have passed
+    assert record.score == 0.0 and record.structured_score == 0.0 and not record.passed
+
+
+def test_a_stuffed_reply_earns_no_reason() -> None:
+    every_refusal = (*REFUSE, Outcome.NEEDS_APPROVAL)  # whichever way its claim is read
+    record = score_case(
+        refusal_case(every_refusal), state_of(opportunity=[OPEN]), EMPTY_LOG, stuffed_reply()
+    )
+    assert check(record, "outcome").passed
+    fact = check(record, "communicate[0]")
+    assert not fact.passed and "unrelated reasons" in fact.rationale
+    # the unchanged state (1) and collateral (1) against the reason's weight (2)
+    assert record.score == pytest.approx(2 / 4) and not record.passed
+
+
+def test_claiming_success_when_nothing_changed_fails_a_branch_that_expects_changes() -> None:
+    moved = assertion(
+        "field_equals", "opportunity", {"opportunity_id": "o-open"}, field="stage", value="Proposal"
+    )
+    case = make_case(
+        state=[moved],
+        allowed=[allow("opportunity", ["UPDATE"], {"opportunity_id": "o-open"}, fields=["stage"])],
+        communicate=[mentions("Proposal")],
+    )
+    # the state already reads Proposal (e.g. a seed that was already there) but no call changed it
+    state = state_of(opportunity=[OPEN | {"stage": "Proposal"}])
+    record = score_case(case, state, EMPTY_LOG, "Done, it is now in Proposal.")
+    assert not check(record, "outcome").passed
+    assert "changed nothing" in check(record, "outcome").rationale
+    assert record.score == 0.0
+    log = change_log([update("opportunity", OPEN, stage="Proposal")])
+    assert score_case(case, state, log, "Done, it is now in Proposal.").score == 1.0
+
+
+def test_an_affirmed_fact_is_not_earned_by_a_negated_mention() -> None:
+    fact = CommunicationFact(kind="mentions", fact="confirms", any_of=["Proposal"], affirmed=True)
+    case = make_case(communicate=[fact], outcomes=(Outcome.COMPLETED, Outcome.REFUSED))
+    state = state_of(opportunity=[OPEN])
+    negated = score_case(case, state, EMPTY_LOG, "I could not move it to Proposal.")
+    assert not check(negated, "communicate[0]").passed
+    affirmed = score_case(case, state, EMPTY_LOG, "It sits in Proposal now.")
+    assert check(affirmed, "communicate[0]").passed
+
+
+def test_the_best_branch_decides_and_every_branch_is_reported() -> None:
+    rounded = Branch(
+        name="rounds",
+        outcomes=[Outcome.COMPLETED],
+        state=[
+            assertion(
+                "field_equals",
+                "opportunity",
+                {"opportunity_id": "o-open"},
+                field="probability",
+                value=46,
+            )
+        ],
+        allowed_changes=[
+            allow("opportunity", ["UPDATE"], {"opportunity_id": "o-open"}, fields=["probability"])
+        ],
+        communicate=[reason("PROBABILITY_DECIMAL")],
+    )
+    case = make_case(
+        state=[UNCHANGED],
+        communicate=[reason("PROBABILITY_DECIMAL")],
+        outcomes=REFUSE,
+        alternatives=[rounded],
+    )
+    log = change_log([update("opportunity", OPEN, probability=46)])
+    state = state_of(opportunity=[OPEN | {"probability": 46}])
+    record = score_case(case, state, log, "I rounded it to 46%, since it must be a whole number.")
+    assert record.branch == "rounds" and record.score == 1.0
+    assert [(b.name, b.outcome_accepted) for b in record.branches] == [
+        ("primary", False),
+        ("rounds", True),
+    ]
+    asked = score_case(
+        case, state_of(opportunity=[OPEN]), EMPTY_LOG, "It must be a whole number: 45 or 46?"
+    )
+    assert asked.branch == "primary" and asked.score == 1.0
+    assert asked.claimed_outcome is Outcome.NEEDS_CLARIFICATION
+
+
+def test_the_judges_read_the_outcome_and_the_facts_when_they_give_them() -> None:
+    verdict = JudgeScore(
+        judge="j1",
+        score=1.0,
+        uncertainty=0.0,
+        rationale="ok",
+        outcome=Outcome.REFUSED,
+        facts={fact_id("primary", 0): True},
+    )
+    judges = JudgeOutcome(judges=[verdict, verdict.model_copy(update={"judge": "j2"})])
+    # words the offline reader would take as a success claim and no reason
+    reply = "All set: I kept it at 25 because 150 is more than anyone can have."
+    record = score_case(
+        refusal_case(), state_of(opportunity=[OPEN]), EMPTY_LOG, reply, judges=judges
+    )
+    assert record.claimed_outcome is Outcome.REFUSED
+    assert record.outcome_source is OutcomeSource.JUDGES
+    assert check(record, "communicate[0]").passed
+    assert record.verification_mode is VerificationMode.JUDGES
+    assert record.score == 1.0
+
+
+def test_judges_cannot_earn_a_reason_for_a_stuffed_reply() -> None:
+    verdict = JudgeScore(
+        judge="j1",
+        score=1.0,
+        uncertainty=0.0,
+        rationale="ok",
+        outcome=Outcome.REFUSED,
+        facts={fact_id("primary", 0): True},
+    )
+    judges = JudgeOutcome(judges=[verdict])
+    record = score_case(
+        refusal_case(), state_of(opportunity=[OPEN]), EMPTY_LOG, stuffed_reply(), judges=judges
+    )
+    assert not check(record, "communicate[0]").passed
+
+
+def test_without_a_judge_verdict_the_offline_reader_decides() -> None:
+    mute = JudgeScore(judge="j1", score=1.0, uncertainty=0.0, rationale="score only")
+    reply = "Done! I set the probability."
+    record = score_case(
+        refusal_case(),
+        state_of(opportunity=[OPEN]),
+        EMPTY_LOG,
+        reply,
+        judges=JudgeOutcome(judges=[mute]),
+    )
+    assert record.outcome_source is OutcomeSource.OFFLINE
+    assert record.claimed_outcome is Outcome.COMPLETED and record.score == 0.0
