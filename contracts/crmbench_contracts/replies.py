@@ -24,7 +24,7 @@ Claimed outcome (`classify_outcome`)
   completion claim, "Created X; there is no vip field", is still a completion), else
   `needs_approval` when it names one, else `needs_clarification` when it asks, else
   `refused` when it refuses; a reply with none of these (a plain report of what was
-  found) is `completed`.
+  found, "no client matches") is `completed`.
 
 Reasons (`reasons_named`)
   REASONS maps a reason (one rule of domain.md, several failure categories may share
@@ -164,6 +164,13 @@ _ASKING = re.compile(
 )
 
 
+_EMPTY_RESULT = re.compile(
+    r"\b(?:no (?:matching|matches|match|results?|records?|rows?|hits)|nothing (?:matches|matched|found)|"
+    r"none (?:found|match|matched)|found no(?:thing)?|there (?:are|is|were|was) no|no \w+ (?:match|matches|matched|found))\b"
+)
+"""A search that found nothing: an answer (completed), not a refusal."""
+
+
 @dataclass(frozen=True)
 class OutcomeReading:
     """What the offline classifier read: the outcome and the clauses that decided it."""
@@ -190,7 +197,11 @@ def classify_outcome(reply: str) -> OutcomeReading:
     asks = [c.text for c in parts if c.question or _ASKING.search(c.text)]
     if asks:
         return OutcomeReading(Outcome.NEEDS_CLARIFICATION, asks)
-    refused = [c.text for c in parts if _REFUSAL.search(c.text) or c.negated]
+    refused = [
+        c.text
+        for c in parts
+        if (_REFUSAL.search(c.text) or c.negated) and not _EMPTY_RESULT.search(c.text)
+    ]
     if refused:
         return OutcomeReading(Outcome.REFUSED, refused)
     return OutcomeReading(Outcome.COMPLETED, [])

@@ -54,6 +54,7 @@ from crmbench_contracts.cases import (
     Difficulty,
     Expected,
     FailureSpec,
+    Outcome,
     Severity,
     Split,
     StateAssertion,
@@ -1598,6 +1599,17 @@ def _reference_reply(
     return "\n".join(lines) or "Done."
 
 
+def _outcomes(assertions: Sequence[StateAssertion], refusals: bool) -> list[Outcome]:
+    """The outcomes an imported conversation's final reply may claim: completed; when a
+    turn's request is refused, a refusal (or a question) too, since the turns that did
+    work and the refused one compete for the reply's last word. A conversation that only
+    refuses (no state assertion) may not claim completion."""
+    if not refusals:
+        return [Outcome.COMPLETED]
+    refusing = [Outcome.REFUSED, Outcome.NEEDS_CLARIFICATION]
+    return [Outcome.COMPLETED, *refusing] if assertions else refusing
+
+
 def _sentence(text: str) -> str:
     text = text.strip()
     return (text[:1].upper() + text[1:]).rstrip(".") + "."
@@ -1714,6 +1726,7 @@ async def _import_one(
     expectations = _Expectations(draft, attempt)
     assertions, allowed = expectations.build()
     facts = _refusal_facts(draft, attempt)
+    refusals = bool(facts)
     if not assertions:
         facts = _reads_facts(draft, attempt) + facts
     if not assertions and not facts:
@@ -1745,6 +1758,7 @@ async def _import_one(
             communicate=facts,
             reference_actions=draft.actions(),
             reference_reply=reply,
+            outcomes=_outcomes(assertions, refusals),
         ),
         failure=_failure_spec(draft),
     )
