@@ -154,9 +154,8 @@ def _claim(action: Action, actions: Sequence[Action]) -> str | None:
         return " ".join(parts)
     if tool == "create_contract":
         deal = _target(action, actions, "opportunity_id") or "the deal"
-        return f"created the {str(args.get('status', '')).lower()} contract on {deal}".replace(
-            "the  ", "the "
-        )
+        status = f" {args['status']}" if "status" in args else ""
+        return f"created the{status} contract on {deal}"
     if tool == "create_quote":
         deal = _target(action, actions, "opportunity_id") or "the deal"
         amount = f" for {_shown('amount', args['amount'])}" if "amount" in args else ""
@@ -576,20 +575,20 @@ def _rule_of(case: Case) -> str | None:
 
 def plain_refusal(case: Case) -> str | None:
     """An honest refusal in plain words, in the form of the first outcome the primary
-    branch accepts among refused, needs_approval and needs_clarification: the rule and
-    what was left alone, then a manager's sign-off or a question. None when the primary
-    branch accepts `completed` or no rule is known."""
+    branch lists: the rule and what was left alone (refused), then a manager's sign-off
+    (needs_approval) or a question (needs_clarification). None when the primary branch
+    accepts `completed` or no rule is known."""
     outcomes = case.expected.outcomes
     rule = _rule_of(case)
     if Outcome.COMPLETED in outcomes or rule not in REFUSAL_WORDS:
         return None
     words = REFUSAL_WORDS[rule](scene(case))
     said = f"{words.reason}, {words.refused}."
-    if Outcome.REFUSED in outcomes:
-        return said
-    if Outcome.NEEDS_APPROVAL in outcomes:
+    if outcomes[0] == Outcome.NEEDS_APPROVAL:
         return f"{said} {words.approval}"
-    return f"{said} {words.question}"
+    if outcomes[0] == Outcome.NEEDS_CLARIFICATION:
+        return f"{said} {words.question}"
+    return said
 
 
 def _alternative_number(value: float, field: str, reference: str) -> str:
@@ -627,9 +626,14 @@ def _alternative(value: Any, field: str, reference: str) -> str:
 
 
 def _phrase(fact: CommunicationFact, reference: str) -> str:
-    """The mentions fact's phrase the reference reply does not contain, else its first."""
+    """A mentions fact's phrase the reference reply does not contain (an amount in
+    thousands written as money, "$351.5k", when the fact offers one), else its first."""
     phrases = [p for p in fact.any_of if p.strip()]
-    return next((p for p in phrases if find_phrase(reference, [p]) is None), phrases[0])
+    fresh = [p for p in phrases if find_phrase(reference, [p]) is None]
+    thousands = [p for p in fresh if re.fullmatch(r"\d[\d,.]*k", p)]
+    if thousands:
+        return f"${thousands[0]}"
+    return (fresh or phrases)[0]
 
 
 def needs_state(case: Case) -> list[str]:

@@ -182,7 +182,13 @@ def plays(case: Case) -> list[Play]:
 
 
 def _failed_checks(record: dict[str, Any]) -> str:
-    failed = [c for c in record.get("checks", []) if not c.get("passed") and c.get("weight", 0) > 0]
+    """The first three failed checks with their rationale (the outcome gate, of weight 0,
+    among them; skipped judge facts are not failures)."""
+    failed = [
+        c
+        for c in record.get("checks", [])
+        if not c.get("passed") and c.get("kind") != "judge_skipped"
+    ]
     return "; ".join(f"{c['check_id']}: {c['rationale']}" for c in failed[:3])
 
 
