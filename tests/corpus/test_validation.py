@@ -15,11 +15,13 @@ from crm_api.world_store import load_golden_cases
 from crmbench.local_services import running_verifier
 from crmbench_clients.crm_api import CrmApiClient
 from crmbench_clients.verifier import VerifierClient
-from crmbench_contracts.cases import Case, Difficulty, Outcome
+from crmbench_contracts.cases import Case, CommunicationFact, Difficulty, Outcome, RowRef
+from crmbench_contracts.expectations import FinalState, read_fact
 from crmbench_contracts.replies import classify_outcome, read_reason
 from crmbench_corpus.adversaries import (
     duplicated_creates,
     false_success_claim,
+    needs_state,
     plain_confirmation,
     plain_refusal,
 )
@@ -108,6 +110,46 @@ def test_plain_confirmations_claim_completion() -> None:
         reply = plain_confirmation(case)
         assert reply is not None
         assert classify_outcome(reply).outcome == Outcome.COMPLETED, (case.case_id, reply)
+
+
+def _with_value_fact(field: str, value: object, reference_reply: str) -> tuple[Case, FinalState]:
+    """A committed success case whose one fact is the value of a deal's `field`, and a
+    final state holding that deal."""
+    case = next(c for c in CASES if Outcome.COMPLETED in c.expected.outcomes)
+    fact = CommunicationFact(
+        kind="mentions_value",
+        fact="gives the value",
+        ref=RowRef(table="opportunity", where={"opportunity_id": "o-1"}, field=field),
+        affirmed=True,
+    )
+    expected = case.expected.model_copy(
+        update={"communicate": [fact], "reference_reply": reference_reply}
+    )
+    world = FinalState({"opportunity": [{"opportunity_id": "o-1", field: value}]})
+    return case.model_copy(update={"expected": expected}), world
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reference_reply", "rendering"),
+    [
+        ("amount", 75000, "Updated the amount to 75,000.", "$75k"),
+        ("amount", 75000, "Updated the amount to 75k.", "$75,000"),
+        ("amount", 1234.5, "Updated the amount.", "$1,234.50"),
+        ("close_date", "2026-03-31", "Close date is now 2026-03-31.", "March 31, 2026"),
+        ("close_date", "2026-03-31", "Close date is now March 31, 2026.", "31 March 2026"),
+        ("probability", 40, "Probability is 40.", "40%"),
+    ],
+)
+def test_plain_confirmations_give_state_values_in_a_rendering_of_their_own(
+    field: str, value: object, reference_reply: str, rendering: str
+) -> None:
+    case, world = _with_value_fact(field, value, reference_reply)
+    assert needs_state(case) == ["opportunity"]
+    with pytest.raises(ValueError, match="final state"):
+        plain_confirmation(case)
+    reply = plain_confirmation(case, world)
+    assert reply == f"Done: {rendering}."
+    assert read_fact(case.expected.communicate[0], reply, world).found is not None
 
 
 # ---------------------------------------------------------------------------- services
