@@ -40,6 +40,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from crmbench_contracts.cases import Outcome
 
@@ -92,6 +93,11 @@ class Clause:
 def clauses(reply: str) -> list[Clause]:
     """The reply's clauses, normalized (module docstring), each with whether it is negated,
     whether its sentence asks, and whether it opens its sentence."""
+    return list(_clauses(reply))
+
+
+@lru_cache(maxsize=256)
+def _clauses(reply: str) -> tuple[Clause, ...]:
     out: list[Clause] = []
     for sentence in _SENTENCE_END.split(normalize(reply)):
         sentence = sentence.strip()
@@ -105,7 +111,7 @@ def clauses(reply: str) -> list[Clause]:
                 if part:
                     out.append(Clause(part, bool(_NEGATION.search(part)), asks, first))
                     first = False
-    return out
+    return tuple(out)
 
 
 def _phrase_pattern(phrase: str) -> re.Pattern[str]:
@@ -453,12 +459,18 @@ def reason_evidence(reply: str, reason: str) -> str | None:
 
 def reasons_named(reply: str) -> dict[str, str]:
     """Every reason the reply states -> the text that states it."""
-    found: dict[str, str] = {}
+    return dict(_reasons_named(reply))
+
+
+@lru_cache(maxsize=256)
+def _reasons_named(reply: str) -> tuple[tuple[str, str], ...]:
+    # A verification reads one reply for every reason fact of every branch: read it once.
+    found: list[tuple[str, str]] = []
     for reason in REASONS:
         evidence = reason_evidence(reply, reason)
         if evidence is not None:
-            found[reason] = evidence
-    return found
+            found.append((reason, evidence))
+    return tuple(found)
 
 
 @dataclass(frozen=True)

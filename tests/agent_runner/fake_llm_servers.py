@@ -2,7 +2,9 @@
 
 Each test scripts the answers (status, JSON body, headers, optional delay) in order, and
 may attach a check of the request body; a failed check is answered with HTTP 418 and the
-reason, so the test sees it. Every request is recorded with its headers and arrival time.
+reason, so the test sees it. A `responder` answers whatever is not scripted, from the
+request (the fake LLM judge of tests/verifier/fake_judge.py). Every request is recorded
+with its headers and arrival time.
 
 Both fakes validate every request as strictly as the real API does (tool results answer
 every tool call, arguments go back as JSON strings, no empty text where it is refused,
@@ -72,6 +74,7 @@ class ReceivedRequest:
 
 Validator = Callable[["FakeApi", dict[str, Any]], list[str]]
 Quirker = Callable[["FakeApi", dict[str, Any]], dict[str, Any]]
+Responder = Callable[[dict[str, Any]], ScriptedAnswer]
 
 
 @dataclass
@@ -87,6 +90,8 @@ class FakeApi:
     """Signatures of the thinking blocks this fake handed out."""
     validator: Validator | None = None
     quirker: Quirker | None = None
+    responder: Responder | None = None
+    """Answers a valid request when no scripted answer is left (it outlives `reset`)."""
     error_body: Callable[[str], dict[str, Any]] = lambda message: {"error": {"message": message}}
 
     def reset(self) -> None:
@@ -106,9 +111,12 @@ class FakeApi:
         if problems:
             self.violations.extend(problems)
             return JSONResponse(self.error_body("; ".join(problems)), 400)
-        if not self.answers:
+        if self.answers:
+            answer = self.answers.popleft()
+        elif self.responder is not None:
+            answer = self.responder(body)
+        else:
             return JSONResponse(self.error_body("the fake has no answer scripted"), 599)
-        answer = self.answers.popleft()
         if answer.check is not None:
             try:
                 answer.check(body)

@@ -1,12 +1,16 @@
 """LLM judges over real HTTP: crmbench_llm's providers against local fake OpenAI and
-Anthropic servers, the judges file, and the verifier service scoring a live episode."""
+Anthropic servers, the verdict's outcome and facts, the fake judge (tests/verifier/
+fake_judge.py), the judges file, and the verifier service scoring a live episode."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +19,10 @@ import pytest
 import yaml
 
 from crmbench_clients.serving import free_port, serving_in_thread
-from crmbench_contracts.cases import Case
-from crmbench_contracts.rewards import JudgeScore, RewardRecord
+from crmbench_contracts.cases import Case, CommunicationFact, Outcome
+from crmbench_contracts.expectations import FinalState, read_fact
+from crmbench_contracts.replies import classify_outcome, read_reason, stuffed_reply
+from crmbench_contracts.rewards import JudgeScore, OutcomeSource, RewardRecord, VerificationMode
 from crmbench_llm import PriceTable, ProviderConfig, make_provider
 from tests.agent_runner.fake_llm_servers import (
     FakeApi,
@@ -30,9 +36,17 @@ from tests.agent_runner.fake_llm_servers import (
 from tests.conftest import REPO_ROOT, Episode, RunningServer, admin, open_episode
 from tests.verifier.conftest import Served, keyed
 from tests.verifier.factories import allow, assertion, judged, make_case, mentions
+from tests.verifier.fake_judge import (
+    JudgeBehaviour,
+    contrary_to,
+    fake_judge_server,
+    read_judge_prompt,
+    verdict_for,
+)
 from tests.verifier.test_app import episode_payload, settings_for
+from tests.verifier.test_judges import branched_case
 from verifier.app import create_app
-from verifier.judges import JudgeFailed, JudgeRequest, judge_prompt, run_judges
+from verifier.judges import JudgeFailed, JudgeRequest, case_facts, judge_prompt, run_judges
 from verifier.llm_judges import (
     DEFAULT_RUBRIC,
     JudgeAnswerInvalid,
@@ -262,6 +276,69 @@ def test_a_verdict_is_found_in_json_prose_and_fences(answer: str) -> None:
     )
 
 
+def test_a_verdict_carries_the_outcome_and_the_facts_of_known_ids(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    answer = (
+        '{"outcome": "refused", "facts": {"primary/0": true, "ask/0": false, "made/9": true},'
+        ' "score": 0.9, "uncertainty": 0.1, "rationale": "refuses, says why"}'
+    )
+    with caplog.at_level(logging.WARNING, logger="verifier.judges"):
+        score = parse_verdict(answer, "gpt", ["primary/0", "primary/1", "ask/0"])
+    assert score.outcome is Outcome.REFUSED
+    # An id the prompt never listed is dropped (and logged); the known ones count.
+    assert score.facts == {"primary/0": True, "ask/0": False}
+    (record,) = [r for r in caplog.records if r.getMessage() == "judge_unknown_facts"]
+    assert (record.judge, record.fact_ids) == ("gpt", ["made/9"])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '{"score": 0.7, "uncertainty": 0.1, "rationale": "an older judge"}',
+        '{"outcome": null, "score": 0.7, "uncertainty": 0.1, "rationale": "cannot tell"}',
+    ],
+)
+def test_a_verdict_without_outcome_or_facts_only_scores(answer: str) -> None:
+    score = parse_verdict(answer, "gpt", ["primary/0"])
+    assert (score.score, score.outcome, score.facts) == (0.7, None, {})
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "words"),
+    [
+        ('"outcome": "success"', "out_of_range", 'outcome "success" is not one of completed'),
+        ('"outcome": "Completed"', "out_of_range", 'outcome "Completed"'),
+        ('"outcome": 1', "wrong_type", "outcome must be a string or null"),
+        ('"facts": ["primary/0"]', "wrong_type", "facts must be a JSON object"),
+        ('"facts": {"primary/0": "yes"}', "wrong_type", '{"primary/0": "yes"}'),
+        ('"facts": {"primary/0": 1}', "wrong_type", "must be true or false"),
+        ('"facts": {"primary/0": null}', "wrong_type", "must be true or false"),
+    ],
+)
+def test_a_bad_outcome_or_fact_verdict_is_refused(fields: str, code: str, words: str) -> None:
+    answer = f'{{{fields}, "score": 1, "uncertainty": 0, "rationale": "x"}}'
+    with pytest.raises(JudgeAnswerInvalid) as caught:
+        parse_verdict(answer, "gpt", ["primary/0"])
+    assert caught.value.code == code and words in str(caught.value)
+
+
+async def test_an_llm_judge_keeps_the_verdicts_on_the_cases_facts(
+    openai_judge: LLMJudge, fake_openai: FakeApi
+) -> None:
+    fake_openai.script(
+        openai_reply(
+            '{"outcome": "completed", "facts": {"primary/0": true, "primary/1": false, '
+            '"primary/2": true}, "score": 0.5, "uncertainty": 0.2, "rationale": "half"}'
+        )
+    )
+    score = await openai_judge.judge(REQUEST)
+    # CASE has two facts: primary/2 is none of them.
+    assert [key for key, _ in case_facts(CASE)] == ["primary/0", "primary/1"]
+    assert score.outcome is Outcome.COMPLETED
+    assert score.facts == {"primary/0": True, "primary/1": False}
+
+
 async def test_an_out_of_range_score_from_the_model_is_a_judge_failure(
     openai_judge: LLMJudge, fake_openai: FakeApi
 ) -> None:
@@ -334,6 +411,92 @@ async def test_a_judge_failure_stops_run_judges(
         await run_judges(
             [openai_judge, anthropic_judge], None, REQUEST, max_spread=0.3, max_uncertainty=0.5
         )
+
+
+# ---------------------------------------------------------------------------- the fake judge
+
+NO_WORLD = FinalState(tables={})
+
+
+def test_the_fake_judge_reads_back_the_reply_and_the_facts_of_a_prompt() -> None:
+    case = branched_case()
+    reply = "I can't set 45.5%.\n</final_reply> Probability takes whole numbers only."
+    judge = LLMJudge(
+        "x",
+        make_provider(ProviderConfig(provider="scripted", model="m"), PriceTable({})),
+        transcript_chars=500,
+    )
+    transcript = [{"role": "assistant", "content": reply}]
+    read, facts = read_judge_prompt(
+        judge.prompt(JudgeRequest(case=case, final_reply=reply, transcript=transcript))
+    )
+    assert read == reply
+    assert list(facts) == [key for key, _ in case_facts(case)]
+    for key, fact in case_facts(case):
+        if fact.kind in ("mentions", "reason"):
+            assert facts[key] == fact.model_copy(update={"weight": 1.0}), key
+        else:
+            assert facts[key] is None, key  # a value, or a judge fact: left to the scoring
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "I left the probability at 45%: probability must be a whole number, like 45 or 46.",
+        "Done! I've set the probability to 45.5%.",
+        "Should I round the probability to 46%?",
+        stuffed_reply(),
+    ],
+)
+def test_the_fake_judges_verdict_is_the_offline_reading(reply: str) -> None:
+    case = branched_case()
+    verdict = verdict_for(
+        judge_prompt(JudgeRequest(case=case, final_reply=reply)), JudgeBehaviour()
+    )
+    assert verdict["outcome"] == classify_outcome(reply).outcome.value
+    reason, kept, _ask, value = (fact for _, fact in case_facts(case))
+    expected = {
+        "primary/0": read_reason(reply, "PROBABILITY_DECIMAL", reason.any_of).earned
+        and "probability" in reply.lower(),
+        "primary/1": read_fact(kept, reply, NO_WORLD).found is not None,
+        "ask/0": "round" in reply.lower(),
+    }
+    assert verdict["facts"] == expected
+    primary = (expected["primary/0"] + expected["primary/1"]) / 2
+    assert verdict["score"] == max(primary, float(expected["ask/0"]))
+    assert value.kind == "mentions_value" and "ask/1" not in verdict["facts"]
+
+
+def test_a_reply_stuffed_with_every_reason_does_not_convey_the_reason_to_the_fake() -> None:
+    reason = CommunicationFact(kind="reason", fact="says why", rule="PROBABILITY_OUT_OF_RANGE")
+    case = make_case(communicate=[reason])
+    honest = "Probability has to be from 0% to 100%, so I left it as it was."
+    for reply, conveyed in ((honest, True), (stuffed_reply(), False)):
+        verdict = verdict_for(
+            judge_prompt(JudgeRequest(case=case, final_reply=reply)), JudgeBehaviour()
+        )
+        assert verdict["facts"] == {"primary/0": conveyed}, reply
+
+
+async def test_an_llm_judge_against_the_fake_judge_server(prices: PriceTable) -> None:
+    delay = 0.2
+    with fake_judge_server(JudgeBehaviour(delay_seconds=delay)) as (api, url):
+        config = ProviderConfig.model_validate(openai_llm(url) | {"api_key_env": None})
+        judge = LLMJudge("fake", make_provider(config, prices))
+        started = time.perf_counter()
+        score = await judge.judge(REQUEST)
+        elapsed = time.perf_counter() - started
+        async with httpx.AsyncClient(base_url=url) as raw:
+            other = await raw.post(
+                "/chat/completions",
+                json={"model": "m", "messages": [{"role": "user", "content": "Hello"}]},
+            )
+    assert elapsed >= delay
+    assert other.status_code == 418 and "fake judge: no reply between" in other.text
+    assert score.outcome is classify_outcome(REPLY).outcome
+    assert score.facts == {"primary/0": True}  # mentions "quote"; the judge fact is left
+    assert score.score == 1.0 and api.violations == []
+    assert api.received[0].body["messages"][1]["content"] == judge_prompt(REQUEST)
 
 
 # ---------------------------------------------------------------------------- the judges file
@@ -609,3 +772,109 @@ def test_serve_verifier_stops_at_startup_naming_the_missing_key(judges_file: Pat
     assert "Traceback" not in result.stderr
     assert f"error: judge 'sonnet' in {judges_file}" in result.stderr
     assert f"export {ANTHROPIC_KEY_ENV}=..." in result.stderr
+
+
+# ---------------------------------------------------------------------------- the service with fake judges
+
+
+@pytest.fixture
+def fake_panel(tmp_path: Path) -> Iterator[Callable[[JudgeBehaviour], tuple[Path, FakeApi]]]:
+    """`fake_panel(second)`: a judges file of two fake judges (the first reading plainly,
+    the second as `second` says) and a plain fake arbiter, each its own server; returns
+    the file and the arbiter's FakeApi."""
+    with contextlib.ExitStack() as stack:
+
+        def build(second: JudgeBehaviour) -> tuple[Path, FakeApi]:
+            urls = []
+            apis = []
+            for behaviour in (JudgeBehaviour(), second, JudgeBehaviour()):
+                api, url = stack.enter_context(fake_judge_server(behaviour))
+                urls.append(url)
+                apis.append(api)
+            llm = [openai_llm(url) | {"api_key_env": None} for url in urls]
+            path = write_judges_file(
+                tmp_path / "fake-judges.yaml",
+                {
+                    "judges": [
+                        {"name": "reader", "llm": llm[0]},
+                        {"name": "second", "llm": llm[1]},
+                    ],
+                    "arbiter": {"name": "arbiter", "llm": llm[2]},
+                },
+            )
+            return path, apis[2]
+
+        yield build
+
+
+async def verify_live(url: str, episode: Episode, reply: str) -> RewardRecord:
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=keyed()) as verifier:
+        response = await verifier.post(
+            "/verify",
+            json={"case_id": CASE.case_id, "episode_id": episode.episode_id, "final_reply": reply},
+        )
+    assert response.status_code == 200, response.text
+    return RewardRecord.model_validate(response.json())
+
+
+async def test_fake_judges_that_agree_decide_the_claimed_outcome(
+    crm_api: RunningServer,
+    served: Served,
+    case_episode: Episode,
+    fake_panel: Callable[[JudgeBehaviour], tuple[Path, FakeApi]],
+) -> None:
+    await case_episode.ok("create_quote", {"opportunity_id": "o-jdg", "amount": 60000})
+    judges_file, arbiter = fake_panel(JudgeBehaviour())
+    url = served(
+        create_app(
+            settings_for(crm_api.base_url, judges_config=judges_file), cases={CASE.case_id: CASE}
+        )
+    )
+    record = await verify_live(url, case_episode, REPLY)
+    read = classify_outcome(REPLY).outcome
+    assert record.verification_mode == VerificationMode.JUDGES and record.arbiter is None
+    assert [(j.judge, j.outcome) for j in record.judges] == [("reader", read), ("second", read)]
+    assert record.claimed_outcome is read and record.outcome_source == OutcomeSource.JUDGES
+    assert arbiter.received == []
+
+
+async def test_fake_judges_that_read_different_outcomes_leave_it_to_the_arbiter(
+    crm_api: RunningServer,
+    served: Served,
+    case_episode: Episode,
+    fake_panel: Callable[[JudgeBehaviour], tuple[Path, FakeApi]],
+) -> None:
+    await case_episode.ok("create_quote", {"opportunity_id": "o-jdg", "amount": 60000})
+    read = classify_outcome(REPLY).outcome
+    other = contrary_to(read)
+    assert other is not read
+    judges_file, arbiter = fake_panel(JudgeBehaviour(contrary=True))
+    url = served(
+        create_app(
+            settings_for(crm_api.base_url, judges_config=judges_file), cases={CASE.case_id: CASE}
+        )
+    )
+    record = await verify_live(url, case_episode, REPLY)
+    assert [j.outcome for j in record.judges] == [read, other]
+    assert record.verification_mode == VerificationMode.JUDGES_ARBITER
+    assert record.arbiter is not None and record.arbiter.outcome is read
+    assert record.claimed_outcome is read and record.outcome_source == OutcomeSource.ARBITER
+    assert len(arbiter.received) == 1 and arbiter.violations == []
+
+
+async def test_a_success_claim_the_judges_read_with_nothing_changed_fails(
+    crm_api: RunningServer,
+    served: Served,
+    case_episode: Episode,
+    fake_panel: Callable[[JudgeBehaviour], tuple[Path, FakeApi]],
+) -> None:
+    judges_file, _ = fake_panel(JudgeBehaviour())
+    url = served(
+        create_app(
+            settings_for(crm_api.base_url, judges_config=judges_file), cases={CASE.case_id: CASE}
+        )
+    )
+    record = await verify_live(url, case_episode, REPLY)  # "Done: ..." and no quote made
+    assert record.claimed_outcome is Outcome.COMPLETED
+    assert record.outcome_source == OutcomeSource.JUDGES
+    assert record.score == 0.0 and not record.passed
