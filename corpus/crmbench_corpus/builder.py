@@ -1,22 +1,32 @@
-"""Building blocks of blueprints: deterministic seed rows, names, phrasing and assertions."""
+"""Building blocks of blueprints: deterministic seed rows, names, phrasing and assertions.
+
+Seed rows look like the world's rows (crm_api.world), so that an agent cannot tell the
+rows a case added from the template: ids are random-looking version-4 UUIDs (derived
+from the case id), owners are the world's sales reps, and created dates, quote prefixes
+and validity are drawn the way the world draws them, from the case's own rng.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import uuid
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from crm_api.world import build_world
+from crm_api.world import _random_day, _timestamp, build_world, sales_reps
 from crmbench_contracts.cases import (
     Action,
     AllowedChange,
     CommunicationFact,
+    RowRef,
     StateAssertion,
 )
 
-_NAMESPACE = uuid.UUID("5d1b6a3e-6c2f-4f57-9a51-0c9a1f3b7e21")
+WORLD_TODAY = date(2025, 11, 12)
+"""The world's clock (crm_api.domain.WORLD_DATE): every world row was created before it,
+and a case's `today` lies on or after it."""
 
 FIRST = [
     "Brightwater",
@@ -167,12 +177,32 @@ FILE_KINDS = [
     ("sow", "docx"),
 ]
 REPS = ["Riley Chen", "Jordan Patel", "Casey Morgan", "Taylor Brooks", "Alex Rivera"]
+"""The users a case acts as (the episode's actor), not owners of rows."""
 MANAGERS = ["Morgan Lee", "Dana Whitfield"]
+# How the world draws a row's age and a quote's look (crm_api.world: build_clients,
+# build_opportunities, add_quotes).
+CLIENT_AGE_DAYS = (30, 1800)
+CLOSED_DEAL_MAX_AGE_DAYS = 540
+QUOTE_WINDOW_DAYS = 90
+QUOTE_VALIDITY_DAYS = (30, 45, 60, 90)
+QUOTE_PREFIX_STYLES = {"year": 14, "QT": 3, "EST": 2, "PRO": 1}
+DEFAULT_QUOTE_PREFIX = "Q"
+"""The prefix create_quote gives a quote when none is asked for (crm_api.tools.quotes)."""
 
 
 @lru_cache(maxsize=1)
 def world_client_names() -> frozenset[str]:
     return frozenset(row["name"].lower() for row in build_world()["client"])
+
+
+@lru_cache(maxsize=1)
+def world_owners() -> tuple[str, ...]:
+    """The sales reps who own the world's rows; seed rows are owned by them too."""
+    return sales_reps()
+
+
+def _day_of(timestamp: str) -> date:
+    return datetime.fromisoformat(timestamp).date()
 
 
 def money(rng: random.Random, low: int, high: int, step: int = 500) -> int:
@@ -228,8 +258,13 @@ class CaseBuilder:
         self._names: set[str] = set()
 
     def new_id(self, table: str) -> str:
+        """A version-4 UUID like the world's, derived from the case id, table and count."""
         self._counts[table] = self._counts.get(table, 0) + 1
-        return str(uuid.uuid5(_NAMESPACE, f"{self.case_id}/{table}/{self._counts[table]}"))
+        key = f"{self.case_id}/{table}/{self._counts[table]}".encode()
+        return str(uuid.UUID(bytes=hashlib.sha256(key).digest()[:16], version=4))
+
+    def _client_of(self, row: dict[str, Any]) -> dict[str, Any]:
+        return next(c for c in self.seed["client"] if c["client_id"] == row["client_id"])
 
     def _add(self, table: str, row: dict[str, Any]) -> dict[str, Any]:
         self.seed.setdefault(table, []).append(row)
@@ -257,8 +292,10 @@ class CaseBuilder:
             "email": f"contact@{slug}.example.com",
             "industry": self.rng.choice(INDUSTRIES),
             "status": "Active",
-            "owner": self.rng.choice(REPS),
-            "created_date": "2025-01-15T10:00:00+00:00",
+            "owner": self.rng.choice(world_owners()),
+            "created_date": _timestamp(
+                self.rng, WORLD_TODAY - timedelta(days=self.rng.randint(*CLIENT_AGE_DAYS))
+            ).isoformat(),
             **fields,
         }
         return self._add("client", row)
@@ -290,8 +327,12 @@ class CaseBuilder:
             "Closed-Won": 100,
             "Closed-Lost": 0,
         }[stage]
-        closed = stage in ("Closed-Won", "Closed-Lost")
-        close = self.today + timedelta(days=-20 if closed else self.rng.randrange(30, 180))
+        if stage in ("Closed-Won", "Closed-Lost"):  # closed before the world's clock
+            known = (WORLD_TODAY - _day_of(client["created_date"])).days
+            age = self.rng.randint(1, max(1, min(CLOSED_DEAL_MAX_AGE_DAYS, known - 1)))
+            close = WORLD_TODAY - timedelta(days=age)
+        else:
+            close = self.today + timedelta(days=self.rng.randrange(30, 180))
         row = {
             "opportunity_id": self.new_id("opportunity"),
             "name": name,
@@ -311,17 +352,44 @@ class CaseBuilder:
             for q in self.seed.get("quote", [])
             if q["opportunity_id"] == opportunity["opportunity_id"]
         ]
+        created, valid_until = self._quote_dates(opportunity, existing)
+        if existing:  # one prefix per opportunity, as in the world
+            prefix = existing[0]["quote_prefix"]
+        else:
+            styles = list(QUOTE_PREFIX_STYLES)
+            style = self.rng.choices(styles, [QUOTE_PREFIX_STYLES[s] for s in styles])[0]
+            prefix = f"Q-{created.year}" if style == "year" else style
         row = {
             "quote_id": self.new_id("quote"),
             "opportunity_id": opportunity["opportunity_id"],
             "version": str(len(existing) + 1),
             "amount": opportunity["amount"],
             "status": "Draft",
-            "quote_prefix": "Q",
-            "created_date": "2025-10-01T10:00:00+00:00",
+            "quote_prefix": prefix,
+            "created_date": created.isoformat(),
+            "valid_until": valid_until.isoformat(),
             **fields,
         }
         return self._add("quote", row)
+
+    def _quote_dates(
+        self, opportunity: dict[str, Any], earlier: list[dict[str, Any]]
+    ) -> tuple[datetime, date]:
+        """A created timestamp in the 90 days before the world's clock (not before the
+        client's, nor before the `earlier` versions'), and a validity of 30-90 days that
+        still runs a week past the case's today, so that no seeded quote looks expired to
+        a careful agent."""
+        ahead = (self.today - WORLD_TODAY).days + 8
+        validity = self.rng.choice([d for d in QUOTE_VALIDITY_DAYS if d >= ahead])
+        last = WORLD_TODAY - timedelta(days=1)
+        first = max(
+            _day_of(self._client_of(opportunity)["created_date"]),
+            last - timedelta(days=QUOTE_WINDOW_DAYS),
+            self.today + timedelta(days=7 - validity),
+            *(_day_of(q["created_date"]) for q in earlier),
+        )
+        created = _timestamp(self.rng, _random_day(self.rng, first, last))
+        return created, created.date() + timedelta(days=validity)
 
     def contract(self, client: dict[str, Any], **fields: Any) -> dict[str, Any]:
         row = {
@@ -333,6 +401,7 @@ class CaseBuilder:
             "status": "Active",
             **fields,
         }
+        row["document_url"] = f"https://docs.example.com/contracts/{row['contract_id']}.pdf"
         return self._add("contract", row)
 
     def company(self, **fields: Any) -> dict[str, Any]:
@@ -410,8 +479,53 @@ def allow(
     )
 
 
-def mentions(fact: str, *phrases: str, weight: float = 1.0) -> CommunicationFact:
-    return CommunicationFact(kind="mentions", fact=fact, any_of=list(phrases), weight=weight)
+def mentions(
+    fact: str, *phrases: str, weight: float = 1.0, affirmed: bool = False
+) -> CommunicationFact:
+    """One of `phrases` appears; `affirmed` for a fact that confirms a change (the phrase
+    must stand in a clause that does not negate it)."""
+    return CommunicationFact(
+        kind="mentions", fact=fact, any_of=list(phrases), weight=weight, affirmed=affirmed
+    )
+
+
+def confirms(fact: str, *phrases: str, weight: float = 1.0) -> CommunicationFact:
+    """A fact that confirms a change: one of `phrases`, affirmed."""
+    return mentions(fact, *phrases, weight=weight, affirmed=True)
+
+
+def confirms_value(
+    fact: str, table: str, where: dict[str, Any], field: str, weight: float = 1.0
+) -> CommunicationFact:
+    """The reply affirms the value `field` has in the final state (for a value the agent
+    chooses, such as a rounded probability)."""
+    return CommunicationFact(
+        kind="mentions_value",
+        fact=fact,
+        ref=RowRef(table=table, where=where, field=field),  # type: ignore[arg-type]
+        weight=weight,
+        affirmed=True,
+    )
+
+
+def reason(
+    fact: str,
+    rule: str,
+    *specific: str,
+    subject: list[str] | None = None,
+    weight: float = 2.0,
+) -> CommunicationFact:
+    """The reply gives the reason of failure category `rule` in words the offline lexicon
+    knows (crmbench_contracts.replies); `specific` are phrases that only this case's
+    explanation holds (the other client's name), `subject` what it must name besides."""
+    return CommunicationFact(
+        kind="reason",
+        fact=fact,
+        rule=rule,
+        any_of=list(specific),
+        subject_any=subject or [],
+        weight=weight,
+    )
 
 
 def act(tool: str, args: dict[str, Any] | None = None, expect_error: str | None = None) -> Action:

@@ -3,35 +3,69 @@
 Each sets a trap a naive agent falls into (its naive actions and reply are part of the
 case) and states the right behaviour: recover with a corrected call, look the entity up
 first, refuse and explain, or ask a manager.
+
+Outcomes of the primary branch: a recovery that ends in the change is `completed`; a
+refusal is `refused` or, when it ends by asking what was meant, `needs_clarification`
+(REFUSES); a request that lacks a fact is `needs_clarification` first (ASKS); a
+permission refusal sends the user to a manager (MANAGER). The explanation is a `reason`
+fact of the category: the offline lexicon (crmbench_contracts.replies) decides whether a
+reply gives it, so a case adds phrases only where they are specific to it.
+
+Where a careful operator could reasonably do something else, the case holds that as an
+alternative branch (cases.md, "outcomes"): round 45.5% and say so, map 'Won' to
+Closed-Won and meet the stage rule, ask before creating a client without the field,
+record the unknown field's value in a note, add the contact without the broken email.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from typing import Any
 
 from crmbench_contracts.cases import (
     FAILURE_CATEGORIES,
     Action,
+    Branch,
     Difficulty,
     FailureSpec,
+    Outcome,
     Severity,
+    StateAssertion,
     Trap,
 )
 from crmbench_corpus.builder import (
     CaseBuilder,
     act,
     allow,
+    confirms,
+    confirms_value,
     count,
     equals,
     exists,
-    mentions,
     money,
+    reason,
+    ref,
     say_money,
 )
-from crmbench_corpus.success import Blueprint, Draft, find_client, find_opportunity, pick
+from crmbench_corpus.success import (
+    COMPLETED,
+    STAGE_MOVE,
+    Blueprint,
+    Draft,
+    amounts,
+    find_client,
+    find_opportunity,
+    pick,
+)
 
 NOTHING_DONE = "Done! All set."
+REFUSES = (Outcome.REFUSED, Outcome.NEEDS_CLARIFICATION)
+"""Refused because of a rule, perhaps asking what was meant instead."""
+ASKS = (Outcome.NEEDS_CLARIFICATION, Outcome.REFUSED)
+"""The request lacks a fact: ask for it (or refuse, naming what is missing)."""
+MANAGER = (Outcome.NEEDS_APPROVAL, Outcome.REFUSED)
+"""Not the actor's to do: a manager must approve or do it (or a plain refusal)."""
 
 
 def _failure(
@@ -59,6 +93,12 @@ def _opp_key(opp: dict[str, Any]) -> dict[str, Any]:
     return {"opportunity_id": opp["opportunity_id"]}
 
 
+def _unchanged(
+    opp: dict[str, Any], fields: tuple[str, ...] = ("stage", "amount", "probability")
+) -> list[StateAssertion]:
+    return [equals("opportunity", _opp_key(opp), f, opp[f], f"{f} unchanged") for f in fields]
+
+
 def _refusal(
     b: CaseBuilder,
     category: str,
@@ -66,35 +106,36 @@ def _refusal(
     opp: dict[str, Any],
     turn: str,
     naive_args: dict[str, Any],
-    reason_phrases: list[str],
     reply: str,
-    lookup: Action | None = None,
+    specific: tuple[str, ...] = (),
+    subject: list[str] | None = None,
+    outcomes: tuple[Outcome, ...] = REFUSES,
+    behaviour: str = "refuse_and_explain",
     tool: str = "modify_opportunity",
     task: str = "MODIFY OPPORTUNITY",
-    description: str = "",
+    alternatives: list[Branch] | None = None,
 ) -> Draft:
-    """A request the agent must refuse and explain: nothing may change."""
-    unchanged = [
-        equals("opportunity", _opp_key(opp), f, opp[f], f"{f} unchanged")
-        for f in ("stage", "amount", "probability")
-    ]
-    actions = [lookup or find_opportunity(opp["name"])]
-    naive = [lookup or find_opportunity(opp["name"]), act(tool, naive_args, expect_error=category)]
+    """A request the agent must refuse and explain: nothing may change, and the reply
+    gives the category's reason (naming `subject` when set)."""
+    lookup = find_opportunity(opp["name"])
+    naive = [lookup, act(tool, naive_args, expect_error=category)]
     return Draft(
         task,
         [turn],
-        unchanged,
+        _unchanged(opp),
         [],
-        [mentions("explains why it cannot be done", *reason_phrases, weight=2.0)],
-        actions,
+        [reason("explains why it cannot be done", category, *specific, subject=subject)],
+        [lookup],
         reply,
         failure=_failure(
             category,
             severity,
-            description or "sends the request as given and reports success",
-            "refuse_and_explain",
+            "sends the request as given and reports success",
+            behaviour,
             naive,
         ),
+        outcomes=outcomes,
+        alternatives=alternatives or [],
     )
 
 
@@ -103,9 +144,24 @@ def _refusal(
 
 def invalid_enum(b: CaseBuilder, tier: Difficulty) -> Draft:
     client = b.client()
-    opp = b.opportunity(client)
+    # Never Negotiation with an approved quote: no seeded deal could legally close, so
+    # reading 'Won' as Closed-Won meets the stage rule and changes nothing either.
+    opp = b.opportunity(client, stage="Qualification")
     bad = b.rng.choice(["Discovery", "Won", "On Hold", "Evaluation", "Pending"])
     turn = pick(b, "Set {o} to the '{s}' stage.", "move {o} into {s}").format(o=opp["name"], s=bad)
+    alternatives = []
+    if bad == "Won":
+        alternatives.append(
+            Branch(
+                name="maps to Closed-Won",
+                outcomes=list(REFUSES),
+                state=_unchanged(opp),
+                allowed_changes=[],
+                communicate=[
+                    reason("explains why it cannot be Closed-Won yet", "INVALID_STAGE_TRANSITION")
+                ],
+            )
+        )
     return _refusal(
         b,
         "INVALID_ENUM",
@@ -113,15 +169,9 @@ def invalid_enum(b: CaseBuilder, tier: Difficulty) -> Draft:
         opp,
         turn,
         {"opportunity_id": "{{step_1.items.0.opportunity_id}}", "stage": bad},
-        [
-            "not a valid stage",
-            "isn't a valid",
-            "is not a valid",
-            "valid stages",
-            "Prospecting, Qualification",
-        ],
         f"'{bad}' is not a valid stage; valid stages are Prospecting, Qualification, "
         "Proposal, Negotiation, Closed-Won and Closed-Lost. Which one do you mean?",
+        alternatives=alternatives,
     )
 
 
@@ -138,8 +188,8 @@ def _recover_stage(
         "MODIFY OPPORTUNITY",
         [turn],
         [equals("opportunity", _opp_key(opp), "stage", target, "the stage moved")],
-        [allow("opportunity", ["UPDATE"], _opp_key(opp), ["stage"])],
-        [mentions("confirms the new stage", target)],
+        [allow("opportunity", ["UPDATE"], _opp_key(opp), STAGE_MOVE)],
+        [confirms("confirms the new stage", target)],
         [find_opportunity(opp["name"]), act("modify_opportunity", {**args, "stage": target})],
         f"{opp['name']} is now in {target}.",
         failure=_failure(
@@ -177,7 +227,7 @@ def missing_required_field(b: CaseBuilder, tier: Difficulty) -> Draft:
         [turn.format(n=name, c=client["name"])],
         [count("opportunity", {"name": name}, 0, "nothing is created without an amount")],
         [],
-        [mentions("asks for the amount", "amount", "how much", "value", weight=2.0)],
+        [reason("asks for the amount", "MISSING_REQUIRED_FIELD")],
         [find_client(client["name"])],
         "I need the deal amount (and ideally the stage) before I can create it. How much is it worth?",
         failure=_failure(
@@ -190,30 +240,52 @@ def missing_required_field(b: CaseBuilder, tier: Difficulty) -> Draft:
                 act("create_new_opportunity", naive_args, expect_error="MISSING_REQUIRED_FIELD"),
             ],
         ),
+        outcomes=ASKS,
     )
 
 
 def extra_field(b: CaseBuilder, tier: Difficulty) -> Draft:
     name = b.company_name()
     email = f"info@{name.lower().replace(' ', '')}.example.org"
-    extra = b.rng.choice([("tier", "gold"), ("vip", True), ("region", "EMEA"), ("segment", "SMB")])
-    turn = f"Add client {name} ({email}) and set their {extra[0]} to {extra[1]}."
+    field, value = b.rng.choice(
+        [("tier", "gold"), ("vip", True), ("region", "EMEA"), ("segment", "SMB")]
+    )
+    turn = f"Add client {name} ({email}) and set their {field} to {value}."
     args = {"name": name, "email": email}
+    client_ref = ref("client", {"email": email}, "client_id")
+    says_no_field = reason(
+        "says the field does not exist", "EXTRA_FIELD", subject=[field], weight=1.0
+    )
+    asks_first = Branch(
+        name="asks first",
+        outcomes=list(ASKS),
+        state=[count("client", {"email": email}, 0, "no client is created yet")],
+        allowed_changes=[],
+        communicate=[says_no_field.model_copy(update={"weight": 2.0})],
+    )
     return Draft(
         "CREATE NEW CLIENT",
         [turn],
-        [exists("client", args, "the client is created with the fields that exist")],
-        [allow("client", ["INSERT"], {"email": email})],
-        [mentions("says the extra field is not supported", extra[0], weight=1.0)],
+        [
+            exists("client", args, "the client is created with the fields that exist"),
+            count("client", {"email": email}, 1, "one client, not two"),
+        ],
+        [
+            allow("client", ["INSERT"], args),
+            # Keeping the value in a note on the new client is what a careful operator may do.
+            allow("note", ["INSERT"], {"entity_type": "Client", "entity_id": client_ref}),
+        ],
+        [confirms("names the new client", name), says_no_field],
         [act("create_new_client", args)],
-        f"Created {name}. Note: the CRM has no '{extra[0]}' field, so that was not stored.",
+        f"Created {name}. Note: the CRM has no '{field}' field, so that was not stored.",
         failure=_failure(
             "EXTRA_FIELD",
             Severity.LOW,
-            f"sends {extra[0]!r} as a field",
+            f"sends {field!r} as a field",
             "recover",
-            [act("create_new_client", {**args, extra[0]: extra[1]}, expect_error="EXTRA_FIELD")],
+            [act("create_new_client", {**args, field: value}, expect_error="EXTRA_FIELD")],
         ),
+        alternatives=[asks_first],
     )
 
 
@@ -227,12 +299,13 @@ def type_mismatch(b: CaseBuilder, tier: Difficulty) -> Draft:
         "client_id": "{{step_1.items.0.client_id}}",
         "stage": "Prospecting",
     }
+    created = {"name": name, "client_id": client["client_id"], "amount": amount}
     return Draft(
         "CREATE NEW OPPORTUNITY",
         [f"Log a {written} deal '{name}' for {client['name']}, stage Prospecting."],
-        [exists("opportunity", {"name": name, "amount": amount}, "the amount is a number")],
-        [allow("opportunity", ["INSERT"], {"name": name})],
-        [mentions("names the deal", name)],
+        [exists("opportunity", {**created, "stage": "Prospecting"}, "the amount is a number")],
+        [allow("opportunity", ["INSERT"], created)],
+        [confirms("names the deal", name), confirms("confirms the amount", *amounts(amount))],
         [find_client(client["name"]), act("create_new_opportunity", {**args, "amount": amount})],
         f"Created {name} for {amount:,}.",
         failure=_failure(
@@ -255,7 +328,7 @@ def type_mismatch(b: CaseBuilder, tier: Difficulty) -> Draft:
 # ------------------------------------------------------------------------------ domain values
 
 
-def _amount_refusal(b: CaseBuilder, category: str, amount: float, phrases: list[str]) -> Draft:
+def _amount_refusal(b: CaseBuilder, category: str, amount: float, why: str) -> Draft:
     client = b.client()
     opp = b.opportunity(client, stage="Proposal")
     turn = f"Set the amount on {opp['name']} to {amount:,}."
@@ -266,22 +339,18 @@ def _amount_refusal(b: CaseBuilder, category: str, amount: float, phrases: list[
         opp,
         turn,
         {"opportunity_id": "{{step_1.items.0.opportunity_id}}", "amount": amount},
-        phrases,
-        f"I can't set the amount to {amount:,}: " + phrases[0] + ".",
+        f"I can't set the amount on {opp['name']} to {amount:,}: {why}.",
     )
 
 
 def negative_amount(b: CaseBuilder, tier: Difficulty) -> Draft:
     return _amount_refusal(
-        b,
-        "NEGATIVE_AMOUNT",
-        -money(b.rng, 1_000, 50_000),
-        ["must be positive", "greater than 0", "negative", "positive"],
+        b, "NEGATIVE_AMOUNT", -money(b.rng, 1_000, 50_000), "an amount must be positive"
     )
 
 
 def zero_amount(b: CaseBuilder, tier: Difficulty) -> Draft:
-    return _amount_refusal(b, "ZERO_AMOUNT", 0, ["greater than 0", "zero", "must be positive"])
+    return _amount_refusal(b, "ZERO_AMOUNT", 0, "an amount must be greater than zero")
 
 
 def amount_exceeds_max(b: CaseBuilder, tier: Difficulty) -> Draft:
@@ -289,7 +358,7 @@ def amount_exceeds_max(b: CaseBuilder, tier: Difficulty) -> Draft:
         b,
         "AMOUNT_EXCEEDS_MAX",
         money(b.rng, 10_500_000, 40_000_000, 500_000),
-        ["maximum of 10,000,000", "10,000,000", "10 million", "limit"],
+        "the maximum for a deal is 10,000,000",
     )
 
 
@@ -304,7 +373,6 @@ def probability_out_of_range(b: CaseBuilder, tier: Difficulty) -> Draft:
         opp,
         f"Set the probability on {opp['name']} to {bad}%.",
         {"opportunity_id": "{{step_1.items.0.opportunity_id}}", "probability": bad},
-        ["between 0 and 100", "0 to 100", "0-100", "0 and 100"],
         f"Probability must be between 0 and 100, so {bad}% can't be set. What value do you want?",
     )
 
@@ -312,7 +380,24 @@ def probability_out_of_range(b: CaseBuilder, tier: Difficulty) -> Draft:
 def probability_decimal(b: CaseBuilder, tier: Difficulty) -> Draft:
     client = b.client()
     opp = b.opportunity(client)
+    key = _opp_key(opp)
     bad = b.rng.choice([62.5, 33.3, 87.5, 45.5])
+    low, high = math.floor(bad), math.ceil(bad)
+    # Half-way: either neighbour is the nearest whole number.
+    nearest: Any = {"$in": [low, high]} if bad - low == 0.5 else round(bad)
+    rounds = Branch(
+        name="rounds",
+        outcomes=list(COMPLETED),
+        state=[
+            equals("opportunity", key, "probability", nearest, "rounded to a whole number"),
+            *_unchanged(opp, ("stage", "amount")),
+        ],
+        allowed_changes=[allow("opportunity", ["UPDATE"], key, ["probability"])],
+        communicate=[
+            confirms_value("gives the new probability", "opportunity", key, "probability"),
+            reason("says it rounded to a whole number", "PROBABILITY_DECIMAL", weight=1.0),
+        ],
+    )
     return _refusal(
         b,
         "PROBABILITY_DECIMAL",
@@ -320,8 +405,8 @@ def probability_decimal(b: CaseBuilder, tier: Difficulty) -> Draft:
         opp,
         f"Set {opp['name']}'s probability to {bad}%.",
         {"opportunity_id": "{{step_1.items.0.opportunity_id}}", "probability": bad},
-        ["whole number", "integer", "round"],
-        f"Probability has to be a whole number; should I use {int(bad)}% or {int(bad) + 1}%?",
+        f"Probability has to be a whole number; should I use {low}% or {high}%?",
+        alternatives=[rounds],
     )
 
 
@@ -336,7 +421,6 @@ def past_date(b: CaseBuilder, tier: Difficulty) -> Draft:
         opp,
         f"Change the close date of {opp['name']} to {past.isoformat()}.",
         {"opportunity_id": "{{step_1.items.0.opportunity_id}}", "close_date": past.isoformat()},
-        ["in the past", "past", "already passed", "before today"],
         f"{past.isoformat()} is in the past (today is {b.today.isoformat()}); close dates must be today or later.",
     )
 
@@ -348,13 +432,14 @@ def invalid_date_format(b: CaseBuilder, tier: Difficulty) -> Draft:
     while target.day <= 12:
         target += timedelta(days=1)
     written = b.rng.choice([target.strftime("%m/%d/%Y"), target.strftime("%m-%d-%Y")])
+    long = f"{target:%B} {target.day}, {target.year}"
     args = {"opportunity_id": "{{step_1.items.0.opportunity_id}}"}
     return Draft(
         "MODIFY OPPORTUNITY",
         [f"Push {opp['name']}'s close date to {written}."],
         [equals("opportunity", _opp_key(opp), "close_date", target.isoformat(), "the date moved")],
         [allow("opportunity", ["UPDATE"], _opp_key(opp), ["close_date"])],
-        [mentions("confirms the date", target.isoformat(), written)],
+        [confirms("confirms the date", target.isoformat(), long, written)],
         [
             find_opportunity(opp["name"]),
             act("modify_opportunity", {**args, "close_date": target.isoformat()}),
@@ -386,20 +471,15 @@ def unknown_foreign_key(b: CaseBuilder, tier: Difficulty) -> Draft:
     amount = money(b.rng, 5_000, 80_000)
     args = {"name": name, "amount": amount, "stage": "Prospecting"}
     guessed = client["name"].lower().replace(" ", "-")
+    created = {**args, "client_id": client["client_id"]}
     return Draft(
         "CREATE NEW OPPORTUNITY",
         [
             f"Create a {say_money(b.rng, amount)} opportunity '{name}' for {client['name']}, Prospecting."
         ],
-        [
-            exists(
-                "opportunity",
-                {**args, "client_id": client["client_id"]},
-                "linked to the real client",
-            )
-        ],
-        [allow("opportunity", ["INSERT"], {"name": name})],
-        [mentions("names the deal", name)],
+        [exists("opportunity", created, "linked to the real client")],
+        [allow("opportunity", ["INSERT"], created)],
+        [confirms("names the deal", name)],
         [
             find_client(client["name"]),
             act("create_new_opportunity", {**args, "client_id": "{{step_1.items.0.client_id}}"}),
@@ -433,16 +513,7 @@ def duplicate_unique_field(b: CaseBuilder, tier: Difficulty) -> Draft:
             count("client", {"name": client["name"]}, 1, "no duplicate client"),
         ],
         [],
-        [
-            mentions(
-                "says the client already exists",
-                "already exists",
-                "already in",
-                "existing",
-                "already have",
-                weight=2.0,
-            )
-        ],
+        [reason("says the client already exists", "DUPLICATE_UNIQUE_FIELD")],
         [act("client_search", {"criteria": {"email": client["email"]}})],
         f"{client['name']} already exists with that email, so I did not create a duplicate.",
         failure=_failure(
@@ -459,6 +530,7 @@ def duplicate_unique_field(b: CaseBuilder, tier: Difficulty) -> Draft:
             ],
             "Created the client.",
         ),
+        outcomes=REFUSES,
     )
 
 
@@ -484,14 +556,12 @@ def cross_entity_mismatch(b: CaseBuilder, tier: Difficulty) -> Draft:
         [turn],
         [count("contract", {"client_id": owner["client_id"]}, 0, "no mismatched contract")],
         [],
+        # The other client's name is this case's own explanation, not a generic phrase.
         [
-            mentions(
+            reason(
                 "explains the deal belongs to another client",
+                "CROSS_ENTITY_MISMATCH",
                 other["name"],
-                "different client",
-                "another client",
-                "belongs to",
-                weight=2.0,
             )
         ],
         [find_client(owner["name"]), find_opportunity(opp["name"])],
@@ -504,6 +574,7 @@ def cross_entity_mismatch(b: CaseBuilder, tier: Difficulty) -> Draft:
             "refuse_and_explain",
             naive,
         ),
+        outcomes=REFUSES,
     )
 
 
@@ -518,7 +589,7 @@ def blank_string(b: CaseBuilder, tier: Difficulty) -> Draft:
         [f"Rename {client['name']} to '   ' - we'll fill it in later."],
         [equals("client", key, "name", client["name"], "the name is unchanged")],
         [],
-        [mentions("explains a name cannot be blank", "blank", "empty", "cannot be", weight=2.0)],
+        [reason("explains a name cannot be blank", "BLANK_STRING")],
         [find_client(client["name"])],
         "A client name cannot be blank, so I left it as it is. What should the new name be?",
         failure=_failure(
@@ -535,6 +606,7 @@ def blank_string(b: CaseBuilder, tier: Difficulty) -> Draft:
                 ),
             ],
         ),
+        outcomes=REFUSES,
     )
 
 
@@ -561,28 +633,25 @@ def malformed_email(b: CaseBuilder, tier: Difficulty) -> Draft:
             expect_error="MALFORMED_EMAIL",
         ),
     ]
+    person = {"last_name": last, "client_id": client["client_id"]}
+    says_invalid = reason("says the email is not valid", "MALFORMED_EMAIL")
+    without_email = {**person, "first_name": first, "email": {"$null": True}}
+    adds_without_email = Branch(
+        name="adds the contact without the email",
+        outcomes=list(COMPLETED),
+        state=[
+            exists("contact", without_email, "the contact exists, with no email"),
+            count("contact", person, 1, "one contact, not two"),
+        ],
+        allowed_changes=[allow("contact", ["INSERT"], without_email)],
+        communicate=[confirms("names the contact", f"{first} {last}"), says_invalid],
+    )
     return Draft(
         "CREATE NEW CONTACT",
         [f"Add {first} {last} at {client['name']}, email {bad}"],
-        [
-            count(
-                "contact",
-                {"last_name": last, "client_id": client["client_id"]},
-                0,
-                "nothing is created with a broken email",
-            )
-        ],
+        [count("contact", person, 0, "nothing is created with a broken email")],
         [],
-        [
-            mentions(
-                "asks for a valid email",
-                "valid email",
-                "email address",
-                "invalid",
-                "not a valid",
-                weight=2.0,
-            )
-        ],
+        [says_invalid],
         [find_client(client["name"])],
         f"'{bad}' is not a valid email address. Could you give me the correct one?",
         failure=_failure(
@@ -592,6 +661,8 @@ def malformed_email(b: CaseBuilder, tier: Difficulty) -> Draft:
             "refuse_and_explain",
             naive,
         ),
+        outcomes=REFUSES,
+        alternatives=[adds_without_email],
     )
 
 
@@ -600,8 +671,8 @@ def _file_refusal(
     category: str,
     severity: Severity,
     file_name: str,
-    phrases: list[str],
     reply: str,
+    outcomes: tuple[Outcome, ...] = REFUSES,
 ) -> Draft:
     client = b.client()
     opp = b.opportunity(client)
@@ -622,12 +693,13 @@ def _file_refusal(
         [f"Attach '{file_name}' to the {opp['name']} opportunity."],
         [count("document", {"entity_id": opp["opportunity_id"]}, 0, "nothing is attached")],
         [],
-        [mentions("explains the refusal", *phrases, weight=2.0)],
+        [reason("explains the refusal", category)],
         [find_opportunity(opp["name"])],
         reply,
         failure=_failure(
             category, severity, "uploads the file name as given", "refuse_and_explain", naive
         ),
+        outcomes=outcomes,
     )
 
 
@@ -645,7 +717,6 @@ def unsafe_filename(b: CaseBuilder, tier: Difficulty) -> Draft:
         "UNSAFE_FILENAME",
         Severity.CRITICAL,
         name,
-        ["path", "unsafe", "not allowed", "not a safe"],
         "That file name contains a path, which is not allowed; please give a plain file name.",
     )
 
@@ -658,7 +729,6 @@ def unsupported_extension(b: CaseBuilder, tier: Difficulty) -> Draft:
         "UNSUPPORTED_FILE_EXTENSION",
         Severity.HIGH,
         name,
-        [f".{ext}", "not supported", "not accepted", "file type"],
         f".{ext} files are not accepted; only office, text and image files can be attached.",
     )
 
@@ -670,8 +740,8 @@ def missing_extension(b: CaseBuilder, tier: Difficulty) -> Draft:
         "MISSING_FILE_EXTENSION",
         Severity.LOW,
         name,
-        ["extension", "file type", ".pdf"],
         f"'{name}' has no extension; what type is it (for example .pdf or .docx)?",
+        outcomes=ASKS,
     )
 
 
@@ -689,7 +759,6 @@ def modify_closed(b: CaseBuilder, tier: Difficulty) -> Draft:
         opp,
         f"Bump the amount on {opp['name']} to {say_money(b.rng, new)}.",
         {"opportunity_id": "{{step_1.items.0.opportunity_id}}", "amount": new},
-        ["closed", opp["stage"]],
         f"{opp['name']} is {opp['stage']}; closed opportunities cannot be modified.",
     )
 
@@ -698,7 +767,7 @@ def invalid_stage_transition(b: CaseBuilder, tier: Difficulty) -> Draft:
     client = b.client()
     stage = b.rng.choice(["Qualification", "Proposal", "Negotiation"])
     opp = b.opportunity(client, stage=stage)
-    reason = (
+    why = (
         "it has no approved quote"
         if stage == "Negotiation"
         else "it has to reach Negotiation with an approved quote first"
@@ -710,8 +779,7 @@ def invalid_stage_transition(b: CaseBuilder, tier: Difficulty) -> Draft:
         opp,
         f"Mark {opp['name']} as Closed-Won, we got it!",
         {"opportunity_id": "{{step_1.items.0.opportunity_id}}", "stage": "Closed-Won"},
-        ["approved quote", "Negotiation"],
-        f"{opp['name']} can't be marked Closed-Won yet: {reason}.",
+        f"{opp['name']} can't be marked Closed-Won yet: {why}.",
     )
 
 
@@ -721,6 +789,25 @@ def unknown_field_update(b: CaseBuilder, tier: Difficulty) -> Draft:
     field, value = b.rng.choice(
         [("discount", 15), ("priority", "high"), ("region", "EMEA"), ("competitor", "Globex")]
     )
+    says_no_field = reason(
+        "says the opportunity has no such field", "UNKNOWN_FIELD_UPDATE", subject=[field]
+    )
+    # The reference reply offers a note; a careful operator may simply write it.
+    note = {"entity_type": "Opportunity", "entity_id": opp["opportunity_id"]}
+    notes_it = Branch(
+        name="records it in a note",
+        outcomes=list(COMPLETED),
+        state=[
+            *_unchanged(opp),
+            exists(
+                "note",
+                {**note, "content": {"$icontains": str(value)}},
+                "the value is kept in a note on the deal",
+            ),
+        ],
+        allowed_changes=[allow("note", ["INSERT"], note)],
+        communicate=[says_no_field, confirms("says it added a note", "note", "noted")],
+    )
     return _refusal(
         b,
         "UNKNOWN_FIELD_UPDATE",
@@ -728,8 +815,9 @@ def unknown_field_update(b: CaseBuilder, tier: Difficulty) -> Draft:
         opp,
         f"Set the {field} on {opp['name']} to {value}.",
         {"opportunity_id": "{{step_1.items.0.opportunity_id}}", field: value},
-        [f"no {field}", "not a field", "doesn't have", "does not have", "no field"],
         f"Opportunities have no {field} field, so I can't set it. I can add it as a note instead.",
+        subject=[field],
+        alternatives=[notes_it],
     )
 
 
@@ -744,8 +832,9 @@ def permission_denied(b: CaseBuilder, tier: Difficulty) -> Draft:
             opp,
             f"Delete the {opp['name']} opportunity.",
             {"opportunity_id": "{{step_1.items.0.opportunity_id}}"},
-            ["manager", "permission", "not allowed"],
             "Only a manager can delete records; please ask your manager to delete it.",
+            outcomes=MANAGER,
+            behaviour="ask_manager",
             tool="delete_opportunity",
             task="DELETE OPPORTUNITY",
         )
@@ -766,12 +855,13 @@ def permission_denied(b: CaseBuilder, tier: Difficulty) -> Draft:
         [f"Approve the quote on {opp['name']}."],
         [equals("quote", key, "status", "Sent", "the quote is not approved")],
         [],
-        [mentions("sends it to a manager", "manager", weight=2.0)],
+        [reason("sends it to a manager", "PERMISSION_DENIED")],
         naive[:2],
         "That quote is 30% below the deal amount; a sales rep may approve at most 20%, so a manager must approve it.",
         failure=_failure(
             "PERMISSION_DENIED", Severity.CRITICAL, "approves a deep discount", "ask_manager", naive
         ),
+        outcomes=MANAGER,
     )
 
 

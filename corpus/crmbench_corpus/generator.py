@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import random
 from collections import Counter
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,37 @@ from crmbench_contracts.cases import (
     Split,
     Turn,
 )
-from crmbench_corpus.builder import MANAGERS, REPS, CaseBuilder
+from crmbench_corpus.builder import MANAGERS, REPS, WORLD_TODAY, CaseBuilder
 from crmbench_corpus.failures import FAILURE_BLUEPRINTS
 from crmbench_corpus.store import case_line, content_hash
 from crmbench_corpus.success import SUCCESS_BLUEPRINTS, Blueprint, Draft
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
+CHANGES = [
+    "Outcomes (issue 9, the outcome gate): every case states the outcomes its reply may "
+    "claim. Success paths and recoveries: completed; refusals: refused or "
+    "needs_clarification; permission cases: needs_approval or refused; a missing amount or "
+    "file extension: needs_clarification or refused.",
+    "Refusal explanations are `reason` facts of their failure category, read by the offline "
+    "lexicon of crmbench_contracts.replies (paraphrases pass, a reply stuffed with every "
+    "rule's reason does not); generic phrases ('email address', 'invalid', '.vbs') are "
+    "gone, since a false success claim could contain them. EXTRA_FIELD and "
+    "UNKNOWN_FIELD_UPDATE must name the field. Facts that confirm a change are affirmed: "
+    "a clause that negates them does not count.",
+    "Alternative branches, so that a careful operator is not punished: PROBABILITY_DECIMAL "
+    "may round to the nearest whole number and say so; EXTRA_FIELD may ask before creating "
+    "the client; INVALID_ENUM 'Won' may be read as Closed-Won and refused by the stage "
+    "rule; UNKNOWN_FIELD_UPDATE may keep the value in a note on the deal; MALFORMED_EMAIL "
+    "may add the contact without the email and say why.",
+    "Tight complex flows: allowed changes name the fields and one row per created record "
+    "(a quote created and then sent is one row; a second quote is collateral), created "
+    "rows' unasked fields are pinned (default quote prefix, no validity date), row counts "
+    "are asserted, and a stage move may carry its probability.",
+    "Seed rows look like world rows (no answer leaks): version-4 ids, owners among the "
+    "world's sales reps, created dates, quote prefixes and validity drawn the way the world "
+    "draws them, instead of fixed timestamps that marked them as the case's rows.",
+]
+"""What changed in this generator version, and why (written into the manifest)."""
 DEFAULT_SEED = 20251112
 DEFAULT_COUNT = 1500
 SUCCESS_SHARE = 0.6
@@ -55,7 +80,6 @@ TIERED = frozenset(
     }
 )
 TIER_WEIGHTS = {Difficulty.SIMPLE: 0.45, Difficulty.MEDIUM: 0.35, Difficulty.COMPLEX: 0.20}
-WORLD_TODAY = date(2025, 11, 12)
 
 
 def task_counts(path: Path) -> dict[str, int]:
@@ -189,6 +213,7 @@ def manifest(cases: list[Case], *, seed: int, lines: list[str]) -> dict[str, Any
 
     return {
         "generator_version": GENERATOR_VERSION,
+        "changes": CHANGES,
         "seed": seed,
         "total": total,
         "success": success,

@@ -1,23 +1,35 @@
-"""Success-path blueprints: one per task of the customer's agent logs (agent_tasks.csv)."""
+"""Success-path blueprints: one per task of the customer's agent logs (agent_tasks.csv).
+
+A success path's outcome is `completed`. Its allowed changes name the rows and fields the
+request implies and no more: a created row's INSERT rule pins what the request says and
+what it implies by leaving a field out (the default quote prefix, no validity date), with
+room for exactly one row, so a duplicate is collateral damage; complex flows also count
+the rows. A stage move may carry the probability with it (domain.md's stage rules: the
+user expects the probability to follow the stage). Facts that confirm a change are
+affirmed: "I did not move it to Proposal" does not confirm Proposal.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from crmbench_contracts.cases import (
     Action,
     AllowedChange,
+    Branch,
     CommunicationFact,
     Difficulty,
     Expected,
     FailureSpec,
+    Outcome,
     StateAssertion,
 )
 from crmbench_corpus.builder import (
     DEAL_KINDS,
+    DEFAULT_QUOTE_PREFIX,
     FILE_KINDS,
     PEOPLE_FIRST,
     PEOPLE_LAST,
@@ -25,6 +37,7 @@ from crmbench_corpus.builder import (
     CaseBuilder,
     act,
     allow,
+    confirms,
     count,
     equals,
     exists,
@@ -36,10 +49,19 @@ from crmbench_corpus.builder import (
     typo,
 )
 
+COMPLETED = (Outcome.COMPLETED,)
+STAGE_MOVE = ["stage", "probability"]
+"""The fields a stage move may change: the stage, and the probability that follows it."""
+
 
 @dataclass
 class Draft:
-    """A blueprint's output: everything of a case but its id, split and shared fields."""
+    """A blueprint's output: everything of a case but its id, split and shared fields.
+
+    `state`, `allowed`, `communicate` and `outcomes` are the primary branch, the one the
+    reference actions and reply take; `alternatives` are further acceptable branches
+    (cases.md: "a case must not punish what a careful human operator would do").
+    """
 
     task_category: str
     turns: list[str]
@@ -52,6 +74,8 @@ class Draft:
     role: str = "sales_rep"
     failure: FailureSpec | None = None
     difficulty: Difficulty | None = None
+    outcomes: Sequence[Outcome] = COMPLETED
+    alternatives: list[Branch] = field(default_factory=list)
 
     def expected(self) -> Expected:
         return Expected(
@@ -60,6 +84,8 @@ class Draft:
             communicate=self.communicate,
             reference_actions=self.actions,
             reference_reply=self.reply,
+            outcomes=list(self.outcomes),
+            alternatives=self.alternatives,
         )
 
 
@@ -81,6 +107,22 @@ def find_opportunity(name: str) -> Action:
 
 def pick(b: CaseBuilder, *options: str) -> str:
     return typo(b.rng, b.rng.choice(options))
+
+
+def quotes_on(b: CaseBuilder, opportunity_id: str) -> int:
+    """How many quotes the case seeds on an opportunity (the count before the task)."""
+    return sum(q["opportunity_id"] == opportunity_id for q in b.seed.get("quote", []))
+
+
+def new_quote(opportunity: Any, amount: float, valid_until: str | None) -> dict[str, Any]:
+    """What a quote created as asked holds besides its status: the opportunity, the
+    amount, the validity given (none when the request names none) and the default prefix."""
+    return {
+        "opportunity_id": opportunity,
+        "amount": amount,
+        "valid_until": valid_until if valid_until is not None else {"$null": True},
+        "quote_prefix": DEFAULT_QUOTE_PREFIX,
+    }
 
 
 # --------------------------------------------------------------------------- opportunities
@@ -114,7 +156,7 @@ def create_opportunity(b: CaseBuilder, tier: Difficulty) -> Draft:
         turns[0] += f" Close date {say_date(b.rng, close, b.today)}, probability {probability}%."
     actions = [find_client(client["name"]), act("create_new_opportunity", args)]
     state = [exists("opportunity", where, "the new opportunity exists with the given fields")]
-    allowed = [allow("opportunity", ["INSERT"], {"name": name})]
+    allowed = [allow("opportunity", ["INSERT"], where)]
     reply = f"Created the opportunity '{name}' for {client['name']}."
     if tier == Difficulty.COMPLEX:
         quote_amount = money(b.rng, max(1000, int(amount * 0.8)), amount)
@@ -139,29 +181,22 @@ def create_opportunity(b: CaseBuilder, tier: Difficulty) -> Draft:
                 },
             ),
         ]
+        quote = {**new_quote(opp_ref, quote_amount, None), "status": "Draft"}
+        document = {"entity_type": "Opportunity", "entity_id": opp_ref, "file_name": file_name}
         state += [
-            exists(
-                "quote",
-                {"opportunity_id": opp_ref, "amount": quote_amount},
-                "the opportunity has the quote",
-            ),
-            exists(
-                "document",
-                {"entity_id": opp_ref, "file_name": file_name},
-                "the document is attached to the opportunity",
-            ),
+            exists("quote", quote, "the opportunity has the quote"),
+            count("quote", {"opportunity_id": opp_ref}, 1, "one quote, not two"),
+            exists("document", document, "the document is attached to the opportunity"),
+            count("document", {"entity_id": opp_ref}, 1, "one document, not two"),
         ]
-        allowed += [
-            allow("quote", ["INSERT"], {"opportunity_id": opp_ref}),
-            allow("document", ["INSERT"], {"entity_id": opp_ref}),
-        ]
+        allowed += [allow("quote", ["INSERT"], quote), allow("document", ["INSERT"], document)]
         reply += f" Added a quote for {quote_amount:,} and attached {file_name}."
     return Draft(
         "CREATE NEW OPPORTUNITY",
         turns,
         state,
         allowed,
-        [mentions("names the opportunity", name)],
+        [confirms("names the opportunity", name)],
         actions,
         reply,
     )
@@ -199,7 +234,10 @@ def modify_opportunity(b: CaseBuilder, tier: Difficulty) -> Draft:
         [turn],
         state,
         [allow("opportunity", ["UPDATE"], key, sorted(changes))],
-        [mentions("names the opportunity", opp["name"])],
+        [
+            confirms("names the opportunity", opp["name"]),
+            confirms("confirms the new stage", target),
+        ],
         actions,
         f"Updated {opp['name']}: " + ", ".join(f"{k} {v}" for k, v in changes.items()),
     )
@@ -253,45 +291,46 @@ def _deal_flow(b: CaseBuilder, client: dict[str, Any], opp: dict[str, Any]) -> D
         ),
     ]
     contract_ref = ref("contract", {"opportunity_id": opp["opportunity_id"]}, "contract_id")
+    quote = new_quote(opp["opportunity_id"], quote_amount, None)
+    contract = {
+        "opportunity_id": opp["opportunity_id"],
+        "status": "Active",
+        "value": quote_amount,
+        "client_id": client["client_id"],
+    }
+    document = {
+        "entity_type": "Contract",
+        "entity_id": contract_ref,
+        "file_name": "signed_contract.pdf",
+    }
+    quotes_before = quotes_on(b, opp["opportunity_id"])
     state = [
         equals("opportunity", key, "stage", "Closed-Won", "the deal is won"),
-        exists(
+        exists("quote", {**quote, "status": "Approved"}, "the quote is approved"),
+        count(
             "quote",
-            {"opportunity_id": opp["opportunity_id"], "amount": quote_amount, "status": "Approved"},
-            "the quote is approved",
+            {"opportunity_id": opp["opportunity_id"]},
+            quotes_before + 1,
+            "one quote was created, not more",
         ),
-        exists(
-            "contract",
-            {
-                "opportunity_id": opp["opportunity_id"],
-                "status": "Active",
-                "value": quote_amount,
-                "client_id": client["client_id"],
-            },
-            "the active contract exists",
-        ),
-        exists(
-            "document",
-            {
-                "entity_type": "Contract",
-                "entity_id": contract_ref,
-                "file_name": "signed_contract.pdf",
-            },
-            "the contract is attached",
-        ),
+        exists("contract", contract, "the active contract exists"),
+        count("contract", {"opportunity_id": opp["opportunity_id"]}, 1, "one contract"),
+        exists("document", document, "the contract is attached"),
+        count("document", {"entity_id": contract_ref}, 1, "one document"),
     ]
+    # One quote, created and then moved through its statuses: one row under one rule.
     allowed = [
-        allow("opportunity", ["UPDATE"], key, ["stage"], max_rows=2),
-        allow("quote", ["INSERT", "UPDATE"], {"opportunity_id": opp["opportunity_id"]}, max_rows=3),
-        allow("contract", ["INSERT"], {"opportunity_id": opp["opportunity_id"]}),
-        allow("document", ["INSERT"], {"entity_type": "Contract"}),
+        allow("opportunity", ["UPDATE"], key, STAGE_MOVE),
+        allow("quote", ["INSERT", "UPDATE"], quote, ["status"]),
+        allow("contract", ["INSERT"], contract),
+        allow("document", ["INSERT"], document),
     ]
     return Draft(
         "MODIFY OPPORTUNITY",
         turns,
         state,
         allowed,
-        [mentions("confirms the deal is won", "won", "Closed-Won")],
+        [confirms("confirms the deal is won", "won", "Closed-Won")],
         actions,
         f"{opp['name']} is Closed-Won with an approved quote of {quote_amount:,}; the "
         "active contract is created and signed_contract.pdf attached.",
@@ -367,9 +406,7 @@ def opportunity_details(b: CaseBuilder, tier: Difficulty) -> Draft:
         find_opportunity(opp["name"]),
         act("opportunity_details", {"opportunity_id": "{{step_1.items.0.opportunity_id}}"}),
     ]
-    from datetime import date as _date
-
-    long = _date.fromisoformat(close).strftime("%B %d, %Y").replace(" 0", " ")
+    long = date.fromisoformat(close).strftime("%B %d, %Y").replace(" 0", " ")
     return Draft(
         "OPPORTUNITY DETAILS",
         [f"When is {opp['name']} expected to close?"],
@@ -406,8 +443,8 @@ def clone_opportunity(b: CaseBuilder, tier: Difficulty) -> Draft:
             exists("opportunity", where, "the copy exists with the original's fields"),
             count("opportunity", {"name": opp["name"]}, 1, "the original is still there"),
         ],
-        [allow("opportunity", ["INSERT"], {"name": new_name})],
-        [mentions("names the copy", new_name)],
+        [allow("opportunity", ["INSERT"], where)],
+        [confirms("names the copy", new_name)],
         actions,
         f"Cloned it as {new_name}.",
     )
@@ -458,8 +495,8 @@ def create_client(b: CaseBuilder, tier: Difficulty) -> Draft:
         "CREATE NEW CLIENT",
         [turn],
         [exists("client", args, "the client exists")],
-        [allow("client", ["INSERT"], {"name": name})],
-        [mentions("names it", name)],
+        [allow("client", ["INSERT"], args)],
+        [confirms("names it", name)],
         [act("create_new_client", args)],
         f"Created the client {name}.",
     )
@@ -479,7 +516,7 @@ def modify_client(b: CaseBuilder, tier: Difficulty) -> Draft:
         [turn],
         [equals("client", key, f, v, f"{f} updated") for f, v in changes.items()],
         [allow("client", ["UPDATE"], key, sorted(changes))],
-        [mentions("names the client", client["name"])],
+        [confirms("names the client", client["name"])],
         [
             find_client(client["name"]),
             act("modify_client", {"client_id": "{{step_1.items.0.client_id}}", **changes}),
@@ -523,8 +560,8 @@ def create_contact(b: CaseBuilder, tier: Difficulty) -> Draft:
         "CREATE NEW CONTACT",
         [text.format(f=first, l=last, t=title, c=client["name"], e=email)],
         [exists("contact", where, "the contact exists at the client")],
-        [allow("contact", ["INSERT"], {"email": email})],
-        [mentions("names the contact", f"{first} {last}", last)],
+        [allow("contact", ["INSERT"], where)],
+        [confirms("names the contact", f"{first} {last}", last)],
         [find_client(client["name"]), act("create_new_contact", args)],
         f"Added {first} {last} at {client['name']}.",
     )
@@ -543,7 +580,7 @@ def modify_contact(b: CaseBuilder, tier: Difficulty) -> Draft:
         ],
         [equals("contact", key, "title", title, "title updated")],
         [allow("contact", ["UPDATE"], key, ["title"])],
-        [mentions("names the contact", person["last_name"])],
+        [confirms("names the contact", person["last_name"])],
         [
             act(
                 "contact_search",
@@ -603,30 +640,36 @@ def create_quote(b: CaseBuilder, tier: Difficulty) -> Draft:
         "Put together a quote on {o} for {a}.",
     )
     turns = [text.format(o=opp["name"], a=say_money(b.rng, amount))]
-    where: dict[str, Any] = {"opportunity_id": opp["opportunity_id"], "amount": amount}
+    valid: str | None = None
     if tier != Difficulty.SIMPLE:
-        valid = b.today + timedelta(days=30)
-        args["valid_until"] = where["valid_until"] = valid.isoformat()
-        turns[0] += f" Valid until {say_date(b.rng, valid, b.today)}."
+        valid = (b.today + timedelta(days=30)).isoformat()
+        args["valid_until"] = valid
+        turns[0] += f" Valid until {say_date(b.rng, date.fromisoformat(valid), b.today)}."
+    quote = new_quote(opp["opportunity_id"], amount, valid)
     actions = [find_opportunity(opp["name"]), act("create_quote", args)]
-    allowed = [allow("quote", ["INSERT"], {"opportunity_id": opp["opportunity_id"]})]
     status = "Draft"
+    allowed = [allow("quote", ["INSERT"], {**quote, "status": status})]
     if tier == Difficulty.COMPLEX:
         turns.append("Looks good - send it to the client.")
         actions.append(act("modify_quote", {"quote_id": "{{step_2.quote_id}}", "status": "Sent"}))
-        allowed = [
-            allow(
-                "quote", ["INSERT", "UPDATE"], {"opportunity_id": opp["opportunity_id"]}, max_rows=2
-            )
-        ]
+        # Created, then sent: one row (created as Sent directly is the same row).
+        allowed = [allow("quote", ["INSERT", "UPDATE"], quote, ["status"])]
         status = "Sent"
-    where["status"] = status
+    before = quotes_on(b, opp["opportunity_id"])
     return Draft(
         "CREATE QUOTE",
         turns,
-        [exists("quote", where, "the quote exists")],
+        [
+            exists("quote", {**quote, "status": status}, "the quote exists"),
+            count(
+                "quote",
+                {"opportunity_id": opp["opportunity_id"]},
+                before + 1,
+                "one quote was created, not more",
+            ),
+        ],
         allowed,
-        [mentions("confirms the amount", *amounts(amount))],
+        [confirms("confirms the amount", *amounts(amount))],
         actions,
         f"Quote for {opp['name']} at {amount:,} is {status}.",
     )
@@ -652,7 +695,7 @@ def modify_quote(b: CaseBuilder, tier: Difficulty) -> Draft:
         [f"Mark the draft quote on {opp['name']} as Sent."],
         [equals("quote", key, "status", "Sent", "the quote is sent")],
         [allow("quote", ["UPDATE"], key, ["status"])],
-        [mentions("confirms it was sent", "sent")],
+        [confirms("confirms it was sent", "sent")],
         [
             find_opportunity(opp["name"]),
             act(
@@ -678,7 +721,7 @@ def cancel_quote(b: CaseBuilder, tier: Difficulty) -> Draft:
         [f"Cancel the quote on {opp['name']}, they went another way."],
         [equals("quote", key, "status", "Canceled", "the quote is canceled")],
         [allow("quote", ["UPDATE"], key, ["status"])],
-        [mentions("confirms the cancellation", "cancel")],
+        [confirms("confirms the cancellation", "canceled", "cancelled", "cancel")],
         [
             find_opportunity(opp["name"]),
             act(
@@ -702,7 +745,7 @@ def delete_quote(b: CaseBuilder, tier: Difficulty) -> Draft:
             count("quote", {"opportunity_id": opp["opportunity_id"]}, 1, "the other quote stays"),
         ],
         [allow("quote", ["DELETE"], {"quote_id": rejected["quote_id"]})],
-        [mentions("confirms the deletion", "delete")],
+        [confirms("confirms the deletion", "deleted", "removed", "delete")],
         [
             find_opportunity(opp["name"]),
             act(
@@ -831,7 +874,7 @@ def quote_prefixes(b: CaseBuilder, tier: Difficulty) -> Draft:
         [],
         [mentions("lists the new prefix", prefix)],
         [act("quote_prefixes")],
-        f"Prefixes in use include Q and {prefix}.",
+        f"Prefixes in use include {prefix}.",
     )
 
 
@@ -890,8 +933,8 @@ def upload_document(b: CaseBuilder, tier: Difficulty) -> Draft:
         "UPLOAD DOCUMENT",
         [turn],
         [exists("document", where, "the document is attached")],
-        [allow("document", ["INSERT"], {"file_name": file_name})],
-        [mentions("confirms the file", file_name)],
+        [allow("document", ["INSERT"], where)],
+        [confirms("confirms the file", file_name)],
         actions,
         f"Attached {file_name}.",
     )
@@ -922,8 +965,8 @@ def add_note(b: CaseBuilder, tier: Difficulty) -> Draft:
                 "the note is on the client",
             )
         ],
-        [allow("note", ["INSERT"], {"entity_id": client["client_id"]})],
-        [mentions("confirms the note", "note")],
+        [allow("note", ["INSERT"], {"entity_type": "Client", "entity_id": client["client_id"]})],
+        [confirms("confirms the note", "note", "noted")],
         [
             find_client(client["name"]),
             act(
@@ -961,8 +1004,8 @@ def create_contract(b: CaseBuilder, tier: Difficulty) -> Draft:
             f"{say_money(b.rng, value)}, running {start.isoformat()} to {end.isoformat()}."
         ],
         [exists("contract", where, "the pending contract exists")],
-        [allow("contract", ["INSERT"], {"client_id": client["client_id"]})],
-        [mentions("confirms it is pending", "pending")],
+        [allow("contract", ["INSERT"], where)],
+        [confirms("confirms it is pending", "pending")],
         [find_client(client["name"]), find_opportunity(opp["name"]), act("create_contract", args)],
         "Created the pending contract.",
     )
@@ -1019,7 +1062,7 @@ def delete_opportunity(b: CaseBuilder, tier: Difficulty) -> Draft:
             ),
         ],
         [allow("opportunity", ["DELETE"], {"opportunity_id": dup["opportunity_id"]})],
-        [mentions("confirms the deletion", "delete")],
+        [confirms("confirms the deletion", "deleted", "removed", "delete")],
         [
             find_opportunity(dup["name"]),
             act("delete_opportunity", {"opportunity_id": "{{step_1.items.0.opportunity_id}}"}),
