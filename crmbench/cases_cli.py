@@ -166,6 +166,20 @@ async def _validate(
             )
 
 
+_COLUMNS = (
+    ("reference", "ref"),
+    ("noop", "noop"),
+    ("trap", "trap"),
+    ("universal", "univ"),
+    ("trap_stuffed", "stuffed"),
+    ("false_success", "claim"),
+    ("duplicates", "dups"),
+    ("plain_refusal", "refusal"),
+    ("plain_confirmation", "confirm"),
+)
+"""The group table's columns: a run kind and its short header."""
+
+
 @cases_app.command("validate")
 @friendly_errors
 def cases_validate(
@@ -174,15 +188,18 @@ def cases_validate(
     limit: Annotated[int | None, typer.Option(help="Only the first N cases.", min=1)] = None,
     report: Annotated[Path | None, typer.Option(help="Write a JSON report here.")] = None,
 ) -> None:
-    """Run every case's reference (must score 1.0), a no-op and the trap (both must fail).
+    """Play every case's reference, a no-op, its trap and the adversaries; check each
+    kind of run against its target (the targets table: reference 100% score 1.0, no-op,
+    trap, false claims and duplicates 0% pass, the universal reply < 1% of cases, trap +
+    stuffed reply 0 failure categories, plain refusals and confirmations 100% pass).
 
     Starts a CRM API and a verifier for its duration (on DATABASE_URL or the embedded
-    Postgres) and loads the corpus first. Exits non-zero on any miss.
+    Postgres) and loads the corpus first. Exits non-zero when a target is missed.
     """
     import time
 
     from crmbench.local_services import running_crm_api, running_verifier
-    from crmbench_corpus.validation import summary_rows
+    from crmbench_corpus.validation import summary_rows, target_rows
 
     folder = _corpus_dir(directory)
     url = resolve_database_url()
@@ -195,19 +212,26 @@ def cases_validate(
             )
     elapsed = time.perf_counter() - started
     rows = summary_rows(results)
-    typer.echo(
-        f"\n{'group':<44} {'cases':>5} {'reference 1.0':>14} {'no-op fails':>12} {'trap fails':>11}"
-    )
+    header = " ".join(f"{h:>8}" for _, h in _COLUMNS)
+    typer.echo(f"\nruns that met their rule, per group:\n{'group':<44} {'cases':>5} {header}")
     for row in rows:
-        typer.echo(
-            f"{row['group']:<44} {row['cases']:>5} {_ratio(row['reference_pass']):>14} "
-            f"{_ratio(row['noop_fail']):>12} {_ratio(row['trap_fail']):>11}"
-        )
-    misses = [(r.case.case_id, run) for r in results for run in r.runs if not run.ok]
+        cells = " ".join(f"{_ratio(row['runs'][kind]):>8}" for kind, _ in _COLUMNS)
+        typer.echo(f"{row['group']:<44} {row['cases']:>5} {cells}")
+    targets = target_rows(results)
+    typer.echo(f"\n{'kind':<19} {'what it plays':<45} {'target':<26} measured")
+    for t in targets:
+        kind, meaning, rule = t.target.kind, t.target.meaning, t.target.rule
+        mark = "ok  " if t.met else "MISS"
+        typer.echo(f"{kind:<19} {meaning:<45} {rule:<26} {mark} {t.measured}")
+    misses = [(r.case, run) for r in results for run in r.runs if not run.ok]
     runs = sum(len(r.runs) for r in results)
-    typer.echo(f"\n{len(results)} cases, {runs} runs in {elapsed:.1f} s; {len(misses)} miss(es)")
-    for case_id, run in misses[:30]:
-        typer.echo(f"  MISS {case_id} {run.kind}: {run.detail}")
+    missed = [t for t in targets if not t.met]
+    typer.echo(
+        f"\n{len(results)} cases, {runs} runs in {elapsed:.1f} s; {len(misses)} run(s) off "
+        f"their rule; {len(missed)} of {len(targets)} targets missed"
+    )
+    for case, run in misses[:30]:
+        typer.echo(f"  {case.case_id} {run.kind}: {run.detail}")
     if report is not None:
         report.write_text(
             json.dumps(
@@ -215,9 +239,19 @@ def cases_validate(
                     "cases": len(results),
                     "runs": runs,
                     "seconds": round(elapsed, 1),
+                    "targets": [t.as_json() for t in targets],
                     "groups": rows,
                     "misses": [
-                        {"case_id": c, "kind": r.kind, "detail": r.detail} for c, r in misses
+                        {
+                            "case_id": c.case_id,
+                            "category": c.failure.category if c.failure else c.task_category,
+                            "kind": r.kind,
+                            "score": r.score,
+                            "claimed": r.claimed,
+                            "reply": r.reply,
+                            "detail": r.detail,
+                        }
+                        for c, r in misses
                     ],
                 },
                 indent=2,
@@ -225,5 +259,5 @@ def cases_validate(
             + "\n",
             encoding="utf-8",
         )
-    if misses:
+    if missed:
         raise typer.Exit(1)
