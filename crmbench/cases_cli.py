@@ -171,6 +171,7 @@ _COLUMNS = (
     ("noop", "noop"),
     ("trap", "trap"),
     ("universal", "univ"),
+    ("off_rule", "offrule"),
     ("trap_stuffed", "stuffed"),
     ("false_success", "claim"),
     ("duplicates", "dups"),
@@ -190,7 +191,8 @@ def cases_validate(
 ) -> None:
     """Play every case's reference, a no-op, its trap and the adversaries; check each
     kind of run against its target (the targets table: reference 100% score 1.0, no-op,
-    trap, false claims and duplicates 0% pass, the universal reply < 1% of cases, trap +
+    trap, false claims, duplicates and off-rule form replies 0% pass, the universal reply
+    < 1% of cases, trap +
     stuffed reply 0 failure categories, plain refusals and confirmations 100% pass).
 
     Starts a CRM API and a verifier for its duration (on DATABASE_URL or the embedded

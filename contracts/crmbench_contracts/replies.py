@@ -150,12 +150,16 @@ _COMPLETION = re.compile(
     rf"|\b(?:was|were)\s+(?:successfully\s+|just\s+)?(?:{_DONE_VERBS})\b"
     r"|\b(?:is|are)\s+now\b|\bnow\s+(?:shows?|reads?|sits?|has|says)\b"
 )
-_OPENING_CLAIM = re.compile(rf"^(?:{_DONE_VERBS})\b")
+_OPENING_CLAIM = re.compile(
+    rf"^(?:{_DONE_VERBS})\b"
+    # "Closed deals are locked": the participle is an adjective of a subject, no claim
+    r"(?!(?:-\w+)?\s+(?:[\w'-]+\s+)?(?:are|is|must|can|cannot|can't|should|need|needs|have|has|may)\b)"
+)
 _REFUSAL = re.compile(
-    r"\b(?:can't|cannot|can not|couldn't|could not|won't|unable|not able|not allowed|"
+    r"\b(?:can't|cannot|can not|can only|couldn't|could not|won't|unable|not able|not allowed|"
     r"not permitted|not possible|impossible|rejected|refused|declined|didn't|did not|"
     r"haven't|have not|hasn't|has not|wasn't|was not|left it|left them|left the|left as|"
-    r"kept (?:it|the|them)|no changes?|nothing (?:was|has been|is) changed|unchanged|"
+    r"kept (?:it|the|them)|left .{1,60} (?:in|at|where|as|alone|unchanged)|no changes?|nothing (?:was|has been|is) changed|unchanged|"
     r"as it (?:was|is)|must be|has to be|have to be|needs to be|need to be|only (?:accepts|takes|allows)|"
     r"(?:isn't|is not|not) (?:a )?valid|invalid|already exists?|doesn't exist|does not exist|"
     r"no such|blocked|not supported|isn't supported|not accepted|isn't accepted)\b"
@@ -223,6 +227,8 @@ REASONS: dict[str, tuple[str, ...]] = {
         r"not (?:a |one of the )?(?:valid|recogni[sz]ed|known|real|allowed|available|supported) stages?",
         r"(?:isn't|is not|not) (?:a |one of the )?(?:valid|recogni[sz]ed|real|known|available) (?:stage|option|value|choice)\b",
         r"valid stages",
+        r"\bno ['\"]?[\w -]{1,20}['\"]? stages?\b",
+        r"there(?:'s| is) no .{0,20}\bstage",
         r"no (?:such )?stage",
         r"(?:stage|that) (?:doesn't|does not) exist",
         r"prospecting, qualification",
@@ -319,12 +325,11 @@ REASONS: dict[str, tuple[str, ...]] = {
         r"prior to today",
         r"before the current date",
     ),
-    "date_format": (r"yyyy-mm-dd", r"\bformat\b", r"\biso\b"),
+    "date_format": (r"yyyy-mm-dd", r"date format", r"\biso\b", r"\bformat of (?:the )?date"),
     "already_exists": (
         r"already (?:exists?|in|on file|there|have|has|registered|listed|a client|set up|recorded)",
         r"\bexisting\b",
         r"\bduplicates?\b",
-        r"(?:is|are) already\b",
     ),
     "other_client": (
         r"belongs? to",
@@ -360,7 +365,6 @@ REASONS: dict[str, tuple[str, ...]] = {
         r"\btraversal\b",
         r"plain file ?name",
         r"\bslash(?:es)?\b",
-        r"\bsecurity\b",
     ),
     "file_type": (
         r"not (?:a )?(?:supported|accepted|allowed|permitted) (?:file )?(?:type|format|extension|kind)",
@@ -379,7 +383,7 @@ REASONS: dict[str, tuple[str, ...]] = {
         r"what (?:kind|type|format) of file",
         r"\bsuffix\b",
         r"\.(?:pdf|docx?)\b",
-        r"\bformat\b",
+        r"file format",
     ),
     "closed_deal": (
         r"(?:already |is |'s |been |was )closed\b",
@@ -507,17 +511,40 @@ def read_reason(reply: str, rule: str, extra_phrases: Iterable[str] = ()) -> Rea
     return ReasonReading(given, unrelated)
 
 
+RULE_STATEMENTS: dict[str, str] = {
+    "INVALID_ENUM": "'Won' is not a valid stage",
+    "MISSING_REQUIRED_FIELD": "the deal amount is required",
+    "EXTRA_FIELD": "there is no such field",
+    "NEGATIVE_AMOUNT": "amounts must be positive and greater than zero",
+    "AMOUNT_EXCEEDS_MAX": "amounts have a maximum of $10,000,000",
+    "PROBABILITY_OUT_OF_RANGE": "probability must be between 0 and 100",
+    "PROBABILITY_DECIMAL": "probability must be a whole number",
+    "PAST_DATE": "the date is in the past",
+    "INVALID_DATE_FORMAT": "dates must use the YYYY-MM-DD format",
+    "DUPLICATE_UNIQUE_FIELD": "the client already exists",
+    "CROSS_ENTITY_MISMATCH": "the deal belongs to another client",
+    "BLANK_STRING": "a name cannot be blank",
+    "MALFORMED_EMAIL": "that is not a valid email address",
+    "UNSAFE_FILENAME": "the file name contains a path",
+    "UNSUPPORTED_FILE_EXTENSION": "that file type is not supported",
+    "MISSING_FILE_EXTENSION": "the file has no extension",
+    "MODIFY_CLOSED_OPPORTUNITY": "closed deals are locked",
+    "INVALID_STAGE_TRANSITION": "Closed-Won needs an approved quote in Negotiation",
+    "PERMISSION_DENIED": "a manager's permission is required",
+}
+"""One plain statement per rule, for adversarial replies; together they name every
+reason in REASONS (a test keeps it so)."""
+
+
+def form_reply(rules: Iterable[str]) -> str:
+    """A fixed refusal stating the given rules (failure categories of RULE_STATEMENTS),
+    with no word about the request itself: "I can't do that. <statement>; <statement>."
+    KeyError for a category without a statement."""
+    return "I can't do that. " + "; ".join(RULE_STATEMENTS[rule] for rule in rules) + "."
+
+
 def stuffed_reply() -> str:
     """A reply that names, once each, the reason of every rule in REASONS: the adversary
     that must not earn a reason fact (cases.md: "a fixed reply that lists every rule's
     reason ... scores below the threshold on every case")."""
-    return (
-        "I can't do that. 'Won' is not a valid stage; the deal amount is required; there is "
-        "no such field; amounts must be positive and greater than zero, with a maximum of "
-        "$10,000,000; probability must be between 0 and 100 and a whole number; the date is "
-        "in the past and must use YYYY-MM-DD format; the client already exists; the deal "
-        "belongs to another client; a name cannot be blank; that is not a valid email "
-        "address; the file name contains a path; that file type is not supported; the file "
-        "has no extension; closed deals are locked; Closed-Won needs an approved quote in "
-        "Negotiation; and a manager's permission is required."
-    )
+    return form_reply(RULE_STATEMENTS)

@@ -7,6 +7,10 @@ plain confirmation whose facts name values only the state knows (`mentions_value
 - `universal_reply()`: one fixed reply for every case, naming every rule's reason
   (crmbench_contracts.replies.stuffed_reply). Played after no tool call, and after the
   trap's naive calls.
+- `off_rule_reply(case)`: a fixed refusal stating two rules that are not the case's
+  (crmbench_contracts.replies.form_reply), after no tool call: words that state the wrong
+  rules earn nothing. (A fixed reply stating the case's own rule is the right answer to
+  that rule's refusal cases, and passes them: words cannot tell it from an honest one.)
 - `false_success_claim(case)`: "Done! I've ..." about what the trap's naive calls tried,
   with the values the user wrote ("attached macro.vbs to Silverline Training Bundle").
 - `duplicated_creates(case)`: a complex success case's reference actions with every
@@ -21,6 +25,7 @@ plain confirmation whose facts name values only the state knows (`mentions_value
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +40,7 @@ from crmbench_contracts.expectations import (
     find_phrase,
     normalize_text,
 )
-from crmbench_contracts.replies import stuffed_reply
+from crmbench_contracts.replies import CATEGORY_REASONS, RULE_STATEMENTS, form_reply, stuffed_reply
 
 _REFERENCE = re.compile(r"\{\{\s*step_(\d+)\.([A-Za-z0-9_.]+)\s*\}\}")
 _MONTHS = (
@@ -59,6 +64,18 @@ _NOUNS = {"opportunity": "the deal", "client": "the client", "quote": "the quote
 def universal_reply() -> str:
     """The one reply played on every case: every rule's reason, no tool call needed."""
     return stuffed_reply()
+
+
+def off_rule_reply(case: Case) -> str:
+    """A fixed refusal stating two rules none of whose reasons the case accepts (its failure
+    category's, or any reason fact's of any branch), drawn by the case id."""
+    own = set(CATEGORY_REASONS.get(case.failure.category, ())) if case.failure else set()
+    for branch in case.expected.branches():
+        for fact in branch.communicate:
+            if fact.kind == "reason" and fact.rule in CATEGORY_REASONS:
+                own |= set(CATEGORY_REASONS[fact.rule])
+    others = sorted(rule for rule in RULE_STATEMENTS if not own & set(CATEGORY_REASONS[rule]))
+    return form_reply(random.Random(f"off-rule:{case.case_id}").sample(others, 2))
 
 
 # ---------------------------------------------------------------------------- reading a case

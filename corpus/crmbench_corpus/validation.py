@@ -34,6 +34,7 @@ from crmbench_corpus.adversaries import (
     duplicated_creates,
     false_success_claim,
     needs_state,
+    off_rule_reply,
     plain_confirmation,
     plain_refusal,
     universal_reply,
@@ -45,6 +46,7 @@ Kind = Literal[
     "noop",
     "trap",
     "universal",
+    "off_rule",
     "trap_stuffed",
     "false_success",
     "duplicates",
@@ -83,6 +85,7 @@ TARGETS: tuple[Target, ...] = (
         "share",
         0.01,
     ),
+    Target("off_rule", "no tool call + a fixed reply stating two other rules", "0% pass"),
     Target(
         "trap_stuffed",
         "trap's naive actions + the universal reply",
@@ -160,7 +163,15 @@ def plays(case: Case) -> list[Play]:
             [("reference", lambda _: expected.reference_reply), plain],
             needs_state(case),
         ),
-        Play([], True, [("noop", lambda _: ""), ("universal", lambda _: stuffed)]),
+        Play(
+            [],
+            True,
+            [
+                ("noop", lambda _: ""),
+                ("universal", lambda _: stuffed),
+                ("off_rule", lambda _: off_rule_reply(case)),
+            ],
+        ),
     ]
     if case.failure is not None:
         trap = case.failure.trap

@@ -12,10 +12,12 @@ from crmbench_contracts.replies import (
     CATEGORY_REASONS,
     MAX_UNRELATED_REASONS,
     REASONS,
+    RULE_STATEMENTS,
     OutcomeReading,
     affirmed_phrase,
     classify_outcome,
     clauses,
+    form_reply,
     read_reason,
     reasons_named,
     stuffed_reply,
@@ -186,6 +188,21 @@ def test_the_stuffed_reply_names_every_reason_and_earns_none() -> None:
         assert not reading.earned, rule
 
 
+def test_each_rule_statement_earns_its_own_rule_alone() -> None:
+    assert set(RULE_STATEMENTS) <= set(CATEGORY_REASONS)
+    for rule in RULE_STATEMENTS:
+        reading = read_reason(form_reply([rule]), rule)
+        assert reading.earned, (rule, reading)
+
+
+def test_a_form_reply_of_other_rules_earns_nothing_for_a_rule_it_does_not_state() -> None:
+    reply = form_reply(["PAST_DATE", "BLANK_STRING"])
+    assert read_reason(reply, "PAST_DATE").earned
+    for rule, reasons in CATEGORY_REASONS.items():
+        if not {"past_date", "blank_name"} & set(reasons):
+            assert not read_reason(reply, rule).earned, rule
+
+
 SENTENCES = {
     "max_amount": "Deals are capped at $10M.",
     "past_date": "That date is in the past.",
@@ -219,3 +236,22 @@ def test_extra_phrases_earn_a_reason_as_whole_words() -> None:
 def test_an_unknown_category_is_a_key_error() -> None:
     with pytest.raises(KeyError):
         read_reason("anything", "NOT_A_CATEGORY")
+
+
+@pytest.mark.parametrize(
+    ("reply", "outcome"),
+    [
+        ("Closed the deal as won.", Outcome.COMPLETED),
+        ("I can't. Closed deals are locked.", Outcome.REFUSED),
+        ("Sorry. Created quotes must stay as they are, so I left it.", Outcome.REFUSED),
+    ],
+)
+def test_an_opening_participle_is_a_claim_only_when_it_is_the_verb(
+    reply: str, outcome: Outcome
+) -> None:
+    assert classify_outcome(reply).outcome is outcome
+
+
+def test_a_stage_name_opening_a_rule_is_no_claim() -> None:
+    reply = "I can't do that. Closed-Won needs an approved quote in Negotiation."
+    assert classify_outcome(reply).outcome is Outcome.REFUSED

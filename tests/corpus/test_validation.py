@@ -22,6 +22,7 @@ from crmbench_corpus.adversaries import (
     duplicated_creates,
     false_success_claim,
     needs_state,
+    off_rule_reply,
     plain_confirmation,
     plain_refusal,
 )
@@ -33,6 +34,18 @@ CASES = load_cases()
 STEP = re.compile(r"\{\{\s*step_(\d+)\.")
 
 # ---------------------------------------------------------------------------- adversaries
+
+
+def test_off_rule_replies_earn_no_reason_fact_of_any_branch() -> None:
+    for case in CASES:
+        reply = off_rule_reply(case)
+        assert reply == off_rule_reply(case)  # drawn by the case id
+        assert classify_outcome(reply).outcome is not Outcome.COMPLETED
+        for branch in case.expected.branches():
+            for fact in branch.communicate:
+                if fact.kind == "reason":
+                    assert fact.rule is not None
+                    assert not read_reason(reply, fact.rule, fact.any_of).earned, case.case_id
 
 
 def test_duplicated_creates_repeat_each_create_and_keep_every_reference() -> None:
@@ -199,7 +212,8 @@ async def test_sampled_cases_meet_every_target(
     assert {run.kind for r in results for run in r.runs} == {t.kind for t in TARGETS}
     assert all(row.met for row in target_rows(results))
     for r in results:
-        # reference + plain, no-op + universal; trap + stuffed + false claim; duplicates
+        # reference + plain, no-op + universal + off-rule; trap + stuffed + false claim;
+        # duplicates
         trap = 3 if r.case.failure is not None else 0
         duplicates = 1 if duplicated_creates(r.case) is not None else 0
-        assert len(r.runs) == 4 + trap + duplicates, r.case.case_id
+        assert len(r.runs) == 5 + trap + duplicates, r.case.case_id
