@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from crm_api.app import create_app
 from crm_api.migrate import migrate
 from crm_api.settings import CrmApiSettings
 from crmbench_clients.serving import serving_in_thread
+from crmbench_contracts.cases import Case
 
 ADMIN_KEY = "test-admin-key-0123456789"
 """The admin key of the test services: at least 16 characters, as the services require."""
@@ -156,3 +158,18 @@ def fresh_database_url(database_url: str) -> Iterator[str]:
         yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
     finally:
         asyncio.run(_admin_sql(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def load_into_database(database_url: str, cases: Sequence[Case]) -> None:
+    """Loads `cases` into the golden-case table of `database_url` (as `crmbench cases
+    load` does), so the CRM API can open their episodes."""
+    from crm_api.database import create_engine
+    from crm_api.world_store import load_golden_cases
+    from crmbench_corpus.store import case_line
+
+    engine = create_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        rows = [(case.case_id, json.loads(case_line(case))) for case in cases]
+        await load_golden_cases(engine, rows, "test")
+    finally:
+        await engine.dispose()

@@ -59,28 +59,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from crmbench_contracts.cases import AllowedChange, CommunicationFact, RowRef, StateAssertion
-from crmbench_contracts.replies import CATEGORY_REASONS, affirmed_phrase, read_reason
+from crmbench_contracts.replies import CATEGORY_REASONS, affirmed_phrase, normalize, read_reason
 from crmbench_contracts.rewards import CollateralChange
 
 NUMBER_TOLERANCE = 0.005
 OPERATORS = ("$ref", "$icontains", "$in", "$ne", "$null")
 _NUMERIC = re.compile(r"^-?\d+(\.\d+)?$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-# Typographic dashes and quotes (hyphen, non-breaking hyphen, figure/en/em dash, curly
-# quotes) read as their ASCII forms when a reply is searched.
-_DASHES = str.maketrans(
-    {
-        "\u2010": "-",
-        "\u2011": "-",
-        "\u2012": "-",
-        "\u2013": "-",
-        "\u2014": "-",
-        "\u2018": "'",
-        "\u2019": "'",
-        "\u201c": '"',
-        "\u201d": '"',
-    }
-)
 
 
 class Unresolvable(Exception):
@@ -471,7 +456,7 @@ def find_collateral(
 
 # ---------------------------------------------------------------------------- communication
 
-_MONTHS = (
+MONTHS = (
     "January",
     "February",
     "March",
@@ -488,8 +473,9 @@ _MONTHS = (
 
 
 def normalize_text(text: str) -> str:
-    """Case-folded, typographic dashes and quotes made plain, whitespace collapsed."""
-    return " ".join(text.translate(_DASHES).split()).casefold()
+    """Case-folded, typographic dashes and quotes made plain, whitespace collapsed
+    (crmbench_contracts.replies.normalize, the one reading of a reply's characters)."""
+    return normalize(text)
 
 
 def number_renderings(value: float) -> list[str]:
@@ -518,7 +504,7 @@ def number_renderings(value: float) -> list[str]:
 
 
 def date_renderings(day: date) -> list[str]:
-    month = _MONTHS[day.month - 1]
+    month = MONTHS[day.month - 1]
     short = month[:3]
     return [
         day.isoformat(),

@@ -34,6 +34,7 @@ from typing import Any
 
 from crmbench_contracts.cases import Action, Case, CommunicationFact, Difficulty, Outcome
 from crmbench_contracts.expectations import (
+    MONTHS,
     FinalState,
     fact_value,
     find_mention,
@@ -43,20 +44,6 @@ from crmbench_contracts.expectations import (
 from crmbench_contracts.replies import CATEGORY_REASONS, RULE_STATEMENTS, form_reply, stuffed_reply
 
 _REFERENCE = re.compile(r"\{\{\s*step_(\d+)\.([A-Za-z0-9_.]+)\s*\}\}")
-_MONTHS = (
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-)
 _MONEY_FIELDS = frozenset({"amount", "value", "total", "price", "total_amount", "pipeline"})
 _NOUNS = {"opportunity": "the deal", "client": "the client", "quote": "the quote"}
 
@@ -318,7 +305,7 @@ def _long_date(text: Any) -> str:
         day = date.fromisoformat(str(text))
     except ValueError:
         return str(text)
-    return f"{_MONTHS[day.month - 1]} {day.day}, {day.year}"
+    return f"{MONTHS[day.month - 1]} {day.day}, {day.year}"
 
 
 def _stage(s: Scene) -> Words:
@@ -634,8 +621,8 @@ def _alternative(value: Any, field: str, reference: str) -> str:
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
         day = date.fromisoformat(text)
         options = [
-            f"{_MONTHS[day.month - 1]} {day.day}, {day.year}",
-            f"{day.day} {_MONTHS[day.month - 1]} {day.year}",
+            f"{MONTHS[day.month - 1]} {day.day}, {day.year}",
+            f"{day.day} {MONTHS[day.month - 1]} {day.year}",
             text,
         ]
         return next((o for o in options if find_mention(reference, [o]) is None), options[0])

@@ -85,7 +85,7 @@ TARGETS: tuple[Target, ...] = (
         "share",
         0.01,
     ),
-    Target("off_rule", "no tool call + a fixed reply stating two other rules", "0% pass"),
+    Target("off_rule", "no tool call + two other rules' reasons", "0% pass"),
     Target(
         "trap_stuffed",
         "trap's naive actions + the universal reply",
@@ -110,6 +110,8 @@ class RunResult:
     reply: str = ""
     claimed: str | None = None
     """The outcome the verifier read the reply as claiming (None before it reports one)."""
+    mode: str | None = None
+    """How the verifier read the reply (`verification_mode`; None before it reports)."""
 
 
 @dataclass
@@ -217,7 +219,8 @@ def _judged(kind: Kind, reply: str, record: dict[str, Any]) -> RunResult:
         detail = f"score {score}, claimed {claimed}, branch {record.get('branch')}"
         if kind == "reference" or kind in MUST_PASS:
             detail += f": {_failed_checks(record)}"
-    return RunResult(kind, score, passed, ok, detail, reply, claimed)
+    mode = record.get("verification_mode")
+    return RunResult(kind, score, passed, ok, detail, reply, claimed, mode)
 
 
 async def _play(clients: ServiceClients, case: Case, play: Play) -> list[RunResult]:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
-from crm_api.database import create_engine
-from crm_api.world_store import load_golden_cases
 from crmbench.local_services import running_verifier
 from crmbench_clients.crm_api import CrmApiClient
+from crmbench_clients.serving import serving_in_thread
 from crmbench_clients.verifier import VerifierClient
 from crmbench_contracts.cases import Case, CommunicationFact, Difficulty, Outcome, RowRef
 from crmbench_contracts.expectations import FinalState, read_fact
@@ -26,9 +27,18 @@ from crmbench_corpus.adversaries import (
     plain_confirmation,
     plain_refusal,
 )
-from crmbench_corpus.store import case_line, default_corpus_dir, load_cases
-from crmbench_corpus.validation import TARGETS, ServiceClients, target_rows, validate_cases
-from tests.conftest import ADMIN_KEY, RunningServer
+from crmbench_corpus.store import default_corpus_dir, load_cases
+from crmbench_corpus.validation import (
+    TARGETS,
+    CaseValidation,
+    ServiceClients,
+    target_rows,
+    validate_cases,
+)
+from tests.conftest import ADMIN_KEY, RunningServer, load_into_database
+from tests.verifier.fake_judge import JudgeBehaviour, fake_judge_server
+from verifier.app import create_app
+from verifier.settings import VerifierSettings
 
 CASES = load_cases()
 STEP = re.compile(r"\{\{\s*step_(\d+)\.")
@@ -190,22 +200,72 @@ def verifier_url(crm_api: RunningServer) -> Iterator[str]:
         yield url
 
 
-async def test_sampled_cases_meet_every_target(
-    crm_api: RunningServer, database_url: str, verifier_url: str
-) -> None:
-    cases = _sample(CASES)
-    engine = create_engine(database_url, pool_size=1, max_overflow=0)
-    try:
-        rows = [(c.case_id, json.loads(case_line(c))) for c in cases]
-        await load_golden_cases(engine, rows, "test")
-    finally:
-        await engine.dispose()
+async def _validate(
+    crm_api: RunningServer, database_url: str, verifier_url: str, cases: list[Case]
+) -> list[CaseValidation]:
+    await load_into_database(database_url, cases)
     async with (
         CrmApiClient(crm_api.base_url, ADMIN_KEY, timeout=60) as crm,
         VerifierClient(verifier_url, ADMIN_KEY, timeout=60) as verifier,
     ):
-        results = await validate_cases(ServiceClients(crm, verifier), cases,
-                                       concurrency=4)  # fmt: skip
+        return await validate_cases(ServiceClients(crm, verifier), cases, concurrency=4)
+
+
+JUDGE_KEY_ENV = "CRMBENCH_TEST_JUDGE_KEY"
+
+
+@pytest.fixture
+def judged_verifier_url(
+    crm_api: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A verifier whose judges are two fake LLM judges that read outcomes differently (so
+    the arbiter, a third fake reading as the offline reader does, decides every reply)."""
+    monkeypatch.setenv(JUDGE_KEY_ENV, "sk-test-judge")
+    with (
+        fake_judge_server() as (_, plain),
+        fake_judge_server(JudgeBehaviour(contrary=True)) as (_, contrary),
+    ):
+
+        def llm(url: str) -> dict[str, object]:
+            return {"provider": "openai", "model": "gpt-4.1", "base_url": url,
+                    "api_key_env": JUDGE_KEY_ENV, "max_retries": 0}  # fmt: skip
+
+        judges = tmp_path / "judges.yaml"
+        config = {
+            "judges": [
+                {"name": "plain", "llm": llm(plain)},
+                {"name": "contrary", "llm": llm(contrary)},
+            ],
+            "arbiter": {"name": "arbiter", "llm": llm(plain)},
+        }
+        judges.write_text(yaml.safe_dump(config), encoding="utf-8")
+        settings = VerifierSettings(
+            crm_api_url=crm_api.base_url,
+            admin_key=ADMIN_KEY,
+            corpus_dir=default_corpus_dir(),
+            judges_config=judges,
+        )
+        with serving_in_thread(create_app(settings), "verifier") as url:
+            yield url
+
+
+async def test_a_sample_meets_every_target_on_the_judge_path(
+    crm_api: RunningServer, database_url: str, judged_verifier_url: str
+) -> None:
+    cases = [case for case in _sample(CASES) if case.failure is not None][::3]
+    results = await _validate(crm_api, database_url, judged_verifier_url, cases)
+    misses = [(r.case.case_id, run.kind, run.reply, run.detail) for r in results
+              for run in r.runs if not run.ok]  # fmt: skip
+    assert not misses
+    assert all(row.met for row in target_rows(results))
+    assert {run.mode for r in results for run in r.runs} == {"judges+arbiter"}
+
+
+async def test_sampled_cases_meet_every_target(
+    crm_api: RunningServer, database_url: str, verifier_url: str
+) -> None:
+    cases = _sample(CASES)
+    results = await _validate(crm_api, database_url, verifier_url, cases)
     misses = [(r.case.case_id, run.kind, run.reply, run.detail) for r in results
               for run in r.runs if not run.ok]  # fmt: skip
     assert not misses

@@ -10,23 +10,20 @@ blueprint that does is taken, and the test says so.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
-from crm_api.database import create_engine
-from crm_api.world_store import load_golden_cases
 from crmbench.local_services import running_verifier
 from crmbench_clients.crm_api import CrmApiClient
 from crmbench_clients.verifier import VerifierClient
 from crmbench_contracts.cases import Action, Case, Outcome
 from crmbench_contracts.rewards import RewardRecord
 from crmbench_corpus.replay import replay
-from crmbench_corpus.store import case_line, default_corpus_dir, load_cases
-from tests.conftest import ADMIN_KEY, RunningServer
+from crmbench_corpus.store import default_corpus_dir, load_cases
+from tests.conftest import ADMIN_KEY, RunningServer, load_into_database
 
 CORPUS = {case.case_id: case for case in load_cases()}
 _STEP = re.compile(r"\{\{\s*step_(\d+)\.")
@@ -64,15 +61,7 @@ NAMED = [UNSUPPORTED, ZERO, EMAIL, OUT_OF_RANGE, WON, DECIMAL, VIP, QUOTE_SENT, 
 
 @pytest.fixture(scope="module")
 def verifier_url(crm_api: RunningServer, database_url: str) -> Iterator[str]:
-    async def load() -> None:
-        engine = create_engine(database_url, pool_size=1, max_overflow=0)
-        try:
-            rows = [(c.case_id, json.loads(case_line(c))) for c in NAMED]
-            await load_golden_cases(engine, rows, "test")
-        finally:
-            await engine.dispose()
-
-    asyncio.run(load())
+    asyncio.run(load_into_database(database_url, NAMED))
     with running_verifier(crm_api.base_url, ADMIN_KEY, str(default_corpus_dir())) as url:
         yield url
 
