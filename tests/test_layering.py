@@ -1,10 +1,11 @@
 """The import graph the architecture allows, checked by walking every module's imports.
 
-Layers, lowest first: contracts <- llm <- clients <- corpus <- services; the CLI sits on
-top and nothing imports it. A service never imports another service. The one exception:
-the corpus builder uses the CRM API's deterministic world builder at build time (the
-golden cases are generated against the same world the API serves), and only
-`crmbench_corpus.builder` may do so, only from `crm_api.world`.
+Layers, lowest first: contracts <- llm <- clients and learning (side by side; neither
+imports the other) <- corpus <- services; the CLI sits on top and nothing imports it. A
+service never imports another service. The one exception: the corpus builder uses the
+CRM API's deterministic world builder at build time (the golden cases are generated
+against the same world the API serves), and only `crmbench_corpus.builder` may do so,
+only from `crm_api.world`.
 
 Standard library only (ast), so the check itself has no dependency that could hide a
 violation.
@@ -26,6 +27,7 @@ PACKAGES: dict[str, str] = {
     "crmbench_contracts": "contracts/crmbench_contracts",
     "crmbench_llm": "llm/crmbench_llm",
     "crmbench_clients": "clients/crmbench_clients",
+    "crmbench_learning": "learning/crmbench_learning",
     "crmbench_corpus": "corpus/crmbench_corpus",
     "crm_api": "services/crm_api",
     "verifier": "services/verifier",
@@ -34,12 +36,13 @@ PACKAGES: dict[str, str] = {
 }
 """Each first-party top-level package and its folder, relative to the repository root."""
 
-LIBRARIES = ("crmbench_contracts", "crmbench_llm", "crmbench_clients")
+LIBRARIES = ("crmbench_contracts", "crmbench_llm", "crmbench_clients", "crmbench_learning")
 
 ALLOWED: dict[str, frozenset[str]] = {
     "crmbench_contracts": frozenset(),
     "crmbench_llm": frozenset({"crmbench_contracts"}),
     "crmbench_clients": frozenset({"crmbench_contracts", "crmbench_llm"}),
+    "crmbench_learning": frozenset({"crmbench_contracts", "crmbench_llm"}),
     "crmbench_corpus": frozenset(LIBRARIES),
     "crm_api": frozenset(LIBRARIES),
     "verifier": frozenset({*LIBRARIES, "crmbench_corpus"}),
@@ -182,6 +185,14 @@ def test_every_first_party_package_is_covered() -> None:
             "crmbench_clients.serving",
         ),
         ("services/crm_api/x.py", "from crmbench_corpus import store", "crmbench_corpus"),
+        (
+            "learning/crmbench_learning/x.py",
+            "from crmbench_clients import crm_api",
+            "crmbench_clients",
+        ),
+        ("learning/crmbench_learning/x.py", "from crmbench_corpus import c", "crmbench_corpus"),
+        ("learning/crmbench_learning/x.py", "import verifier.scoring", "verifier.scoring"),
+        ("clients/crmbench_clients/x.py", "from crmbench_learning import e", "crmbench_learning"),
         ("services/agent_runner/run/x.py", "from ...verifier import scoring", "verifier"),
         ("corpus/crmbench_corpus/clbench.py", "from crm_api.world import w", "crm_api.world"),
         ("corpus/crmbench_corpus/builder.py", "from crm_api.tools import T", "crm_api.tools"),
@@ -221,6 +232,10 @@ def test_allowed_imports_pass(tmp_path: Path) -> None:
         (tmp_path / relative / "__init__.py").write_text("")
     (tmp_path / "corpus/crmbench_corpus/builder.py").write_text("from crm_api.world import b\n")
     (tmp_path / "services/verifier/a.py").write_text("from crmbench_llm import base\n")
+    (tmp_path / "services/agent_runner/b.py").write_text("from crmbench_learning import e\n")
+    (tmp_path / "learning/crmbench_learning/e.py").write_text(
+        "import onnxruntime\nfrom crmbench_llm import base\nfrom crmbench_contracts import c\n"
+    )
     (tmp_path / "services/agent_runner/sub").mkdir()
     (tmp_path / "services/agent_runner/sub/__init__.py").write_text("from . import x\n")
     (tmp_path / "services/agent_runner/sub/x.py").write_text("from ..run import y\n")

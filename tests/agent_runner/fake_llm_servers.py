@@ -1,4 +1,5 @@
-"""Local fake HTTP servers that speak the OpenAI chat-completions and Anthropic messages APIs.
+"""Local fake HTTP servers that speak the OpenAI chat-completions and embeddings APIs and the
+Anthropic messages API.
 
 Each test scripts the answers (status, JSON body, headers, optional delay) in order, and
 may attach a check of the request body; a failed check is answered with HTTP 418 and the
@@ -104,10 +105,13 @@ class FakeApi:
     def script(self, *answers: ScriptedAnswer) -> None:
         self.answers.extend(answers)
 
-    async def answer(self, request: Request) -> Response:
+    async def answer(self, request: Request, validator: Validator | None = None) -> Response:
+        """Records the request, validates it (with `validator` when the route has its own
+        rules, else the API's), then answers from the script or the responder."""
         body = await request.json()
         self.received.append(ReceivedRequest(body, dict(request.headers), time.monotonic()))
-        problems = self.validator(self, body) if self.validator is not None else []
+        check = validator or self.validator
+        problems = check(self, body) if check is not None else []
         if problems:
             self.violations.extend(problems)
             return JSONResponse(self.error_body("; ".join(problems)), 400)
@@ -146,6 +150,10 @@ def openai_app(api: FakeApi) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await api.answer(request)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await api.answer(request, validate_openai_embeddings_request)
 
     return app
 
@@ -222,6 +230,43 @@ def validate_openai_request(api: FakeApi, body: dict[str, Any]) -> list[str]:
             problems.append(f"{where}.role {role!r} is invalid")
     if awaiting:
         problems.append(f"the last assistant message's tool calls {awaiting} were not answered")
+    return problems
+
+
+EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+MAX_EMBEDDING_INPUTS = 2048
+
+
+def validate_openai_embeddings_request(api: FakeApi, body: dict[str, Any]) -> list[str]:
+    """The problems the real embeddings API would refuse `body` for: unknown fields, no
+    model, an input that is not a non-empty string or a non-empty array of at most 2048
+    non-empty strings (token arrays are accepted), an unknown encoding format, a
+    non-positive `dimensions`."""
+    problems = [
+        f"Unrecognized request argument supplied: {name}"
+        for name in sorted(set(body) - EMBEDDING_FIELDS)
+    ]
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        problems.append("'model' is required")
+    inputs = body.get("input")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs:
+        problems.append("'input' must be a non-empty string or array")
+    elif len(inputs) > MAX_EMBEDDING_INPUTS:
+        problems.append(f"'input' has {len(inputs)} items; at most {MAX_EMBEDDING_INPUTS}")
+    else:
+        for index, item in enumerate(inputs):
+            tokens = isinstance(item, list) and all(isinstance(t, int) for t in item)
+            if not (isinstance(item, str) and item) and not (tokens and item):
+                problems.append(f"'$.input[{index}]' is invalid: an empty or non-string input")
+    if body.get("encoding_format", "float") not in ("float", "base64"):
+        problems.append(f"'encoding_format' {body['encoding_format']!r} is not float or base64")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (
+        not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1
+    ):
+        problems.append(f"'dimensions' must be a positive integer, not {dimensions!r}")
     return problems
 
 
@@ -471,6 +516,38 @@ def openai_tool_call(call_id: str, name: str, arguments: dict[str, Any]) -> dict
         "type": "function",
         "function": {"name": name, "arguments": json.dumps(arguments)},
     }
+
+
+def openai_embeddings_reply(
+    vectors: list[list[float]], *, model: str = "text-embedding-3-small", prompt_tokens: int = 8
+) -> ScriptedAnswer:
+    """A 200 embeddings answer holding `vectors` in order (as floats)."""
+    return ScriptedAnswer(
+        200,
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": index, "embedding": vector}
+                for index, vector in enumerate(vectors)
+            ],
+            "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        },
+    )
+
+
+def embeddings_responder(vector_of: Callable[[str, int], list[float]]) -> Responder:
+    """Answers every embeddings request with `vector_of(text, dimensions)` per input, the
+    size being the request's `dimensions` (16 when it has none), as JSON floats (what
+    `encoding_format: "float"` asks for)."""
+
+    def respond(body: dict[str, Any]) -> ScriptedAnswer:
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        size = body.get("dimensions") or 16
+        vectors = [vector_of(str(text), size) for text in inputs]
+        return openai_embeddings_reply(vectors, model=body["model"])
+
+    return respond
 
 
 def openai_error(status: int, headers: dict[str, str] | None = None) -> ScriptedAnswer:
