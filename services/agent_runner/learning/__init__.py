@@ -1,0 +1,1 @@
+"""The runner's side of the learning loop: the shared playbook memory (`memory`)."""
