@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 from crmbench.errors import fail
+from crmbench_clients.calls import SERVER_KEEP_ALIVE_SECONDS
 
 
 def _sigterm_as_sigint(signum: int, frame: FrameType | None) -> None:
@@ -71,7 +72,13 @@ def serve(app: Any, sock: socket.socket, *, log_level: str, workers: int = 1) ->
     from uvicorn.supervisors import Multiprocess
 
     factory = isinstance(app, str)
-    config = uvicorn.Config(app, factory=factory, workers=workers, log_level=log_level)
+    config = uvicorn.Config(
+        app,
+        factory=factory,
+        workers=workers,
+        log_level=log_level,
+        timeout_keep_alive=int(SERVER_KEEP_ALIVE_SECONDS),
+    )
     try:
         if workers > 1:
             Multiprocess(config, sockets=[sock]).run()

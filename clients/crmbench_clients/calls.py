@@ -136,10 +136,24 @@ def send_sync(http: httpx.Client, call: ServiceCall[T]) -> T:
     return call._finish(response, (time.perf_counter() - started) * 1000)
 
 
+SERVER_KEEP_ALIVE_SECONDS = 15.0
+"""How long our services keep an idle connection open (uvicorn's `timeout_keep_alive`,
+set by crmbench_clients.serving and crmbench.foreground)."""
+
+KEEPALIVE_EXPIRY_SECONDS = 5.0
+"""How long a client keeps an idle connection for reuse: well below the server's
+SERVER_KEEP_ALIVE_SECONDS. With the two equal (httpx's and uvicorn's defaults are both
+5 s) a client may send on a connection the server is closing at that moment, and the
+request fails with a ReadError (seen once in 1,262 random-agent episodes)."""
+
+
 def connection_limits(max_connections: int) -> httpx.Limits:
-    """A pool of `max_connections`, half of them kept alive between requests."""
+    """A pool of `max_connections`, half of them kept alive between requests, each for at
+    most KEEPALIVE_EXPIRY_SECONDS."""
     return httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max(1, max_connections // 2)
+        max_connections=max_connections,
+        max_keepalive_connections=max(1, max_connections // 2),
+        keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
     )
 
 

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from crmbench_clients.calls import SERVER_KEEP_ALIVE_SECONDS
+
 START_TIMEOUT_SECONDS = 30.0
 
 
@@ -33,7 +35,14 @@ def serving_in_thread(app: Any, name: str) -> Iterator[str]:
     import uvicorn
 
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_keep_alive=int(SERVER_KEEP_ALIVE_SECONDS),
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()

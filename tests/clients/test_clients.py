@@ -301,3 +301,13 @@ def test_the_blocking_clients_play_an_episode(crm_api: RunningServer, verifier_u
     gone = dropped.as_error()
     assert dropped.status == 401 and isinstance(gone, RequestRefused)
     assert (gone.service, gone.code) == ("crm_api", "UNAUTHORIZED")
+
+
+def test_clients_drop_idle_connections_well_before_our_servers_close_them() -> None:
+    # Equal timeouts race: a request sent as the server closes the idle connection fails
+    # with a ReadError. The client must give up an idle connection first.
+    from crmbench_clients.calls import SERVER_KEEP_ALIVE_SECONDS, connection_limits
+
+    limits = connection_limits(8)
+    assert limits.keepalive_expiry is not None
+    assert limits.keepalive_expiry <= SERVER_KEEP_ALIVE_SECONDS / 2
