@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 from crmbench.cases_cli import cases_app
 from crmbench.errors import fail, friendly_errors
 from crmbench.foreground import bind, handle_sigterm_as_sigint, serve, shown_host
+from crmbench.playbooks_cli import playbooks_app
 from crmbench.postgres import resolve_database_url
 from crmbench.results_cli import register as register_results
 from crmbench.run_cli import register as register_run
@@ -74,6 +75,7 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(tools_app, name="tools")
 app.add_typer(openapi_app, name="openapi")
 app.add_typer(cases_app, name="cases")
+app.add_typer(playbooks_app, name="playbooks")
 register_run(app)
 register_results(app)
 register_serve_runner(serve_app)

@@ -401,6 +401,15 @@ class ExportedEntry(BaseModel):
             raise ValueError(f"{self.entry.entry_id}: the last version is not the current one")
         if self.counters.entry_id != self.entry.entry_id:
             raise ValueError(f"{self.entry.entry_id}: counters of another entry")
+        for embedder, per_version in self.embeddings.items():
+            unknown = sorted(set(per_version) - set(numbers))
+            if unknown:
+                raise ValueError(
+                    f"{self.entry.entry_id}: {embedder!r} vectors of versions {unknown}, "
+                    f"which the entry does not have"
+                )
+        if self.retirement is not None and self.retirement.entry_id != self.entry.entry_id:
+            raise ValueError(f"{self.entry.entry_id}: the retirement of another entry")
         return self
 
 
@@ -413,3 +422,22 @@ class PlaybookExport(BaseModel):
     format: Literal["crmbench.playbooks/1"] = "crmbench.playbooks/1"
     exported_at: datetime
     entries: list[ExportedEntry]
+
+    @model_validator(mode="after")
+    def _unique(self) -> PlaybookExport:
+        """One item per entry, and one place per content hash (as in a memory)."""
+        seen: set[str] = set()
+        places: dict[str, str] = {}
+        for item in self.entries:
+            entry_id = item.entry.entry_id
+            if entry_id in seen:
+                raise ValueError(f"entry {entry_id} appears twice")
+            seen.add(entry_id)
+            for version in item.versions:
+                place = f"{entry_id} v{version.version}"
+                other = places.setdefault(version.content_hash, place)
+                if other != place:
+                    raise ValueError(
+                        f"content hash {version.content_hash[:12]} is both {other} and {place}"
+                    )
+        return self

@@ -17,6 +17,7 @@ from crmbench_contracts.playbooks import (
     PlaybookCandidate,
     PlaybookCounters,
     PlaybookEntry,
+    PlaybookExport,
     PlaybookVersion,
     Provenance,
     RetrievalEvent,
@@ -106,6 +107,32 @@ def test_an_exported_entry_has_all_its_versions() -> None:
         )
     with pytest.raises(ValidationError, match="counters of another entry"):
         ExportedEntry(entry=entry, versions=[version], counters=PlaybookCounters(entry_id="x"))
+    with pytest.raises(ValidationError, match=r"vectors of versions \[2\]"):
+        ExportedEntry(
+            entry=entry, versions=[version], counters=counters, embeddings={"e": {2: [1.0]}}
+        )
+
+
+def test_an_export_holds_each_entry_and_each_content_hash_once() -> None:
+    entry = _entry()
+    version = PlaybookVersion.model_validate(
+        {**lesson().content().model_dump(), "version": 1, "content_hash": entry.content_hash}
+        | {"created_at": NOW}
+    )
+    item = ExportedEntry(
+        entry=entry, versions=[version], counters=PlaybookCounters(entry_id=entry.entry_id)
+    )
+    assert PlaybookExport(exported_at=NOW, entries=[item]).entries == [item]
+    with pytest.raises(ValidationError, match="appears twice"):
+        PlaybookExport(exported_at=NOW, entries=[item, item])
+    elsewhere = item.model_copy(
+        update={
+            "entry": entry.model_copy(update={"entry_id": "pb-elsewhere"}),
+            "counters": PlaybookCounters(entry_id="pb-elsewhere"),
+        }
+    )
+    with pytest.raises(ValidationError, match="is both"):
+        PlaybookExport(exported_at=NOW, entries=[item, elsewhere])
 
 
 def test_trajectory_events_parse_by_kind_and_name_their_entries() -> None:

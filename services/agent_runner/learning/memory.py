@@ -665,6 +665,15 @@ class PlaybookStore:
             raise EntryNotFound(entry_id)
         return _counters(row)
 
+    async def counters_of(self, entry_ids: Sequence[str]) -> dict[str, PlaybookCounters]:
+        """The counters of several entries in one query, by entry id (unknown ids are
+        absent from the result)."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM runner.playbook_counter WHERE entry_id = ANY($1::text[])",
+            list(entry_ids),
+        )
+        return {row["entry_id"]: _counters(row) for row in rows}
+
     async def bump(self, entry_id: str, field: CounterField, by: float = 1) -> PlaybookCounters:
         """Adds `by` to one counter of the entry atomically; returns the counters after."""
         return await self.bump_many(entry_id, {field: by})
