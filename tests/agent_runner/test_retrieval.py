@@ -420,6 +420,10 @@ def test_learning_settings_default_to_off_and_refuse_the_unbuilt_mode() -> None:
     assert settings.embeddings == EmbeddingConfig()
     with pytest.raises(ValueError, match=r"'on' .* is not built yet"):
         LearningSettings(mode="on")
+    # YAML reads an unquoted `mode: off` as false, `mode: on` as true.
+    assert LearningSettings.model_validate({"mode": False}).mode == "off"
+    with pytest.raises(ValueError, match="not built yet"):
+        LearningSettings.model_validate({"mode": True})
     # A run's stored config (every field dumped) validates again, learning included.
     config = load_run_config(None, {"learning": {"mode": "frozen"}})
     assert config.learning.mode == "frozen" and config.learning.k == 3

@@ -91,6 +91,14 @@ class LearningSettings(Strict):
     """The embedder of tasks and cues; it must be the one the memory's entries were
     embedded with (entries without its vectors match by pattern only)."""
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, mode: object) -> object:
+        # YAML 1.1 reads an unquoted off / on as false / true.
+        if isinstance(mode, bool):
+            return "on" if mode else "off"
+        return mode
+
     @field_validator("mode")
     @classmethod
     def _built(cls, mode: LearningMode) -> LearningMode:

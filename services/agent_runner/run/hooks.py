@@ -1,6 +1,7 @@
 """Hook points of an episode for the learning loop (design/learning.md): before the agent
 acts (retrieve and inject playbooks, triage), after it acts (review), after the reward
-(synthesis, bookkeeping). `NoHooks`, used today, does nothing at each of them.
+(synthesis, bookkeeping). `NoHooks` does nothing at each of them (a run without learning
+passes none); `agent_runner.learning.retrieval.RetrievalHooks` is the frozen mode.
 """
 
 from __future__ import annotations
