@@ -181,6 +181,7 @@ async def _execute(
     config: Any, env: RunEnvironment, run_id: str, out: Path, cases: list[Any], show: bool
 ) -> tuple[Any, Any]:
     from agent_runner.agents.factory import build_agent
+    from agent_runner.learning.retrieval import learning_hooks
     from agent_runner.run.runner import work_on_run
     from agent_runner.run.store import RunStore
     from crmbench_clients.crm_api import CrmApiClient
@@ -191,37 +192,40 @@ async def _execute(
     crm = CrmApiClient(env.crm_api_url, env.admin_key)
     verifier = VerifierClient(env.verifier_url, env.verifier_key)
     try:
-        first = await store.progress(run_id)
-        display = ProgressDisplay(first.total, show, simulated=config.agent == "simulated")
+        # learning.mode off: no hooks, and no embedder or playbook table is touched.
+        async with learning_hooks(config.learning, store.pool, run_id=run_id) as hooks:
+            first = await store.progress(run_id)
+            display = ProgressDisplay(first.total, show, simulated=config.agent == "simulated")
 
-        async def refresh() -> None:
-            while True:
-                # The bar is cosmetic: a failed read must not stop or fail the run.
-                with contextlib.suppress(Exception):
-                    now = await store.progress(run_id)
-                    display.update(now.done, now.passed, now.harness_errors, now.cost_usd)
-                await asyncio.sleep(0.5)
+            async def refresh() -> None:
+                while True:
+                    # The bar is cosmetic: a failed read must not stop or fail the run.
+                    with contextlib.suppress(Exception):
+                        now = await store.progress(run_id)
+                        display.update(now.done, now.passed, now.harness_errors, now.cost_usd)
+                    await asyncio.sleep(0.5)
 
-        with display.progress:
-            ticker = asyncio.create_task(refresh())
-            try:
-                stats = await work_on_run(
-                    store=store,
-                    run_id=run_id,
-                    config=config,
-                    cases={case.case_id: case for case in cases},
-                    agent=agent,
-                    crm=crm,
-                    verifier=verifier,
-                    trace_dir=out,
-                )
-            finally:
-                ticker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticker
-            final = await store.progress(run_id)
-            display.update(final.done, final.passed, final.harness_errors, final.cost_usd)
-        return stats, final
+            with display.progress:
+                ticker = asyncio.create_task(refresh())
+                try:
+                    stats = await work_on_run(
+                        store=store,
+                        run_id=run_id,
+                        config=config,
+                        cases={case.case_id: case for case in cases},
+                        agent=agent,
+                        crm=crm,
+                        verifier=verifier,
+                        trace_dir=out,
+                        hooks=hooks,
+                    )
+                finally:
+                    ticker.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ticker
+                final = await store.progress(run_id)
+                display.update(final.done, final.passed, final.harness_errors, final.cost_usd)
+            return stats, final
     finally:
         await agent.aclose()
         await crm.aclose()
@@ -286,6 +290,8 @@ def _directory_lock(out: Path) -> Iterator[None]:
 
 
 FLAG_OF_FIELD = {"cases": "--cases", "limit": "--limit", "trials": "--trials"}
+SECTION_FLAGS = {"learning": "mode"}
+"""Flags that set one key of a config section: the section and that key."""
 
 
 def _config_from(config_file: Path | None, overrides: dict[str, Any]) -> Any:
@@ -305,6 +311,8 @@ def _config_from(config_file: Path | None, overrides: dict[str, Any]) -> Any:
             given = overrides.get(field)
             if given is not None:
                 flag = FLAG_OF_FIELD.get(field, f"--{field.replace('_', '-')}")
+                if field in SECTION_FLAGS:
+                    given = given[SECTION_FLAGS[field]]
                 shown = ",".join(given) if isinstance(given, list) else given
                 raise fail(f"{flag} {shown!r}: {problem['msg']}") from None
         raise fail(str(exc)) from None
@@ -373,6 +381,13 @@ def run_command(
         str | None,
         typer.Option("--join", help="Work on this existing run id (another process shares it)."),
     ] = None,
+    learning: Annotated[
+        str | None,
+        typer.Option(
+            help="Learning loop: off, or frozen (inject the top playbook entries retrieved "
+            "from the memory into the student's prompt; no synthesis). Default: config (off).",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Run an agent over golden cases and score every episode.
@@ -381,11 +396,13 @@ def run_command(
     processes given the same --out (or --join RUN_ID) share the work.
     """
     from agent_runner.agents.factory import build_agent
+    from agent_runner.learning.memory import PlaybookError
     from agent_runner.run.runner import RunFiles, RunStopped
     from agent_runner.run.store import RunNotFound
     from crm_api.migrate import migrate
     from crm_api.settings import CrmApiSettings
     from crmbench.postgres import resolve_database_url
+    from crmbench_learning.embeddings import EmbeddingError, make_embedder
     from crmbench_llm.base import LLMError
 
     overrides: dict[str, Any] = {
@@ -396,6 +413,7 @@ def run_command(
         "cases": [c.strip() for c in cases.split(",") if c.strip()] if cases else None,
         "trials": trials,
         "concurrency": concurrency,
+        "learning": {"mode": learning} if learning is not None else None,
     }
     flags_given = any(value is not None for value in overrides.values())
     # Every key first: a weak one must not leave a run folder or a queued run behind.
@@ -410,6 +428,15 @@ def run_command(
         except LLMError as exc:
             raise fail(str(exc)) from None
         asyncio.run(probe.aclose())
+        if config.learning.mode != "off":
+            # And the embedder: a missing model or key fails before a run is queued.
+            try:
+                embedder = make_embedder(config.learning.embeddings)
+            except (EmbeddingError, LLMError) as exc:
+                raise fail(str(exc)) from None
+            close = getattr(embedder, "close", None)
+            if close is not None:
+                close()
     database_url = resolve_database_url()
     migrate(database_url, CrmApiSettings().world_seed)
     try:
@@ -429,7 +456,7 @@ def run_command(
             )
     except RunStopped as stopped:
         raise fail(f"{stopped} Resume with: crmbench run --out {out}") from None
-    except LLMError as exc:
+    except (LLMError, EmbeddingError, PlaybookError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted; resume with: crmbench run --out {out}", err=True)

@@ -110,6 +110,10 @@ teacher reviews the outcome and may order one retry; `coach` the teacher reviews
 before any write and each failed call; `escalate` the teacher takes over."""
 DecisionSource = Literal["rule", "teacher"]
 """Who picked a lane: a rule on the memory's track record, or the teacher's probe."""
+LearningMode = Literal["off", "frozen", "on"]
+"""The run config's `learning.mode`: `off` no learning loop; `frozen` retrieval and
+injection from the playbook memory only (no synthesis, teacher guidance or retirement);
+`on` the whole loop."""
 CueMatch = Literal["semantic", "pattern", "both"]
 """How a playbook entry's cue matched the task: embedding similarity above the threshold,
 an exact cue pattern, or both."""
@@ -182,8 +186,15 @@ class CrmContext(BaseModel):
     """The reward record's `verification_mode` (how the reply was read); None when the
     episode was not verified (a harness error). Older traces' `structured` reads as
     `offline`, `structured+judges` as `judges`."""
+    learning_mode: LearningMode | None = None
+    """The learning mode whose retrieval ran before the agent acted (`frozen`, `on`); None
+    when none ran (learning off, or the episode ended before it). The episodes that have
+    one are the cue hit rate's denominator."""
     playbooks_retrieved: list[PlaybookRetrieval] = Field(default_factory=list)
     """The playbook entries retrieved for the episode, injected or not."""
+    injected_digest: str | None = None
+    """SHA-256 (hex) of the playbook guidance text injected into the agent's system prompt;
+    None when nothing was injected."""
     playbooks_adopted: list[str] = Field(default_factory=list)
     """Ids of the injected entries whose prescribed action the trace shows."""
     supervision_transitions: list[SupervisionTransition] = Field(default_factory=list)

@@ -399,10 +399,12 @@ class EmbeddingConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fits_provider(self) -> EmbeddingConfig:
+        # Set to something other than the default: a stored config (every field dumped,
+        # as a run's config is) must validate again.
         openai_only = {
             name
             for name in ("base_url", "request_dimensions", "timeout_seconds", "max_retries")
-            if name in self.model_fields_set
+            if getattr(self, name) != type(self).model_fields[name].default
         }
         if self.provider != "openai" and openai_only:
             raise ValueError(f"{sorted(openai_only)} apply to the openai provider only")

@@ -514,6 +514,21 @@ class PlaybookStore:
         )
         return [_entry(row) for row in rows]
 
+    async def patterned_entries(self, audience: Audience | None = None) -> list[PlaybookEntry]:
+        """The active entries (of `audience`, or both) whose current version's cue has at
+        least one pattern, oldest first: the ones a task can match exactly, whatever its
+        similarity (and whether or not they have a vector of this store's embedder)."""
+        rows = await self.pool.fetch(
+            f"""
+            SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM}
+            WHERE e.status = 'active' AND ($1::text IS NULL OR e.audience = $1)
+              AND jsonb_array_length(v.content -> 'cue' -> 'patterns') > 0
+            ORDER BY e.created_at, e.entry_id
+            """,
+            audience,
+        )
+        return [_entry(row) for row in rows]
+
     async def versions(self, entry_id: str) -> list[PlaybookVersion]:
         """Every version of the entry, oldest first; EntryNotFound when there is none."""
         rows = await self.pool.fetch(

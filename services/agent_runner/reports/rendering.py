@@ -117,6 +117,12 @@ def render_report(report: RunReport) -> str:
     console.print(rates)
     mean = "-" if report.mean_score is None else f"{report.mean_score:.3f}"
     console.print(f"mean score {mean} over {report.scored_episodes} scored episodes")
+    if report.cue_hit is not None:
+        hit = report.cue_hit
+        console.print(
+            f"cue hit rate {_pct(hit.rate)} ({hit.passed}/{hit.total} episodes with >= 1 "
+            f"retrieved playbook entry; 95% CI {_interval(hit)})"
+        )
     console.print()
 
     if report.pass_hat_k:

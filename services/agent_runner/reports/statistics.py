@@ -212,6 +212,10 @@ class RunReport(BaseModel):
     """Per run id: its scored episodes per verification mode (`offline`, `judges`,
     `judges+arbiter`; see crmbench_contracts.rewards.VerificationMode)."""
     cost: CostSummary
+    cue_hit: Rate | None = None
+    """Cue hit rate (design/learning.md): episodes with at least one playbook entry
+    retrieved / episodes whose retrieval ran (`crm_context.learning_mode` set); None when
+    no episode ran one (a run without learning)."""
     harness_errors: list[HarnessErrorEntry]
     notes: list[str]
     warnings: list[str]
@@ -344,6 +348,16 @@ def _cost(scored: Sequence[SessionTrace]) -> CostSummary:
     )
 
 
+def cue_hit_rate(sessions: Sequence[SessionTrace]) -> Rate | None:
+    """Episodes with >= 1 retrieved playbook entry over the episodes whose retrieval ran,
+    harness errors included (retrieval happened before whatever failed); None when no
+    episode's retrieval ran."""
+    learning = [s for s in sessions if s.crm_context.learning_mode is not None]
+    if not learning:
+        return None
+    return Rate.of(sum(bool(s.crm_context.playbooks_retrieved) for s in learning), len(learning))
+
+
 def _distinct(values: Iterable[str | None]) -> list[str]:
     return sorted({v for v in values if v})
 
@@ -406,6 +420,7 @@ def build_report(
         breakdowns=_breakdowns(sessions),
         verification_modes=modes,
         cost=_cost(scored),
+        cue_hit=cue_hit_rate(sessions),
         harness_errors=[
             HarnessErrorEntry(
                 session_id=s.session_id, case_id=s.case_id, trial=s.trial, error=s.error

@@ -10,10 +10,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from crmbench_contracts.cases import Split
 from crmbench_contracts.paths import CONFIG_DIR, REPO_ROOT
+from crmbench_contracts.traces import LearningMode
+from crmbench_learning.embeddings import EmbeddingConfig
 from crmbench_llm.config import ProviderConfig
 
 DEFAULT_RUN_CONFIG = CONFIG_DIR / "run.yaml"
@@ -61,6 +70,46 @@ class QueueSettings(Strict):
         return self
 
 
+DEFAULT_RETRIEVAL_THRESHOLD = 0.35
+"""Cosine similarity a playbook entry's cue needs to be retrieved, for the local
+all-MiniLM-L6-v2 model (docs/learning.md, "Frozen runs": chosen on the labelled retrieval
+set with bench/retrieval_threshold_bench.py). Another embedder needs its own."""
+
+
+class LearningSettings(Strict):
+    """The learning loop of a run (design/learning.md). `off` (the default) runs without
+    it; `frozen` retrieves playbook entries from the memory and injects the top `k` into
+    the student's system prompt, with no synthesis, teacher guidance or retirement."""
+
+    mode: LearningMode = "off"
+    k: int = Field(default=3, ge=1, le=20)
+    """Playbook entries injected at most per episode."""
+    threshold: float = Field(default=DEFAULT_RETRIEVAL_THRESHOLD, ge=-1.0, le=1.0)
+    """Cosine similarity of the task to an entry's cue for a semantic match (exact cue
+    patterns match whatever it is)."""
+    embeddings: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    """The embedder of tasks and cues; it must be the one the memory's entries were
+    embedded with (entries without its vectors match by pattern only)."""
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, mode: object) -> object:
+        # YAML 1.1 reads an unquoted off / on as false / true.
+        if isinstance(mode, bool):
+            return "on" if mode else "off"
+        return mode
+
+    @field_validator("mode")
+    @classmethod
+    def _built(cls, mode: LearningMode) -> LearningMode:
+        if mode == "on":
+            raise ValueError(
+                "learning mode 'on' (synthesis, teacher guidance, retirement) is not built "
+                "yet; use 'frozen' (retrieval and injection only) or 'off'"
+            )
+        return mode
+
+
 class RunConfig(Strict):
     """Everything that decides what a run does."""
 
@@ -86,6 +135,7 @@ class RunConfig(Strict):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     corpus_dir: Path | None = None
     """The corpus folder; None for the committed one (corpus/cases)."""
+    learning: LearningSettings = Field(default_factory=LearningSettings)
 
     @model_validator(mode="after")
     def _agent_has_provider(self) -> RunConfig:
@@ -110,7 +160,9 @@ def first_problem(exc: ValidationError) -> str:
 
 
 def load_run_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """The config in `path` (default config/run.yaml) with `overrides` applied on top.
+    """The config in `path` (default config/run.yaml) with `overrides` applied on top; an
+    override that is a mapping updates the file's section of that name key by key (so
+    `{"learning": {"mode": "frozen"}}` keeps the file's other learning settings).
 
     Raises ConfigError naming the file and the first bad field.
     """
@@ -123,7 +175,11 @@ def load_run_config(path: Path | None = None, overrides: dict[str, Any] | None =
         raise ConfigError(f"{source} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must hold a mapping of settings")
-    data.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        elif value is not None:
+            data[key] = value
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

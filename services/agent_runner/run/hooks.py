@@ -1,6 +1,7 @@
 """Hook points of an episode for the learning loop (design/learning.md): before the agent
 acts (retrieve and inject playbooks, triage), after it acts (review), after the reward
-(synthesis, bookkeeping). `NoHooks`, used today, does nothing at each of them.
+(synthesis, bookkeeping). `NoHooks` does nothing at each of them (a run without learning
+passes none); `agent_runner.learning.retrieval.RetrievalHooks` is the frozen mode.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Protocol, TypeVar
 
 from agent_runner.agents.base import AgentResult, EpisodeContext
 from crmbench_contracts.rewards import RewardRecord
-from crmbench_contracts.traces import LaneDecision, PlaybookRetrieval
+from crmbench_contracts.traces import LaneDecision, LearningMode, PlaybookRetrieval
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class Guidance:
     """Recorded in the session's `crm_context.playbooks_retrieved`."""
     lane: LaneDecision | None = None
     """The triage's lane, recorded as the session's first supervision transition."""
+    digest: str | None = None
+    """SHA-256 of the injected playbook text, recorded as `crm_context.injected_digest`."""
+    learning_mode: LearningMode | None = None
+    """The learning mode that retrieved for the episode (`crm_context.learning_mode`)."""
 
 
 class EpisodeHooks(Protocol):

@@ -14,12 +14,15 @@ from pydantic import ValidationError
 
 from agent_runner.agents.base import Agent
 from agent_runner.agents.factory import build_agent
+from agent_runner.learning.memory import PlaybookError
+from agent_runner.learning.retrieval import learning_hooks
 from agent_runner.run.config import ConfigError, RunConfig, first_problem
 from agent_runner.run.corpus import CorpusCatalog, RunCorpus
 from agent_runner.run.runner import RunFiles, RunStopped, work_on_run
 from agent_runner.run.store import RunRow, RunStore
 from crmbench_clients.crm_api import CrmApiClient
 from crmbench_clients.verifier import VerifierClient
+from crmbench_learning.embeddings import EmbeddingError
 from crmbench_llm.base import LLMError
 
 logger = logging.getLogger(__name__)
@@ -27,6 +30,9 @@ logger = logging.getLogger(__name__)
 AGENT_BUILD_ERRORS = (ConfigError, LLMError, OSError, ValueError)
 """What building a run's agent raises when the run cannot be played here as configured
 (a missing API key, an unreadable prompt or price file, a bad stored config)."""
+LEARNING_BUILD_ERRORS = (EmbeddingError, LLMError, PlaybookError)
+"""What building a run's learning hooks raises when they cannot run here (a missing
+embedding model or key, a memory holding this embedder's vectors of another size)."""
 
 
 def describe(exc: BaseException) -> str:
@@ -148,17 +154,28 @@ class QueueWorker:
         self.current_run = run.run_id
         logger.info("worker %s playing run %s", self.name, run.run_id)
         try:
-            stats = await work_on_run(
-                store=self.store,
-                run_id=run.run_id,
-                config=config,
-                cases=corpus.index,
-                agent=agent,
-                crm=self.crm,
-                verifier=self.verifier,
-                trace_dir=trace_dir_for(run, self.runs_dir),
-                worker=self.name,
-            )
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    hooks = await stack.enter_async_context(
+                        learning_hooks(config.learning, self.store.pool, run_id=run.run_id)
+                    )
+                except LEARNING_BUILD_ERRORS as exc:
+                    reason = f"this runner cannot play the run's learning loop: {describe(exc)}"
+                    logger.error("run %s failed: %s", run.run_id, reason)
+                    await self.store.record_error(run.run_id, reason)
+                    return True
+                stats = await work_on_run(
+                    store=self.store,
+                    run_id=run.run_id,
+                    config=config,
+                    cases=corpus.index,
+                    agent=agent,
+                    crm=self.crm,
+                    verifier=self.verifier,
+                    trace_dir=trace_dir_for(run, self.runs_dir),
+                    worker=self.name,
+                    hooks=hooks,
+                )
         except RunStopped as stopped:
             # A refused key or an unknown model: no replica with this configuration can
             # play the run. Its unplayed items stay queued for a resume.

@@ -103,13 +103,16 @@ def crm_context(case: Case) -> CrmContext:
 
 
 def learning_context(guidance: Guidance | None) -> dict[str, Any]:
-    """The `CrmContext` fields a `before_act` guidance fills: its retrievals and its lane
-    (the first supervision transition); nothing without guidance."""
+    """The `CrmContext` fields a `before_act` guidance fills: its learning mode, its
+    retrievals and their injected text's digest, and its lane (the first supervision
+    transition); nothing without guidance."""
     if guidance is None:
         return {}
     transitions = [SupervisionTransition.of(guidance.lane)] if guidance.lane else []
     return {
+        "learning_mode": guidance.learning_mode,
         "playbooks_retrieved": list(guidance.retrievals),
+        "injected_digest": guidance.digest,
         "supervision_transitions": transitions,
     }
 
