@@ -229,4 +229,5 @@ def stop_embedded(directory: Path | None = None, *, force: bool = False) -> Embe
             user=user,
         )
         _write_handles(pgdata, [])
+        _embedded.pop(pgdata, None)
     return status

@@ -148,9 +148,9 @@ async def episode(http: httpx.AsyncClient) -> AsyncIterator[Episode]:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def fresh_database_url(database_url: str) -> Iterator[str]:
-    """An empty database on the same server as the session's, dropped afterwards."""
+@contextlib.contextmanager
+def scratch_database(database_url: str) -> Iterator[str]:
+    """An empty database on the server of `database_url`, dropped on exit; yields its URL."""
     name = f"crmbench_scratch_{secrets.token_hex(4)}"
     server = make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
     asyncio.run(_admin_sql(server, f'CREATE DATABASE "{name}"'))
@@ -158,6 +158,13 @@ def fresh_database_url(database_url: str) -> Iterator[str]:
         yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
     finally:
         asyncio.run(_admin_sql(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def fresh_database_url(database_url: str) -> Iterator[str]:
+    """An empty database on the same server as the session's, dropped afterwards."""
+    with scratch_database(database_url) as url:
+        yield url
 
 
 async def load_into_database(database_url: str, cases: Sequence[Case]) -> None:

@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from agent_runner.learning.memory import PlaybookStore
 from crmbench.cli import app
 from crmbench_contracts.playbooks import CONTENT_FIELDS, PlaybookContent, entry_id_for
 from crmbench_learning.embeddings import HashingEmbedderForTests
-from tests.conftest import REPO_ROOT, _admin_sql
+from tests.conftest import REPO_ROOT, scratch_database
 
 EXAMPLE = REPO_ROOT / "config" / "playbooks" / "example.json"
 HASHING = ["--embedder", "hashing"]
@@ -28,13 +26,8 @@ HASHING = ["--embedder", "hashing"]
 @pytest.fixture
 def other_database_url(database_url: str) -> Iterator[str]:
     """A second empty database on the session's server (the memory to import into)."""
-    name = f"crmbench_scratch_{secrets.token_hex(4)}"
-    server = make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
-    asyncio.run(_admin_sql(server, f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_admin_sql(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database(database_url) as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,7 +9,10 @@ import asyncio
 import math
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import numpy as np
@@ -62,11 +65,11 @@ EMPTY = f"TRUNCATE {TABLES} CASCADE; UPDATE runner.playbook_memory SET generatio
 """Empties the memory, as far as other processes' caches know too."""
 
 
-def _server_urls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def _server_urls(embedded_dir: Path) -> dict[str, str]:
     """An admin URL per server: the machine's (when configured) and the embedded one."""
     from crmbench.postgres import start_embedded
 
-    servers = {"embedded": start_embedded(tmp_path_factory.mktemp("memory-pg"))}
+    servers = {"embedded": start_embedded(embedded_dir)}
     admin = os.environ.get("CRMBENCH_TEST_ADMIN_URL")
     if admin:
         servers["machine"] = admin
@@ -74,11 +77,18 @@ def _server_urls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A database migrated to head on each server, for this module."""
+def databases() -> Iterator[dict[str, str]]:
+    """A database migrated to head on each server, for this module.
+
+    The embedded server's data lives outside pytest's temporary folders: another pytest
+    process on the machine resets their permissions to its own user's (0700), and the
+    server, which runs as another user when the tests run as root, then stops."""
+    from crmbench.postgres import stop_embedded
+
+    embedded_dir = Path(tempfile.mkdtemp(prefix="crmbench-memory-pg-"))
     created: dict[str, tuple[str, str]] = {}
     try:
-        for server, admin in _server_urls(tmp_path_factory).items():
+        for server, admin in _server_urls(embedded_dir).items():
             name = f"crmbench_memory_{secrets.token_hex(4)}"
             asyncio.run(_admin_sql(admin, f'CREATE DATABASE "{name}"'))
             url = make_url(admin).set(database=name).render_as_string(hide_password=False)
@@ -89,6 +99,8 @@ def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         for admin, url in created.values():
             name = make_url(url).database
             asyncio.run(_admin_sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        stop_embedded(embedded_dir, force=True)
+        shutil.rmtree(embedded_dir, ignore_errors=True)
 
 
 async def _emptied(databases: dict[str, str], server: str) -> str:
