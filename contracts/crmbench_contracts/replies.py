@@ -3,18 +3,20 @@ gives, and whether a phrase is affirmed or negated. Pure functions, no I/O.
 
 It is the verifier's `offline` verification mode (crmbench_contracts.rewards): with LLM
 judges configured the judges read the reply by meaning instead. What it can tell and what
-it cannot is written down in the README ("What the offline mode can tell").
+it cannot is written down in the README ("How a reply is read: offline mode and judges").
 
 Clauses
-  A reply is split into clauses at sentence ends (". ", "! ", "? ", ";", ":", new lines)
-  and at the joints "but", "so", "however", "although", "though", "because". A clause is
+  A reply is split into sentences (at ". ", "! ", "? " and new lines), sentences into
+  clauses at ";", ": ", " - " and the joints "but", "so", "however", "although", "though",
+  "because", "whereas", "yet". A clause is
   negated when it holds a negation cue (not, n't, no, never, nothing, unable, failed,
   instead of, without, ...).
 
 Claimed outcome (`classify_outcome`)
   - a completion claim: a clause that is not negated and says work was done ("Done",
     "all set", "I've created", "has been updated", "X is now Y", a sentence opening with
-    "Created"/"Updated"/...);
+    "Created"/"Updated"/... as its verb, not as an adjective: "Closed deals are locked"
+    claims nothing);
   - a refusal: a negated clause about doing ("I can't", "I didn't change", "left it as
     it was"), or a rule stated as a limit ("must be", "has to be", "only accepts", "is
     not a valid", "already exists");
