@@ -379,7 +379,7 @@ def adoption_rate(sessions: Sequence[SessionTrace]) -> Rate | None:
         adopted = set(session.crm_context.playbooks_adopted)
         for retrieval in session.crm_context.playbooks_retrieved:
             total += 1
-            followed += retrieval.injected and retrieval.entry_id in adopted
+            followed += int(retrieval.injected and retrieval.entry_id in adopted)
     return Rate.of(followed, total)
 
 
