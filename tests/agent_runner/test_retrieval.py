@@ -348,12 +348,16 @@ async def test_learning_off_builds_no_embedder_and_touches_no_table(
     assert session.crm_context.learning_mode is None
     assert session.crm_context.playbooks_retrieved == []
     assert session.crm_context.injected_digest is None
+    assert session.crm_context.playbooks_adopted == []
     assert build_report([session]).cue_hit is None
-    assert "cue hit rate" not in render_report(build_report([session]))
+    assert build_report([session]).adoption is None
+    rendered = render_report(build_report([session]))
+    assert "cue hit rate" not in rendered and "adoption rate" not in rendered
     assert await memory.events(run_id=run_id) == []
     assert [event.kind for event in await memory.events()] == ["retirement"]  # the seeding's
     for entry in await memory.list_entries():
-        assert (await memory.counters(entry.entry_id)).retrieved == 0
+        counters = await memory.counters(entry.entry_id)
+        assert (counters.retrieved, counters.followed, counters.episodes_with) == (0, 0, 0)
 
 
 def _strings(value: Any) -> list[str]:

@@ -9,9 +9,12 @@ go into the student's system prompt as a short numbered list.
   (`Retrieval`: every retrieved entry, the top k marked injected, the guidance text and
   its digest). No writes.
 - `RetrievalHooks`: the `EpisodeHooks` of a frozen run. `before_act` retrieves, applies
-  the episode's bookkeeping (retrieved and injected counters, one `retrieval` trajectory
-  event) at most once per session id, and returns the `Guidance`. No synthesis, no
-  teacher, no retirement.
+  the retrieval's bookkeeping (retrieved and injected counters, one `retrieval`
+  trajectory event) at most once per session id, and returns the `Guidance`; `after_act`
+  decides which injected entries the trajectory followed (`agent_runner.learning.
+  adoption`); `after_reward` applies the outcome's bookkeeping (followed, and the "with"
+  reward and token sums of every injected entry, one `adoption` event per followed
+  entry) at most once per session id. No synthesis, no teacher, no retirement.
 - `learning_hooks(settings, pool, run_id)`: the hooks a run's `learning:` settings ask for
   (None when the mode is off: nothing is built, no table is read).
 """
@@ -28,11 +31,13 @@ from dataclasses import dataclass
 import asyncpg
 
 from agent_runner.agents.base import AgentResult, EpisodeContext
+from agent_runner.learning.adoption import adoptions, outcome_increments
 from agent_runner.learning.memory import PlaybookMatch, PlaybookStore
 from agent_runner.run.config import LearningSettings
-from agent_runner.run.hooks import Guidance
+from agent_runner.run.hooks import ActReview, Guidance
 from crmbench_contracts.cases import Case
 from crmbench_contracts.playbooks import (
+    AdoptionEvent,
     CounterField,
     PlaybookEntry,
     RetrievalEvent,
@@ -136,6 +141,11 @@ class Retrieval:
         """SHA-256 of `text`; None when nothing was injected."""
         return guidance_digest(self.text) if self.text else None
 
+    @property
+    def injected_entries(self) -> list[PlaybookEntry]:
+        """The entries that went into the prompt, in the order they were numbered."""
+        return [item.entry for item in self.retrieved[: self.injected]]
+
     def records(self, audience: Audience) -> list[PlaybookRetrieval]:
         """The retrievals as the session trace and the trajectory event record them."""
         return [
@@ -200,27 +210,53 @@ class PlaybookRetriever:
             if cue_matches(entry, text)
         ]
         found = merge(semantic, patterned)
-        injected = min(self.k, len(found))
-        text_in = render_guidance([item.entry for item in found[:injected]])
-        return Retrieval(found, injected, text_in)
+        injected = [item.entry for item in found[: self.k]]
+        return Retrieval(found, len(injected), render_guidance(injected))
+
+
+OUTCOME_KEY_SUFFIX = "#outcome"
+"""Appended to the session id to key the outcome's bookkeeping (`after_reward`), which is
+applied once like the retrieval's (keyed by the session id alone)."""
+
+
+@dataclass
+class _Episode:
+    """What the hooks keep of one episode between `before_act` and `after_reward`."""
+
+    injected: list[PlaybookEntry]
+    adopted: list[AdoptionEvent] | None = None
 
 
 class RetrievalHooks:
     """The episode hooks of a frozen run: retrieval and injection before the student
-    acts; nothing after it acts or after the reward (no synthesis, no teacher guidance,
-    no retirement).
+    acts, adoption after it acts, bookkeeping after the reward (no synthesis, no teacher
+    guidance, no retirement).
 
     `before_act` embeds `task_text(case)`, retrieves (`PlaybookRetriever`), and applies
-    the episode's bookkeeping with `PlaybookStore.apply_episode` keyed by the session id:
+    the retrieval's bookkeeping with `PlaybookStore.apply_episode` keyed by the session id:
     `retrieved` and `injected` counters and one `retrieval` trajectory event (also when
     nothing was found), together and at most once, so an episode played again (a
     provider outage, a resumed run, a claim taken over) is counted once. It returns the
     guidance text, the retrievals and the text's digest, which the runner puts in the
-    student's prompt and the session trace."""
+    student's prompt and the session trace.
+
+    `after_act` returns the ids of the injected entries the steps follow (`adoption`),
+    which the runner records as `crm_context.playbooks_adopted`. `after_reward` applies,
+    keyed by the session id plus `OUTCOME_KEY_SUFFIX` and so also at most once, for every
+    injected entry `episodes_with` +1, `reward_sum_with` + score, `reward_sq_sum_with` +
+    score², `tokens_sum_with` + the episode's tokens, `followed` +1 for the adopted ones,
+    and one `adoption` event per adopted entry. An episode replayed after its outcome was
+    counted is not counted again, even if its replay follows other entries: the counters
+    keep the first complete play, the trace records the last.
+
+    The injected entries are kept in memory from `before_act` to `after_reward` (the
+    version injected is the one judged), per session id; an episode that ends before
+    `after_reward` (a harness error) leaves its few entries here until the hooks go."""
 
     def __init__(self, retriever: PlaybookRetriever, *, run_id: str) -> None:
         self.retriever = retriever
         self.run_id = run_id
+        self._episodes: dict[str, _Episode] = {}
 
     async def before_act(self, ctx: EpisodeContext) -> Guidance:
         retrieval = await self.retriever.retrieve(task_text(ctx.case))
@@ -231,6 +267,7 @@ class RetrievalHooks:
             payload=RetrievalEvent(retrieved=records, injected_digest=retrieval.digest),
         )
         await self.retriever.store.apply_episode(ctx.session_id, retrieval.increments(), [event])
+        self._episodes[ctx.session_id] = _Episode(retrieval.injected_entries)
         return Guidance(
             text=retrieval.text,
             retrievals=records,
@@ -238,13 +275,36 @@ class RetrievalHooks:
             learning_mode="frozen",
         )
 
-    async def after_act(self, ctx: EpisodeContext, result: AgentResult) -> None:
-        return None
+    async def after_act(self, ctx: EpisodeContext, result: AgentResult) -> ActReview:
+        """The injected entries the episode's steps follow. Raises KeyError for a session
+        whose `before_act` these hooks did not run."""
+        episode = self._episodes[ctx.session_id]
+        episode.adopted = adoptions(episode.injected, ctx.steps)
+        return ActReview(adopted=[event.entry_id for event in episode.adopted])
 
     async def after_reward(
         self, ctx: EpisodeContext, result: AgentResult, reward: RewardRecord
     ) -> None:
-        return None
+        """The outcome's bookkeeping (see the class); nothing when no entry was injected.
+        Raises KeyError for a session whose `after_act` these hooks did not run."""
+        episode = self._episodes.pop(ctx.session_id)
+        if episode.adopted is None:
+            raise KeyError(f"after_act did not run for {ctx.session_id}")
+        if not episode.injected:
+            return
+        increments = outcome_increments(
+            episode.injected,
+            [event.entry_id for event in episode.adopted],
+            reward=reward.score,
+            tokens=ctx.tokens_used,
+        )
+        events = [
+            TrajectoryEvent(run_id=self.run_id, session_id=ctx.session_id, payload=event)
+            for event in episode.adopted
+        ]
+        await self.retriever.store.apply_episode(
+            ctx.session_id + OUTCOME_KEY_SUFFIX, increments, events
+        )
 
 
 @asynccontextmanager

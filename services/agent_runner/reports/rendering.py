@@ -123,6 +123,12 @@ def render_report(report: RunReport) -> str:
             f"cue hit rate {_pct(hit.rate)} ({hit.passed}/{hit.total} episodes with >= 1 "
             f"retrieved playbook entry; 95% CI {_interval(hit)})"
         )
+    if report.adoption is not None:
+        adopted = report.adoption
+        console.print(
+            f"adoption rate {_pct(adopted.rate)} ({adopted.passed}/{adopted.total} retrieved "
+            f"playbook entries injected and followed; 95% CI {_interval(adopted)})"
+        )
     console.print()
 
     if report.pass_hat_k:

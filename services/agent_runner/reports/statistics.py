@@ -216,6 +216,10 @@ class RunReport(BaseModel):
     """Cue hit rate (design/learning.md): episodes with at least one playbook entry
     retrieved / episodes whose retrieval ran (`crm_context.learning_mode` set); None when
     no episode ran one (a run without learning)."""
+    adoption: Rate | None = None
+    """Adoption rate (design/learning.md): retrieved playbook entries that were injected
+    and followed (`crm_context.playbooks_adopted`) / retrieved entries, over the scored
+    episodes whose retrieval ran; None when no episode ran one."""
     harness_errors: list[HarnessErrorEntry]
     notes: list[str]
     warnings: list[str]
@@ -358,6 +362,27 @@ def cue_hit_rate(sessions: Sequence[SessionTrace]) -> Rate | None:
     return Rate.of(sum(bool(s.crm_context.playbooks_retrieved) for s in learning), len(learning))
 
 
+def adoption_rate(sessions: Sequence[SessionTrace]) -> Rate | None:
+    """Retrieved playbook entries that were injected and followed over retrieved entries,
+    counted over the scored episodes whose retrieval ran (a harness error may end an
+    episode before its adoption is judged, so those are left out); None when no
+    episode's retrieval ran. The interval treats each retrieval as one trial."""
+    learning = [
+        s
+        for s in sessions
+        if s.crm_context.learning_mode is not None and s.outcome != HARNESS_ERROR
+    ]
+    if not learning:
+        return None
+    followed = total = 0
+    for session in learning:
+        adopted = set(session.crm_context.playbooks_adopted)
+        for retrieval in session.crm_context.playbooks_retrieved:
+            total += 1
+            followed += int(retrieval.injected and retrieval.entry_id in adopted)
+    return Rate.of(followed, total)
+
+
 def _distinct(values: Iterable[str | None]) -> list[str]:
     return sorted({v for v in values if v})
 
@@ -421,6 +446,7 @@ def build_report(
         verification_modes=modes,
         cost=_cost(scored),
         cue_hit=cue_hit_rate(sessions),
+        adoption=adoption_rate(sessions),
         harness_errors=[
             HarnessErrorEntry(
                 session_id=s.session_id, case_id=s.case_id, trial=s.trial, error=s.error

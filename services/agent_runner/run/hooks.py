@@ -1,6 +1,6 @@
 """Hook points of an episode for the learning loop (design/learning.md): before the agent
 acts (retrieve and inject playbooks, triage), after it acts (review), after the reward
-(synthesis, bookkeeping). `NoHooks` does nothing at each of them (a run without learning
+(adoption, synthesis, bookkeeping). `NoHooks` does nothing at each of them (a run without learning
 passes none); `agent_runner.learning.retrieval.RetrievalHooks` is the frozen mode.
 """
 
@@ -33,6 +33,15 @@ class Guidance:
     """The learning mode that retrieved for the episode (`crm_context.learning_mode`)."""
 
 
+@dataclass(frozen=True)
+class ActReview:
+    """What `after_act` found in the finished trajectory, for the session trace."""
+
+    adopted: list[str] = field(default_factory=list)
+    """Ids of the injected playbook entries whose prescribed action the steps show,
+    recorded in the session's `crm_context.playbooks_adopted`."""
+
+
 class EpisodeHooks(Protocol):
     """Called by `EpisodeRunner.play` in this order, once each per episode.
 
@@ -50,8 +59,9 @@ class EpisodeHooks(Protocol):
         """Before the agent's first model call; None leaves the prompt as it is."""
         ...
 
-    async def after_act(self, ctx: EpisodeContext, result: AgentResult) -> None:
-        """After the agent's final reply (or its limit), before the verifier scores it."""
+    async def after_act(self, ctx: EpisodeContext, result: AgentResult) -> ActReview | None:
+        """After the agent's final reply (or its limit), before the verifier scores it;
+        None records no adoption."""
         ...
 
     async def after_reward(
@@ -87,7 +97,7 @@ class NoHooks:
     async def before_act(self, ctx: EpisodeContext) -> Guidance | None:
         return None
 
-    async def after_act(self, ctx: EpisodeContext, result: AgentResult) -> None:
+    async def after_act(self, ctx: EpisodeContext, result: AgentResult) -> ActReview | None:
         return None
 
     async def after_reward(

@@ -32,7 +32,14 @@ from typing import Any
 
 from agent_runner.agents.base import Agent, EpisodeContext, EpisodeLimits
 from agent_runner.run.config import ConfigError, RunConfig
-from agent_runner.run.hooks import EpisodeHooks, Guidance, HookFailed, NoHooks, run_hook
+from agent_runner.run.hooks import (
+    ActReview,
+    EpisodeHooks,
+    Guidance,
+    HookFailed,
+    NoHooks,
+    run_hook,
+)
 from agent_runner.run.store import Claim, RunRow, RunStore
 from agent_runner.run.trace_log import RUN_FILE, TRACE_FILE, TraceLog
 from crmbench_clients.crm_api import CrmApiClient
@@ -102,19 +109,23 @@ def crm_context(case: Case) -> CrmContext:
     )
 
 
-def learning_context(guidance: Guidance | None) -> dict[str, Any]:
-    """The `CrmContext` fields a `before_act` guidance fills: its learning mode, its
-    retrievals and their injected text's digest, and its lane (the first supervision
-    transition); nothing without guidance."""
-    if guidance is None:
-        return {}
-    transitions = [SupervisionTransition.of(guidance.lane)] if guidance.lane else []
-    return {
-        "learning_mode": guidance.learning_mode,
-        "playbooks_retrieved": list(guidance.retrievals),
-        "injected_digest": guidance.digest,
-        "supervision_transitions": transitions,
-    }
+def learning_context(guidance: Guidance | None, review: ActReview | None = None) -> dict[str, Any]:
+    """The `CrmContext` fields the hooks fill: from `before_act`'s guidance its learning
+    mode, its retrievals and their injected text's digest, and its lane (the first
+    supervision transition); from `after_act`'s review the adopted entries. Nothing for
+    what a hook did not return."""
+    fields: dict[str, Any] = {}
+    if guidance is not None:
+        transitions = [SupervisionTransition.of(guidance.lane)] if guidance.lane else []
+        fields |= {
+            "learning_mode": guidance.learning_mode,
+            "playbooks_retrieved": list(guidance.retrievals),
+            "injected_digest": guidance.digest,
+            "supervision_transitions": transitions,
+        }
+    if review is not None:
+        fields["playbooks_adopted"] = list(review.adopted)
+    return fields
 
 
 @dataclass
@@ -275,6 +286,7 @@ class EpisodeRunner:
         error: str | None = None
         reward = None
         guidance: Guidance | None = None
+        review: ActReview | None = None
         try:
             try:
                 episode = await self.crm.open_episode(
@@ -300,7 +312,7 @@ class EpisodeRunner:
                     ctx.guidance = guidance.text
                 result = await self.agent.run(ctx)
                 final_reply, outcome, error = result.final_reply, result.outcome, result.error
-                await run_hook("after_act", self.hooks.after_act(ctx, result))
+                review = await run_hook("after_act", self.hooks.after_act(ctx, result))
                 scored = await self.verifier.verify(
                     case.case_id, episode_id, final_reply, ctx.transcript
                 )
@@ -356,7 +368,7 @@ class EpisodeRunner:
             crm_context=crm_context(case).model_copy(
                 update={
                     "verification_mode": reward.verification_mode if reward else None,
-                    **learning_context(guidance),
+                    **learning_context(guidance, review),
                 }
             ),
             started_at=started_at,
