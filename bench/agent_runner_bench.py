@@ -31,11 +31,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import asyncpg
 from harness import (
     cpu_seconds,
     log,
@@ -50,6 +52,7 @@ from agent_runner.agents.base import Agent
 from agent_runner.agents.baselines import OracleAgent
 from agent_runner.agents.factory import build_agent
 from agent_runner.run.config import RunConfig
+from agent_runner.run.hooks import EpisodeHooks
 from agent_runner.run.runner import create_run, select_cases, work_on_run
 from agent_runner.run.store import RunStore
 from crmbench_clients.crm_api import CrmApiClient
@@ -60,6 +63,10 @@ from crmbench_corpus.store import load_cases
 HARNESS_SHARE_TARGET = 0.05
 PIDS: dict[str, int | None] = {"runner": None}
 """Party -> pid of its process tree, for CPU accounting (None: this process)."""
+
+HooksFactory = Callable[[asyncpg.Pool, str], AbstractAsyncContextManager[EpisodeHooks | None]]
+"""(the run store's pool, the run id) -> the run's episode hooks, entered before the clock
+starts (as `crmbench run` builds them with `learning_hooks`)."""
 
 
 @contextlib.contextmanager
@@ -101,28 +108,36 @@ async def measure(
     make_agent: Callable[[], Agent],
     config: RunConfig,
     index: dict[str, Case],
+    hooks: HooksFactory | None = None,
 ) -> dict[str, Any]:
+    """Plays `cases` as one run and returns its figures (wall time is per episode, from
+    the session traces; `hooks` None plays without hooks)."""
     agent = make_agent()
     store = await RunStore.connect(database_url, pool_size=min(config.concurrency + 2, 32))
     crm = CrmApiClient(urls["crm_api"], urls["admin_key"])
     verifier = VerifierClient(urls["verifier"], urls["admin_key"])
     try:
         run = await create_run(store, config, cases, "bench", None)
-        cpu_before = cpu_seconds(PIDS)
-        with tempfile.TemporaryDirectory() as traces:
-            started = time.perf_counter()
-            stats = await work_on_run(
-                store=store,
-                run_id=run.run_id,
-                config=config,
-                cases=index,
-                agent=agent,
-                crm=crm,
-                verifier=verifier,
-                trace_dir=Path(traces),
+        async with contextlib.AsyncExitStack() as stack:
+            episode_hooks = (
+                await stack.enter_async_context(hooks(store.pool, run.run_id)) if hooks else None
             )
-            elapsed = time.perf_counter() - started
-        cpu_after = cpu_seconds(PIDS)
+            cpu_before = cpu_seconds(PIDS)
+            with tempfile.TemporaryDirectory() as traces:
+                started = time.perf_counter()
+                stats = await work_on_run(
+                    store=store,
+                    run_id=run.run_id,
+                    config=config,
+                    cases=index,
+                    agent=agent,
+                    crm=crm,
+                    verifier=verifier,
+                    trace_dir=Path(traces),
+                    hooks=episode_hooks,
+                )
+                elapsed = time.perf_counter() - started
+            cpu_after = cpu_seconds(PIDS)
         records = await store.traces(run.run_id)
     finally:
         await agent.aclose()
@@ -147,6 +162,9 @@ async def measure(
         "episode_wall_ms_mean": round(statistics.fmean(wall), 1),
         "tool_ms_mean": round(statistics.fmean(tool_ms), 1),
         "agent_ms_mean": round(statistics.fmean(agent_ms), 1),
+        "model_calls_mean": round(
+            statistics.fmean(s.token_usage["student"].calls for s in sessions), 2
+        ),
         "harness_ms_mean": round(outside / len(sessions), 1),
         "outside_agent_share": round(outside / sum(wall), 4) if sum(wall) else None,
         "cpu_ms_per_episode": {

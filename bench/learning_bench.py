@@ -1,0 +1,931 @@
+#!/usr/bin/env python
+"""Benchmark of the learning loop's own cost per episode in frozen mode (issue 10).
+
+The setup of `agent_runner_bench.py`: the CRM API, the verifier and the simulated LLM
+(a fixed latency per model call, 1.5 s by default) as subprocesses on a fresh database,
+the runner in this process through the code `crmbench run` uses. The playbook memory
+holds the entries of config/playbooks/example.json plus `--entries` generated ones
+(deterministic, realistic wording: a field of a CRM object given in a form the API
+refuses, and what to send instead; some with cue patterns), embedded with the local
+model and imported with `PlaybookStore.import_entries`, as `crmbench playbooks import`
+does.
+
+At each concurrency level the same cases are played twice in the same process, learning
+off and learning frozen (`learning_hooks`, as `crmbench run --learning frozen` builds
+them), and the loop's cost is reported two ways:
+
+1. Directly: the wall time spent inside the hooks of each episode (`before_act`:
+   embedding, search, pattern match, retrieval bookkeeping; `after_act`: the adoption
+   check; `after_reward`: the outcome bookkeeping), measured by a wrapper around the
+   hooks and timers on the embedder and the memory's calls (in this script: product code
+   is not instrumented).
+2. As the difference between the two runs: episode wall time, and episode time outside
+   the model (wall minus model latency; guidance changes what the simulated student
+   does, so the number of model calls, and with it the wall time, can differ).
+
+Both are given in ms per episode and as a share of the frozen run's episode wall time,
+next to the targets (< 50 ms, < 5%) with PASS/MISS. Also the one-time costs: loading
+the local model, its first embedding, embedding the memory's cues, opening the hooks.
+
+    python bench/learning_bench.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+
+Exit status is non-zero only when the benchmark could not run or episodes failed to
+complete, never because a target was missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import contextvars
+import itertools
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import asyncpg
+from agent_runner_bench import measure, services
+from harness import REPO_ROOT, log, migrate_database, setup_database, table
+
+from agent_runner.agents.base import Agent, AgentResult, EpisodeContext
+from agent_runner.agents.baselines import OracleAgent
+from agent_runner.agents.factory import build_agent
+from agent_runner.learning.memory import PlaybookStore
+from agent_runner.learning.retrieval import RetrievalHooks, learning_hooks
+from agent_runner.run.config import LearningSettings, RunConfig
+from agent_runner.run.hooks import ActReview, EpisodeHooks, Guidance
+from agent_runner.run.runner import select_cases
+from crmbench_contracts.cases import Case
+from crmbench_contracts.playbooks import (
+    Action,
+    ArgumentRule,
+    Cue,
+    ExportedEntry,
+    Level,
+    PlaybookContent,
+    PlaybookCounters,
+    PlaybookEntry,
+    PlaybookExport,
+    PlaybookVersion,
+    entry_id_for,
+)
+from crmbench_contracts.rewards import RewardRecord
+from crmbench_corpus.store import load_cases
+from crmbench_learning.embeddings import Embedder, Vector, make_embedder
+
+HOOK_MS_TARGET = 50.0
+SHARE_TARGET = 0.05
+EXAMPLE_MEMORY = REPO_ROOT / "config" / "playbooks" / "example.json"
+EMBED_BATCH = 32
+T = TypeVar("T")
+P = ParamSpec("P")
+
+# ---------------------------------------------------------------------------- the memory
+
+
+@dataclass(frozen=True)
+class Field:
+    """A field of a CRM object the user states, and the tool argument it goes into."""
+
+    obj: str
+    name: str
+    argument: str
+    kind: str
+    """"enum", "date", "amount", "reference" or "contact"."""
+    write_tools: tuple[str, ...]
+    read_tool: str
+    canonical: str
+    """How the CRM wants the value, in words."""
+    pattern: str | None = None
+    """The argument's checkable form (`ArgumentRule.pattern`), when there is one."""
+
+
+FIELDS = (
+    Field(
+        "opportunity",
+        "stage",
+        "stage",
+        "enum",
+        ("create_new_opportunity", "modify_opportunity"),
+        "opportunity_details",
+        "one of Prospecting, Qualification, Proposal, Negotiation, Closed-Won, Closed-Lost",
+        "Prospecting|Qualification|Proposal|Negotiation|Closed-Won|Closed-Lost",
+    ),
+    Field(
+        "quote",
+        "status",
+        "status",
+        "enum",
+        ("create_quote", "modify_quote"),
+        "quote_details",
+        "one of Draft, Sent, Approved, Rejected, Canceled",
+        "Draft|Sent|Approved|Rejected|Canceled",
+    ),
+    Field(
+        "client",
+        "status",
+        "status",
+        "enum",
+        ("create_new_client", "modify_client"),
+        "client_search",
+        "Active, Inactive or Prospect",
+        "Active|Inactive|Prospect",
+    ),
+    Field(
+        "client",
+        "industry",
+        "industry",
+        "enum",
+        ("create_new_client", "modify_client"),
+        "client_search",
+        "an industry from the CRM's list, capitalised (Healthcare, Manufacturing, Retail...)",
+    ),
+    Field(
+        "contract",
+        "status",
+        "status",
+        "enum",
+        ("create_contract",),
+        "contract_search",
+        "Pending, Active or Expired",
+        "Pending|Active|Expired",
+    ),
+    Field(
+        "opportunity",
+        "close date",
+        "close_date",
+        "date",
+        ("create_new_opportunity", "modify_opportunity"),
+        "opportunity_details",
+        "an ISO date, YYYY-MM-DD",
+        r"\d{4}-\d{2}-\d{2}",
+    ),
+    Field(
+        "quote",
+        "valid-until date",
+        "valid_until",
+        "date",
+        ("create_quote", "modify_quote"),
+        "quote_details",
+        "an ISO date, YYYY-MM-DD",
+        r"\d{4}-\d{2}-\d{2}",
+    ),
+    Field(
+        "contract",
+        "start date",
+        "start_date",
+        "date",
+        ("create_contract",),
+        "contract_search",
+        "an ISO date, YYYY-MM-DD",
+        r"\d{4}-\d{2}-\d{2}",
+    ),
+    Field(
+        "opportunity",
+        "amount",
+        "amount",
+        "amount",
+        ("create_new_opportunity", "modify_opportunity"),
+        "opportunity_details",
+        "a plain JSON number",
+        r"\d+(\.\d{1,2})?",
+    ),
+    Field(
+        "quote",
+        "amount",
+        "amount",
+        "amount",
+        ("create_quote", "modify_quote"),
+        "quote_details",
+        "a plain JSON number",
+        r"\d+(\.\d{1,2})?",
+    ),
+    Field(
+        "contract",
+        "value",
+        "value",
+        "amount",
+        ("create_contract",),
+        "contract_search",
+        "a plain JSON number",
+        r"\d+(\.\d{1,2})?",
+    ),
+    Field(
+        "opportunity",
+        "name",
+        "opportunity_id",
+        "reference",
+        ("modify_opportunity", "delete_opportunity"),
+        "opportunity_search",
+        "the id of the one opportunity the name identifies",
+    ),
+    Field(
+        "client",
+        "name",
+        "client_id",
+        "reference",
+        ("create_new_opportunity", "create_new_contact", "modify_client"),
+        "client_search",
+        "the id of the one client the name identifies",
+    ),
+    Field(
+        "contact",
+        "name",
+        "contact_id",
+        "reference",
+        ("modify_contact",),
+        "contact_search",
+        "the id of the one contact the name identifies",
+    ),
+    Field(
+        "quote",
+        "number",
+        "quote_id",
+        "reference",
+        ("modify_quote", "cancel_quote", "delete_quote"),
+        "quote_search",
+        "the id of the quote the number or prefix identifies",
+    ),
+    Field(
+        "client",
+        "email",
+        "email",
+        "contact",
+        ("create_new_client", "modify_client"),
+        "client_search",
+        "a trimmed address in lower case",
+        r"[^A-Z\s]+@[^A-Z\s]+",
+    ),
+    Field(
+        "contact",
+        "email",
+        "email",
+        "contact",
+        ("create_new_contact", "modify_contact"),
+        "contact_search",
+        "a trimmed address in lower case",
+        r"[^A-Z\s]+@[^A-Z\s]+",
+    ),
+    Field(
+        "client",
+        "phone",
+        "phone",
+        "contact",
+        ("create_new_client", "modify_client"),
+        "client_search",
+        "+1-555-NNNN, digits and dashes only",
+        r"\+1-555-\d{4}",
+    ),
+    Field(
+        "contact",
+        "phone",
+        "phone",
+        "contact",
+        ("create_new_contact", "modify_contact"),
+        "contact_search",
+        "+1-555-NNNN, digits and dashes only",
+        r"\+1-555-\d{4}",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Slip:
+    """A way users state a field that the CRM refuses or misreads; `action` tells the
+    student what to do ({field}, {obj}, {canonical}, {read_tool}, {write_tool})."""
+
+    phrase: str
+    action: str
+    effect: str
+    cue_pattern: str | None
+
+
+SLIPS: dict[str, tuple[Slip, ...]] = {
+    "enum": (
+        Slip(
+            "in lower or upper case",
+            "Write the {field} exactly as the CRM spells it ({canonical}) in {write_tool}.",
+            "{write_tool} accepts the {field} on the first call.",
+            None,
+        ),
+        Slip(
+            "in other words (a synonym or an abbreviation)",
+            "Map the user's word to {canonical}; if two values fit, ask instead of guessing.",
+            "No unknown-value refusals for the {obj} {field}.",
+            None,
+        ),
+        Slip(
+            "inside quotes with spaces around it",
+            "Trim the spaces and drop the quotes before calling {write_tool}: {canonical}.",
+            "The stored {field} has no stray spaces.",
+            r"\"\s+\w|\w\s+\"",
+        ),
+    ),
+    "date": (
+        Slip(
+            "as a relative date such as 'next Friday' or 'end of month'",
+            "Work out the calendar date from today and send {canonical} to {write_tool}.",
+            "The {obj}'s {field} is the day the user meant.",
+            r"\b(next|this|end of (the )?)\s*(week|month|quarter|monday|tuesday|wednesday|"
+            r"thursday|friday)\b",
+        ),
+        Slip(
+            "day first, as in 17/12/2025",
+            "Read day/month/year and send {canonical}; a day above 12 settles the order.",
+            "No date refusals and no swapped day and month.",
+            r"\b\d{1,2}/\d{1,2}/\d{2,4}\b",
+        ),
+        Slip(
+            "with the month's name, as in 'December 17, 2025'",
+            "Convert the month name to its number and send {canonical}.",
+            "{write_tool} accepts the {field} on the first call.",
+            r"\b(january|february|march|april|may|june|july|august|september|october|"
+            r"november|december)\s+\d{1,2}\b",
+        ),
+    ),
+    "amount": (
+        Slip(
+            "with a currency sign or thousands separators, as in $45,000",
+            'Send the {field} as {canonical}: 45000, not "$45,000"; keep cents as decimals.',
+            "No refusals for a malformed {field}.",
+            r"\$\s?\d|\d,\d{3}",
+        ),
+        Slip(
+            "in shorthand such as 45k or 1.2m",
+            "Expand k to thousands and m to millions and send {canonical}.",
+            "The stored {field} is the one the user meant, not 45 or 1.2.",
+            r"\b\d+(\.\d+)?\s?[km]\b",
+        ),
+        Slip(
+            "in words, as in 'forty thousand'",
+            "Turn the words into digits and send {canonical}; ask when the words are unclear.",
+            "The stored {field} matches the user's words.",
+            r"\b(thousand|million)\b",
+        ),
+    ),
+    "reference": (
+        Slip(
+            "with a typo or a letter missing",
+            "Look the {obj} up with {read_tool} first and use {canonical}; never create one.",
+            "No not-found refusals and no duplicate {obj} records.",
+            None,
+        ),
+        Slip(
+            "as only part of a name",
+            "Search with {read_tool}; when several {obj} records match, ask which one.",
+            "No write to the wrong {obj}.",
+            None,
+        ),
+        Slip(
+            "as a name two records share",
+            "List the matches with {read_tool} and ask the user to choose before writing.",
+            "No write to the wrong {obj} when names collide.",
+            r"\b(duplicate|the other one|both)\b",
+        ),
+    ),
+    "contact": (
+        Slip(
+            "with capitals or spaces in it",
+            "Send the {field} as {canonical} to {write_tool}.",
+            "The stored {field} is normalised and searchable.",
+            r"[A-Z][^@\s]*@",
+        ),
+        Slip(
+            "in another format, with brackets, dots or spaces",
+            "Rewrite the {field} as {canonical} before {write_tool}.",
+            "{write_tool} accepts the {field} on the first call.",
+            r"\(\d{3}\)|\d{3}\.\d{4}",
+        ),
+    ),
+}
+
+CUE_WORDINGS = (
+    "The user gives the {obj}'s {field} {slip}.",
+    "A request to {verb} a {obj} states the {field} {slip}.",
+    "When asked to {verb} a {obj}, the {field} arrives {slip}.",
+    "Task to {verb} {article} {obj} where the user's {field} is written {slip}.",
+    "The {obj} {field} in the user's message comes {slip}.",
+)
+ACTION_ENDINGS = (
+    "",
+    " Check this before the first write.",
+    " Do it silently.",
+    "",
+    " Say what you changed in the reply.",
+)
+LEVELS: tuple[Level, ...] = ("task", "domain", "task", "workflow", "domain")
+
+
+def _slips(field: Field) -> tuple[Slip, ...]:
+    # Phones and emails share the "contact" kind: one slip each.
+    slips = SLIPS[field.kind]
+    if field.kind == "contact":
+        return slips[:1] if field.name == "email" else slips[1:]
+    return slips
+
+
+def generated_contents(count: int, seed: int = 10) -> list[PlaybookContent]:
+    """`count` distinct entries (at most len(FIELDS x slips x CUE_WORDINGS)), in a seeded
+    order: every (field, slip) in each cue wording; the first wording carries the slip's
+    cue pattern, one entry in ten is the teacher's."""
+    combos = [(f, s) for f in FIELDS for s in _slips(f)]
+    made: list[PlaybookContent] = []
+    for wording, (field, slip) in itertools.product(range(len(CUE_WORDINGS)), combos):
+        write_tool = field.write_tools[wording % len(field.write_tools)]
+        words = {
+            "obj": field.obj,
+            "field": field.name,
+            "canonical": field.canonical,
+            "read_tool": field.read_tool,
+            "write_tool": write_tool,
+        }
+        verb = "create" if write_tool.startswith("create") else "update"
+        cue = CUE_WORDINGS[wording].format(
+            slip=slip.phrase, verb=verb, article="an" if field.obj[0] in "aeiou" else "a", **words
+        )
+        rules = [
+            ArgumentRule(
+                tool=tool,
+                argument=field.argument,
+                rule=f"{field.canonical}",
+                pattern=field.pattern,
+            )
+            for tool in field.write_tools
+        ]
+        made.append(
+            PlaybookContent(
+                audience="teacher" if len(made) % 10 == 9 else "student",
+                level=LEVELS[wording],
+                cue=Cue(
+                    text=cue,
+                    patterns=[slip.cue_pattern] if wording == 0 and slip.cue_pattern else [],
+                ),
+                action=Action(
+                    text=slip.action.format(**words) + ACTION_ENDINGS[wording],
+                    tools=[field.read_tool, *field.write_tools]
+                    if field.kind == "reference"
+                    else list(field.write_tools),
+                    argument_rules=rules,
+                ),
+                expected_effect=slip.effect.format(**words),
+            )
+        )
+    if count > len(made):
+        raise SystemExit(f"--entries: at most {len(made)} generated entries")
+    random.Random(seed).shuffle(made)
+    return made[:count]
+
+
+def exported(contents: Sequence[PlaybookContent], start: datetime) -> list[ExportedEntry]:
+    """New active entries (version 1, no vector yet), created a second apart."""
+    entries = []
+    for i, content in enumerate(contents):
+        now = start + timedelta(seconds=i)
+        digest = content.digest()
+        fields = {**content.model_dump(), "content_hash": digest, "version": 1}
+        entry_id = entry_id_for(digest)
+        entries.append(
+            ExportedEntry(
+                entry=PlaybookEntry.model_validate(
+                    {**fields, "entry_id": entry_id, "created_at": now, "updated_at": now}
+                ),
+                versions=[PlaybookVersion.model_validate({**fields, "created_at": now})],
+                counters=PlaybookCounters(entry_id=entry_id),
+            )
+        )
+    return entries
+
+
+def embed_all(document: PlaybookExport, embedder: Embedder) -> float:
+    """Adds a vector of every version's cue text (as `crmbench playbooks import` does);
+    returns the seconds it took."""
+    versions = [(item, version) for item in document.entries for version in item.versions]
+    started = time.perf_counter()
+    for first in range(0, len(versions), EMBED_BATCH):
+        batch = versions[first : first + EMBED_BATCH]
+        vectors = embedder.embed([version.cue.text for _, version in batch])
+        for (item, version), vector in zip(batch, vectors, strict=True):
+            item.embeddings.setdefault(embedder.name, {})[version.version] = vector
+    return time.perf_counter() - started
+
+
+async def fill_memory(database_url: str, document: PlaybookExport, embedder: Embedder) -> str:
+    """Imports `document`; returns the search backend the memory uses."""
+    store = await PlaybookStore.connect(
+        database_url, embedder=embedder.name, dimension=embedder.dimensions, pool_size=1
+    )
+    try:
+        summary = await store.import_entries(document)
+        log(f"memory: {summary}")
+        return store.backend
+    finally:
+        await store.close()
+
+
+# ---------------------------------------------------------------------------- timing
+
+CURRENT: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
+    "bench_hook_timings", default=None
+)
+"""The timings of the episode whose hook is running (the task's context; copied into
+`asyncio.to_thread`, so the embedder's thread adds to it too)."""
+
+
+def _add(part: str, seconds: float) -> None:
+    timings = CURRENT.get()
+    if timings is not None:
+        timings[part] = timings.get(part, 0.0) + seconds * 1000
+
+
+def timed(
+    part: str, call: Callable[P, Coroutine[Any, Any, T]]
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """`call`, adding its time to the running episode's timings under `part`."""
+
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        started = time.perf_counter()
+        try:
+            return await call(*args, **kwargs)
+        finally:
+            _add(part, time.perf_counter() - started)
+
+    return wrapper
+
+
+class TimedEmbedder:
+    """An embedder that adds its calls' time to the running episode's timings."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.dimensions = inner.dimensions
+
+    def embed(self, texts: Sequence[str]) -> list[Vector]:
+        started = time.perf_counter()
+        try:
+            return self.inner.embed(texts)
+        finally:
+            _add("embed", time.perf_counter() - started)
+
+
+class TimedHooks:
+    """Frozen-mode hooks with a stopwatch: each episode's time inside each hook, and
+    inside the embedder and the memory's calls the hooks make (ms, by session id)."""
+
+    def __init__(self, inner: RetrievalHooks) -> None:
+        self.inner = inner
+        retriever = inner.retriever
+        store = retriever.store
+        retriever.embedder = TimedEmbedder(retriever.embedder)
+        # Instance attributes shadow the methods: the hooks call these timed versions.
+        retriever.retrieve = timed("retrieve", retriever.retrieve)  # type: ignore[method-assign]
+        store.search = timed("search", store.search)  # type: ignore[method-assign]
+        store.apply_episode = timed("bookkeeping", store.apply_episode)  # type: ignore[method-assign]
+        self.timings: dict[str, dict[str, float]] = {}
+        self.injected: dict[str, int] = {}
+        self.adopted: dict[str, int] = {}
+
+    async def _run(self, session_id: str, hook: str, call: Awaitable[T]) -> T:
+        timings = self.timings.setdefault(session_id, {})
+        token = CURRENT.set(timings)
+        started = time.perf_counter()
+        try:
+            return await call
+        finally:
+            timings[hook] = timings.get(hook, 0.0) + (time.perf_counter() - started) * 1000
+            CURRENT.reset(token)
+
+    async def before_act(self, ctx: EpisodeContext) -> Guidance:
+        guidance = await self._run(ctx.session_id, "before_act", self.inner.before_act(ctx))
+        self.injected[ctx.session_id] = sum(r.injected for r in guidance.retrievals)
+        return guidance
+
+    async def after_act(self, ctx: EpisodeContext, result: AgentResult) -> ActReview:
+        review = await self._run(ctx.session_id, "after_act", self.inner.after_act(ctx, result))
+        self.adopted[ctx.session_id] = len(review.adopted)
+        return review
+
+    async def after_reward(
+        self, ctx: EpisodeContext, result: AgentResult, reward: RewardRecord
+    ) -> None:
+        await self._run(
+            ctx.session_id, "after_reward", self.inner.after_reward(ctx, result, reward)
+        )
+
+    def per_episode(self) -> list[dict[str, float]]:
+        """Per episode (ms): total, and its parts: embed, search, patterns (the rest of
+        retrieval: the cue-pattern query and match, the merge), bookkeeping (both
+        `apply_episode` calls), adoption (`after_act`), other (building the records)."""
+        rows = []
+        for t in self.timings.values():
+            total = t.get("before_act", 0.0) + t.get("after_act", 0.0) + t.get("after_reward", 0.0)
+            retrieve = t.get("retrieve", 0.0)
+            embed, search = t.get("embed", 0.0), t.get("search", 0.0)
+            bookkeeping, adoption = t.get("bookkeeping", 0.0), t.get("after_act", 0.0)
+            rows.append(
+                {
+                    "total": total,
+                    "embed": embed,
+                    "search": search,
+                    "patterns": max(retrieve - embed - search, 0.0),
+                    "bookkeeping": bookkeeping,
+                    "adoption": adoption,
+                    "other": max(total - retrieve - bookkeeping - adoption, 0.0),
+                }
+            )
+        return rows
+
+
+@dataclass
+class HookSetup:
+    """The frozen runs' hooks, kept for their timings, and the time to build them."""
+
+    settings: LearningSettings
+    hooks: list[TimedHooks]
+    open_ms: list[float]
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, pool: asyncpg.Pool, run_id: str) -> AsyncIterator[EpisodeHooks]:
+        started = time.perf_counter()
+        async with learning_hooks(self.settings, pool, run_id=run_id) as hooks:
+            assert isinstance(hooks, RetrievalHooks)
+            self.open_ms.append((time.perf_counter() - started) * 1000)
+            timed_hooks = TimedHooks(hooks)
+            self.hooks.append(timed_hooks)
+            yield timed_hooks
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+def mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else 0.0
+
+
+def p95(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def compare(off: dict[str, Any], frozen: dict[str, Any], timed_hooks: TimedHooks) -> dict[str, Any]:
+    """One concurrency level's figures: hook time measured directly, and the differences
+    between the runs (ms per episode; shares of the frozen run's mean episode wall time)."""
+    rows = timed_hooks.per_episode()
+    wall = frozen["episode_wall_ms_mean"]
+    totals = [r["total"] for r in rows]
+    parts = {part: round(mean([r[part] for r in rows]), 2) for part in rows[0]} if rows else {}
+    wall_diff = wall - off["episode_wall_ms_mean"]
+    outside_off = off["episode_wall_ms_mean"] - off["agent_ms_mean"]
+    outside_frozen = wall - frozen["agent_ms_mean"]
+    injected = list(timed_hooks.injected.values())
+    return {
+        "concurrency": frozen["concurrency"],
+        "episodes": frozen["episodes"],
+        "hook_ms_mean": round(mean(totals), 2),
+        "hook_ms_p50": round(statistics.median(totals), 2) if totals else 0.0,
+        "hook_ms_p95": round(p95(totals), 2),
+        "hook_ms_max": round(max(totals, default=0.0), 2),
+        "hook_share": round(mean(totals) / wall, 5) if wall else None,
+        "parts_ms_mean": parts,
+        "injected_mean": round(mean(injected), 2),
+        "adopted_mean": round(mean(list(timed_hooks.adopted.values())), 2),
+        "wall_ms_off": off["episode_wall_ms_mean"],
+        "wall_ms_frozen": wall,
+        "wall_diff_ms": round(wall_diff, 1),
+        "wall_diff_share": round(wall_diff / wall, 4) if wall else None,
+        "model_calls_off": off["model_calls_mean"],
+        "model_calls_frozen": frozen["model_calls_mean"],
+        "outside_model_ms_off": round(outside_off, 1),
+        "outside_model_ms_frozen": round(outside_frozen, 1),
+        "outside_model_diff_ms": round(outside_frozen - outside_off, 1),
+        "outside_model_diff_share": round((outside_frozen - outside_off) / wall, 4)
+        if wall
+        else None,
+        "passed_off": off["passed"],
+        "passed_frozen": frozen["passed"],
+        "runs": {"off": off, "frozen": frozen},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--concurrency", default="1,4", help="Levels, comma-separated.")
+    parser.add_argument("--cases", type=int, default=16, help="Episodes per run (eval split).")
+    parser.add_argument(
+        "--latency-ms", type=float, default=1500.0, help="Simulated model latency per call."
+    )
+    parser.add_argument("--entries", type=int, default=200, help="Generated memory entries.")
+    parser.add_argument(
+        "--warmup", type=int, default=4, help="Oracle episodes, off and frozen, played first."
+    )
+    parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    corpus = load_cases()
+    index = {case.case_id: case for case in corpus}
+    settings = LearningSettings(mode="frozen", k=args.k)
+    one_time: dict[str, float] = {}
+
+    started = time.perf_counter()
+    embedder = make_embedder(settings.embeddings)
+    one_time["model_load_ms"] = (time.perf_counter() - started) * 1000
+    started = time.perf_counter()
+    embedder.embed(["warm-up"])
+    one_time["first_embed_ms"] = (time.perf_counter() - started) * 1000
+
+    document = PlaybookExport.model_validate_json(EXAMPLE_MEMORY.read_text(encoding="utf-8"))
+    newest = max(item.entry.created_at for item in document.entries)
+    document.entries.extend(
+        exported(generated_contents(args.entries), newest + timedelta(minutes=1))
+    )
+    seconds = embed_all(document, embedder)
+    one_time["embed_cues_ms_per_text"] = seconds * 1000 / len(document.entries)
+    patterned = sum(bool(item.entry.cue.patterns) for item in document.entries)
+    students = sum(item.entry.audience == "student" for item in document.entries)
+    log(
+        f"memory: {len(document.entries)} entries ({students} the student's, "
+        f"{patterned} with cue patterns); cues embedded in {seconds:.2f} s"
+    )
+
+    comparisons: list[dict[str, Any]] = []
+    setup = HookSetup(settings, [], [])
+    with contextlib.ExitStack() as cleanup:
+        database = setup_database(args.database_url, cleanup)
+        log(f"database: {database.description}")
+        database_url = database.url
+        migrate_database(database_url)
+        backend = asyncio.run(fill_memory(database_url, document, embedder))
+        log(f"search backend: {backend}")
+        logs = Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
+        urls = cleanup.enter_context(services(database_url, args.latency_ms, logs))
+
+        def play(
+            agent: str, level: int, cases: list[Case], learning: bool, make: Callable[[], Agent]
+        ) -> dict[str, Any]:
+            config = RunConfig(
+                agent=agent,
+                concurrency=level,
+                limit=len(cases),
+                learning=settings if learning else LearningSettings(),
+                simulated={"url": urls["simulated"]},
+            )
+            hooks = setup if learning else None
+            return asyncio.run(measure(database_url, urls, cases, make, config, index, hooks))
+
+        eval_cases = select_cases(
+            RunConfig(agent="oracle", limit=max(args.cases, args.warmup)), corpus
+        )
+        if args.warmup:
+            for learning in (False, True):
+                play("oracle", 1, eval_cases[: args.warmup], learning, OracleAgent)
+            log("warmed up (oracle, off and frozen)")
+        setup.open_ms.clear()
+        setup.hooks.clear()
+
+        for level in [int(c) for c in args.concurrency.split(",")]:
+            cases = eval_cases[: args.cases]
+            results = {}
+            for learning in (False, True):
+                config = RunConfig(agent="simulated", simulated={"url": urls["simulated"]})
+
+                def simulated_agent(config: RunConfig = config) -> Agent:
+                    return build_agent(config, simulated_url=urls["simulated"])
+
+                results[learning] = play("simulated", level, cases, learning, simulated_agent)
+                log(
+                    f"c={level} learning {'frozen' if learning else 'off'}: "
+                    f"wall {results[learning]['episode_wall_ms_mean']:.0f} ms/episode, "
+                    f"{results[learning]['model_calls_mean']} model calls"
+                )
+            comparisons.append(compare(results[False], results[True], setup.hooks[-1]))
+    one_time["hooks_open_ms"] = mean(setup.open_ms)
+    incomplete = [
+        run
+        for c in comparisons
+        for run in c["runs"].values()
+        if run["completed"] != run["episodes"] or run["harness_errors"]
+    ]
+
+    print(
+        f"learning loop cost, frozen mode (memory {len(document.entries)} entries, "
+        f"k={args.k}, search {backend}; simulated LLM {args.latency_ms:.0f} ms per call)"
+    )
+    header = ("conc", "episodes", "hook ms mean", "p50", "p95", "max", "share of wall")
+    rows: list[tuple[str, ...]] = [header]
+    for c in comparisons:
+        rows.append(
+            (
+                str(c["concurrency"]),
+                str(c["episodes"]),
+                f"{c['hook_ms_mean']:.1f}",
+                f"{c['hook_ms_p50']:.1f}",
+                f"{c['hook_ms_p95']:.1f}",
+                f"{c['hook_ms_max']:.1f}",
+                f"{c['hook_share']:.2%}",
+            )
+        )
+    print("Time inside the hooks per episode (measured directly):")
+    print(table(rows, right=range(len(header))))
+    print()
+    print("Where it goes (ms per episode, mean):")
+    parts = ("embed", "search", "patterns", "bookkeeping", "adoption", "other")
+    rows = [("conc", *parts, "injected", "adopted")]
+    for c in comparisons:
+        rows.append(
+            (
+                str(c["concurrency"]),
+                *(f"{c['parts_ms_mean'].get(p, 0.0):.2f}" for p in parts),
+                f"{c['injected_mean']:.2f}",
+                f"{c['adopted_mean']:.2f}",
+            )
+        )
+    print(table(rows, right=range(len(rows[0]))))
+    print()
+    print("Off vs frozen, same cases (ms per episode, mean):")
+    header_runs = (
+        "conc",
+        "wall off",
+        "wall frozen",
+        "diff",
+        "model calls off/frozen",
+        "outside model off",
+        "frozen",
+        "diff",
+        "passed off/frozen",
+    )
+    rows = [header_runs]
+    for c in comparisons:
+        rows.append(
+            (
+                str(c["concurrency"]),
+                f"{c['wall_ms_off']:.0f}",
+                f"{c['wall_ms_frozen']:.0f}",
+                f"{c['wall_diff_ms']:+.0f}",
+                f"{c['model_calls_off']:.2f} / {c['model_calls_frozen']:.2f}",
+                f"{c['outside_model_ms_off']:.0f}",
+                f"{c['outside_model_ms_frozen']:.0f}",
+                f"{c['outside_model_diff_ms']:+.0f}",
+                f"{c['passed_off']} / {c['passed_frozen']}",
+            )
+        )
+    print(table(rows, right=range(len(header_runs))))
+    print()
+    print(
+        f"One-time: model load {one_time['model_load_ms']:.0f} ms, first embedding "
+        f"{one_time['first_embed_ms']:.0f} ms, cues embedded at "
+        f"{one_time['embed_cues_ms_per_text']:.1f} ms per text, hooks opened in "
+        f"{one_time['hooks_open_ms']:.1f} ms per run (model cached)"
+    )
+    print()
+    print(f"Targets (< {HOOK_MS_TARGET:.0f} ms and < {SHARE_TARGET:.0%} per episode):")
+    for c in comparisons:
+        label = f"  concurrency {c['concurrency']}:"
+        print(
+            f"{label} inside the hooks {c['hook_ms_mean']:.1f} ms "
+            f"{verdict(c['hook_ms_mean'] < HOOK_MS_TARGET)}, "
+            f"{c['hook_share']:.2%} of episode wall time "
+            f"{verdict(c['hook_share'] < SHARE_TARGET)}"
+        )
+        print(
+            f"{' ' * len(label)} run difference outside the model "
+            f"{c['outside_model_diff_ms']:+.0f} ms "
+            f"{verdict(c['outside_model_diff_ms'] < HOOK_MS_TARGET)}, "
+            f"{c['outside_model_diff_share']:+.2%} "
+            f"{verdict(c['outside_model_diff_share'] < SHARE_TARGET)}; "
+            f"in wall time {c['wall_diff_ms']:+.0f} ms ({c['wall_diff_share']:+.2%}; "
+            f"model calls {c['model_calls_off']:.2f} -> {c['model_calls_frozen']:.2f})"
+        )
+    figures = {
+        "latency_ms": args.latency_ms,
+        "memory_entries": len(document.entries),
+        "patterned_entries": patterned,
+        "k": args.k,
+        "backend": backend,
+        "one_time": {k: round(v, 2) for k, v in one_time.items()},
+        "levels": comparisons,
+    }
+    print(json.dumps(figures))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 1 if incomplete else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
