@@ -185,10 +185,8 @@ def setup_database(option_url: str | None, cleanup: contextlib.ExitStack) -> Dat
     cleanup.callback(shutil.rmtree, folder, True)
 
     def stop_embedded() -> None:
-        server = postgres._embedded
-        if server is not None:
-            server.cleanup()  # stops it: cleanup_mode is "stop"
-            postgres._embedded = None
+        # Only this process uses the temporary folder's server.
+        if postgres.stop_embedded(folder).running:
             log("embedded Postgres stopped")
 
     cleanup.callback(stop_embedded)
