@@ -24,8 +24,10 @@ them), and the loop's cost is reported two ways:
    does, so the number of model calls, and with it the wall time, can differ).
 
 Both are given in ms per episode and as a share of the frozen run's episode wall time,
-next to the targets (< 50 ms, < 5%) with PASS/MISS. Also the one-time costs: loading
-the local model, its first embedding, embedding the memory's cues, opening the hooks.
+next to the targets (< 50 ms, < 5%) with PASS/MISS. Also the one-time costs (loading
+the local model, its first embedding, embedding the memory's cues, opening the hooks),
+the CPU per episode of each process, and the runner process's full garbage collections
+during each run (a 50-200 ms pause stalls every episode in flight, hooks included).
 
     python bench/learning_bench.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
 
@@ -39,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import contextvars
+import gc
 import itertools
 import json
 import random
@@ -624,9 +627,10 @@ class TimedHooks:
         )
 
     def per_episode(self) -> list[dict[str, float]]:
-        """Per episode (ms): total, and its parts: embed, search, patterns (the rest of
-        retrieval: the cue-pattern query and match, the merge), bookkeeping (both
-        `apply_episode` calls), adoption (`after_act`), other (building the records)."""
+        """Per episode, in the order they started (ms): total, and its parts: embed,
+        search, patterns (the rest of retrieval: the cue-pattern query and match, the
+        merge), bookkeeping (both `apply_episode` calls), adoption (`after_act`), other
+        (building the records)."""
         rows = []
         for t in self.timings.values():
             total = t.get("before_act", 0.0) + t.get("after_act", 0.0) + t.get("after_reward", 0.0)
@@ -669,6 +673,29 @@ class HookSetup:
 # ---------------------------------------------------------------------------- runs
 
 
+class FullCollections:
+    """The runner process's full (generation 2) garbage collections and their pauses:
+    with the corpus and the model in memory they take 50-200 ms, stall the event loop,
+    and land in whatever an episode is awaiting, hooks included."""
+
+    def __init__(self) -> None:
+        self.pauses_ms: list[float] = []
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses_ms.append((time.perf_counter() - self._started) * 1000)
+
+    def take(self) -> list[float]:
+        taken, self.pauses_ms = self.pauses_ms, []
+        return [round(pause, 1) for pause in taken]
+
+
 def mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else 0.0
 
@@ -701,7 +728,14 @@ def compare(off: dict[str, Any], frozen: dict[str, Any], timed_hooks: TimedHooks
         "hook_ms_p95": round(p95(totals), 2),
         "hook_ms_max": round(max(totals, default=0.0), 2),
         "hook_share": round(mean(totals) / wall, 5) if wall else None,
+        # The first wave of episodes finds the memory's search cache cold (the "arrays"
+        # backend loads it at a run's first searches, once per episode in flight).
+        "hook_ms_first_wave": round(mean(totals[: frozen["concurrency"]]), 2),
+        "hook_ms_rest": round(mean(totals[frozen["concurrency"] :]), 2),
+        "cpu_ms_off": off["cpu_ms_per_episode"],
+        "cpu_ms_frozen": frozen["cpu_ms_per_episode"],
         "parts_ms_mean": parts,
+        "per_episode_ms": [{k: round(v, 2) for k, v in r.items()} for r in rows],
         "injected_mean": round(mean(injected), 2),
         "adopted_mean": round(mean(list(timed_hooks.adopted.values())), 2),
         "wall_ms_off": off["episode_wall_ms_mean"],
@@ -716,6 +750,8 @@ def compare(off: dict[str, Any], frozen: dict[str, Any], timed_hooks: TimedHooks
         "outside_model_diff_share": round((outside_frozen - outside_off) / wall, 4)
         if wall
         else None,
+        "full_gc_off": off["full_gc_pauses_ms"],
+        "full_gc_frozen": frozen["full_gc_pauses_ms"],
         "passed_off": off["passed"],
         "passed_frozen": frozen["passed"],
         "runs": {"off": off, "frozen": frozen},
@@ -765,6 +801,7 @@ def main() -> int:
     )
 
     comparisons: list[dict[str, Any]] = []
+    collections = FullCollections()
     setup = HookSetup(settings, [], [])
     with contextlib.ExitStack() as cleanup:
         database = setup_database(args.database_url, cleanup)
@@ -787,7 +824,10 @@ def main() -> int:
                 simulated={"url": urls["simulated"]},
             )
             hooks = setup if learning else None
-            return asyncio.run(measure(database_url, urls, cases, make, config, index, hooks))
+            collections.take()
+            result = asyncio.run(measure(database_url, urls, cases, make, config, index, hooks))
+            result["full_gc_pauses_ms"] = collections.take()
+            return result
 
         eval_cases = select_cases(
             RunConfig(agent="oracle", limit=max(args.cases, args.warmup)), corpus
@@ -827,7 +867,17 @@ def main() -> int:
         f"learning loop cost, frozen mode (memory {len(document.entries)} entries, "
         f"k={args.k}, search {backend}; simulated LLM {args.latency_ms:.0f} ms per call)"
     )
-    header = ("conc", "episodes", "hook ms mean", "p50", "p95", "max", "share of wall")
+    header = (
+        "conc",
+        "episodes",
+        "hook ms mean",
+        "p50",
+        "p95",
+        "max",
+        "first wave",
+        "rest",
+        "share of wall",
+    )
     rows: list[tuple[str, ...]] = [header]
     for c in comparisons:
         rows.append(
@@ -838,10 +888,15 @@ def main() -> int:
                 f"{c['hook_ms_p50']:.1f}",
                 f"{c['hook_ms_p95']:.1f}",
                 f"{c['hook_ms_max']:.1f}",
+                f"{c['hook_ms_first_wave']:.1f}",
+                f"{c['hook_ms_rest']:.1f}",
                 f"{c['hook_share']:.2%}",
             )
         )
-    print("Time inside the hooks per episode (measured directly):")
+    print(
+        "Time inside the hooks per episode (measured directly; first wave: the first "
+        "`conc` episodes, which load the arrays backend's search cache):"
+    )
     print(table(rows, right=range(len(header))))
     print()
     print("Where it goes (ms per episode, mean):")
@@ -886,6 +941,16 @@ def main() -> int:
             )
         )
     print(table(rows, right=range(len(header_runs))))
+    print("CPU ms per episode, off -> frozen:")
+    for c in comparisons:
+        split = "  ".join(
+            f"{name} {c['cpu_ms_off'][name]:.0f} -> {c['cpu_ms_frozen'][name]:.0f}"
+            for name in c["cpu_ms_frozen"]
+        )
+        print(f"  c={c['concurrency']:<3} {split}")
+    print("Full garbage collections in the runner process during the run (pause ms):")
+    for c in comparisons:
+        print(f"  c={c['concurrency']:<3} off {c['full_gc_off']}  frozen {c['full_gc_frozen']}")
     print()
     print(
         f"One-time: model load {one_time['model_load_ms']:.0f} ms, first embedding "
