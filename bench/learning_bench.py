@@ -77,11 +77,7 @@ from crmbench_contracts.playbooks import (
     ExportedEntry,
     Level,
     PlaybookContent,
-    PlaybookCounters,
-    PlaybookEntry,
     PlaybookExport,
-    PlaybookVersion,
-    entry_id_for,
 )
 from crmbench_contracts.rewards import RewardRecord
 from crmbench_corpus.store import load_cases
@@ -495,18 +491,7 @@ def exported(contents: Sequence[PlaybookContent], start: datetime) -> list[Expor
     entries = []
     for i, content in enumerate(contents):
         now = start + timedelta(seconds=i)
-        digest = content.digest()
-        fields = {**content.model_dump(), "content_hash": digest, "version": 1}
-        entry_id = entry_id_for(digest)
-        entries.append(
-            ExportedEntry(
-                entry=PlaybookEntry.model_validate(
-                    {**fields, "entry_id": entry_id, "created_at": now, "updated_at": now}
-                ),
-                versions=[PlaybookVersion.model_validate({**fields, "created_at": now})],
-                counters=PlaybookCounters(entry_id=entry_id),
-            )
-        )
+        entries.append(ExportedEntry.new(content, now))
     return entries
 
 

@@ -36,11 +36,7 @@ from crmbench_contracts.playbooks import (
     ExportedEntry,
     PlaybookCandidate,
     PlaybookContent,
-    PlaybookCounters,
-    PlaybookEntry,
     PlaybookExport,
-    PlaybookVersion,
-    entry_id_for,
 )
 
 EMBEDDER = "bench-random"
@@ -57,18 +53,8 @@ def _document(start: int, count: int, vectors: np.ndarray) -> PlaybookExport:
             action=Action(text=f"do thing {i}", tools=["get_quote"]),
             expected_effect="fewer refusals",
         )
-        digest = content.digest()
-        fields = {**content.model_dump(), "content_hash": digest, "version": 1}
-        entry_id = entry_id_for(digest)
         entries.append(
-            ExportedEntry(
-                entry=PlaybookEntry.model_validate(
-                    {**fields, "entry_id": entry_id, "created_at": now, "updated_at": now}
-                ),
-                versions=[PlaybookVersion.model_validate({**fields, "created_at": now})],
-                embeddings={EMBEDDER: {1: [float(x) for x in vectors[i]]}},
-                counters=PlaybookCounters(entry_id=entry_id),
-            )
+            ExportedEntry.new(content, now, {EMBEDDER: {1: [float(x) for x in vectors[i]]}})
         )
     return PlaybookExport(exported_at=now, entries=entries)
 

@@ -392,6 +392,27 @@ class ExportedEntry(BaseModel):
     counters: PlaybookCounters
     retirement: PlaybookRetirement | None = None
 
+    @classmethod
+    def new(
+        cls,
+        content: PlaybookContent,
+        created_at: datetime,
+        embeddings: dict[str, dict[int, list[float]]] | None = None,
+    ) -> ExportedEntry:
+        """A new active entry of `content`: version 1, its id from the content hash, zero
+        counters; `embeddings` as in the field (embedder -> version -> vector)."""
+        digest = content.digest()
+        fields = {**content.model_dump(), "content_hash": digest, "version": 1}
+        entry_id = entry_id_for(digest)
+        return cls(
+            entry=PlaybookEntry.model_validate(
+                {**fields, "entry_id": entry_id, "created_at": created_at, "updated_at": created_at}
+            ),
+            versions=[PlaybookVersion.model_validate({**fields, "created_at": created_at})],
+            embeddings=embeddings or {},
+            counters=PlaybookCounters(entry_id=entry_id),
+        )
+
     @model_validator(mode="after")
     def _consistent(self) -> ExportedEntry:
         numbers = [version.version for version in self.versions]

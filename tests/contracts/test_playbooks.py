@@ -15,6 +15,7 @@ from crmbench_contracts.playbooks import (
     EscalationEvent,
     ExportedEntry,
     PlaybookCandidate,
+    PlaybookContent,
     PlaybookCounters,
     PlaybookEntry,
     PlaybookExport,
@@ -157,3 +158,12 @@ def test_trajectory_events_parse_by_kind_and_name_their_entries() -> None:
         EscalationEvent(
             transition=SupervisionTransition(step=1, to_lane="coach", reason="r", source="rule")
         )
+
+
+def test_a_new_exported_entry_is_version_one_of_its_content() -> None:
+    content = PlaybookContent.model_validate(lesson().model_dump(exclude={"provenance"}))
+    item = ExportedEntry.new(content, NOW, {"e": {1: [1.0, 0.0]}})
+    assert item.entry.content_hash == content.digest() == item.versions[0].content_hash
+    assert item.entry.entry_id == entry_id_for(content.digest())
+    assert (item.entry.version, item.entry.created_at, item.counters.retrieved) == (1, NOW, 0)
+    assert item.embeddings == {"e": {1: [1.0, 0.0]}}
