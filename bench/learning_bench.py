@@ -64,8 +64,9 @@ from harness import REPO_ROOT, log, migrate_database, setup_database, table
 from agent_runner.agents.base import Agent, AgentResult, EpisodeContext
 from agent_runner.agents.baselines import OracleAgent
 from agent_runner.agents.factory import build_agent
+from agent_runner.learning.loop import learning_hooks
 from agent_runner.learning.memory import PlaybookStore
-from agent_runner.learning.retrieval import RetrievalHooks, learning_hooks
+from agent_runner.learning.retrieval import RetrievalHooks
 from agent_runner.run.config import LearningSettings, RunConfig
 from agent_runner.run.hooks import ActReview, EpisodeHooks, Guidance
 from agent_runner.run.runner import select_cases

@@ -181,7 +181,7 @@ async def _execute(
     config: Any, env: RunEnvironment, run_id: str, out: Path, cases: list[Any], show: bool
 ) -> tuple[Any, Any]:
     from agent_runner.agents.factory import build_agent
-    from agent_runner.learning.retrieval import learning_hooks
+    from agent_runner.learning.factory import run_learning_hooks
     from agent_runner.run.runner import work_on_run
     from agent_runner.run.store import RunStore
     from crmbench_clients.crm_api import CrmApiClient
@@ -193,7 +193,9 @@ async def _execute(
     verifier = VerifierClient(env.verifier_url, env.verifier_key)
     try:
         # learning.mode off: no hooks, and no embedder or playbook table is touched.
-        async with learning_hooks(config.learning, store.pool, run_id=run_id) as hooks:
+        async with run_learning_hooks(
+            config, store.pool, run_id=run_id, simulated_url=env.simulated_url
+        ) as hooks:
             first = await store.progress(run_id)
             display = ProgressDisplay(first.total, show, simulated=config.agent == "simulated")
 
@@ -384,8 +386,10 @@ def run_command(
     learning: Annotated[
         str | None,
         typer.Option(
-            help="Learning loop: off, or frozen (inject the top playbook entries retrieved "
-            "from the memory into the student's prompt; no synthesis). Default: config (off).",
+            help="Learning loop: off; frozen (inject the top playbook entries retrieved "
+            "from the memory into the student's prompt; no synthesis); or on (also triage "
+            "into lanes, the teacher's supervision, synthesis, retirement). Default: config "
+            "(off).",
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
@@ -396,6 +400,7 @@ def run_command(
     processes given the same --out (or --join RUN_ID) share the work.
     """
     from agent_runner.agents.factory import build_agent
+    from agent_runner.learning.factory import build_teacher
     from agent_runner.learning.memory import PlaybookError
     from agent_runner.run.runner import RunFiles, RunStopped
     from agent_runner.run.store import RunNotFound
@@ -437,6 +442,13 @@ def run_command(
             close = getattr(embedder, "close", None)
             if close is not None:
                 close()
+        # And the teacher: its key and its config fail here too.
+        try:
+            teacher = build_teacher(config)
+        except (LLMError, ValueError) as exc:
+            raise fail(f"the teacher cannot be built: {exc}") from None
+        if teacher is not None:
+            asyncio.run(teacher.aclose())
     database_url = resolve_database_url()
     migrate(database_url, CrmApiSettings().world_seed)
     try:

@@ -321,6 +321,37 @@ class DriftNoteEvent(BaseModel):
     entry_ids: list[str] = Field(default_factory=list)
 
 
+class GateRefusal(BaseModel):
+    """A candidate the synthesis gates refused, and why."""
+
+    gate: Literal["no_action", "no_cue", "restates_case", "invalid"]
+    reason: str
+    candidate: dict[str, Any]
+    """The candidate as the teacher wrote it (kept for the audit)."""
+
+
+class SynthesisEvent(BaseModel):
+    """What the synthesis of one episode produced: the entries stored (created, revised
+    or merged into as a duplicate) and the candidates its gates refused."""
+
+    kind: Literal["synthesis"] = "synthesis"
+    teacher_call_id: str | None = None
+    stored: dict[str, Literal["created", "revised", "duplicate"]] = Field(default_factory=dict)
+    """Entry id -> what storing the candidate did to it."""
+    refused: list[GateRefusal] = Field(default_factory=list)
+
+
+class TeacherCallEvent(BaseModel):
+    """A teacher call whose answer the loop could not use (it failed or did not parse):
+    the episode went on as if the teacher had said nothing."""
+
+    kind: Literal["teacher_call"] = "teacher_call"
+    call: str
+    teacher_call_id: str
+    error: str
+    raw_text: str = ""
+
+
 class RetirementEvent(BaseModel):
     """An entry was retired (written by the store with the retirement itself)."""
 
@@ -337,11 +368,21 @@ TrajectoryPayload = Annotated[
     | AdoptionEvent
     | EscalationEvent
     | DriftNoteEvent
-    | RetirementEvent,
+    | RetirementEvent
+    | SynthesisEvent
+    | TeacherCallEvent,
     Field(discriminator="kind"),
 ]
 TrajectoryKind = Literal[
-    "lane_decision", "guidance", "retrieval", "adoption", "escalation", "drift_note", "retirement"
+    "lane_decision",
+    "guidance",
+    "retrieval",
+    "adoption",
+    "escalation",
+    "drift_note",
+    "retirement",
+    "synthesis",
+    "teacher_call",
 ]
 TRAJECTORY_KINDS: tuple[TrajectoryKind, ...] = get_args(TrajectoryKind)
 
@@ -373,6 +414,8 @@ class TrajectoryEvent(BaseModel):
             return [payload.entry_id]
         if isinstance(payload, DriftNoteEvent):
             return list(payload.entry_ids)
+        if isinstance(payload, SynthesisEvent):
+            return list(payload.stored)
         return []
 
 

@@ -114,9 +114,10 @@ LearningMode = Literal["off", "frozen", "on"]
 """The run config's `learning.mode`: `off` no learning loop; `frozen` retrieval and
 injection from the playbook memory only (no synthesis, teacher guidance or retirement);
 `on` the whole loop."""
-CueMatch = Literal["semantic", "pattern", "both"]
+CueMatch = Literal["semantic", "pattern", "both", "shuffled"]
 """How a playbook entry's cue matched the task: embedding similarity above the threshold,
-an exact cue pattern, or both."""
+an exact cue pattern, or both; `shuffled` marks an entry the shuffled-guidance control drew
+at random from the memory (its cue was not matched)."""
 
 
 class PlaybookRetrieval(BaseModel):
@@ -195,10 +196,18 @@ class CrmContext(BaseModel):
     injected_digest: str | None = None
     """SHA-256 (hex) of the playbook guidance text injected into the agent's system prompt;
     None when nothing was injected."""
+    injected_guidance: str | None = None
+    """The injected playbook guidance text itself (its digest is `injected_digest`)."""
     playbooks_adopted: list[str] = Field(default_factory=list)
     """Ids of the injected entries whose prescribed action the trace shows."""
+    lane: LaneDecision | None = None
+    """The triage's lane decision (reason, confidence, rule or teacher); None without
+    triage (learning off or frozen)."""
     supervision_transitions: list[SupervisionTransition] = Field(default_factory=list)
     """The lane the episode started in (triage) and every change of lane after it."""
+    trajectory: list[dict[str, Any]] = Field(default_factory=list)
+    """The supervision's trajectory events (guidance with its step and teacher call id,
+    teacher calls without a usable answer), as written to `runner.trajectory_event`."""
     baseline_score: float | None = None
 
     @field_validator("verification_mode", mode="before")

@@ -19,12 +19,12 @@ from typer.testing import CliRunner
 from agent_runner.agents.base import EpisodeContext, EpisodeLimits
 from agent_runner.agents.llm_agent import LLMAgent, SystemPrompt
 from agent_runner.learning import retrieval as retrieval_module
+from agent_runner.learning.loop import learning_hooks
 from agent_runner.learning.memory import PlaybookStore
 from agent_runner.learning.retrieval import (
     GUIDANCE_HEADER,
     PlaybookRetriever,
     RetrievalHooks,
-    learning_hooks,
     render_guidance,
     task_text,
 )
@@ -418,22 +418,26 @@ async def test_no_part_of_the_expected_answer_reaches_the_embedder(
     assert len(caught) == len(sample)
 
 
-def test_learning_settings_default_to_off_and_refuse_the_unbuilt_mode() -> None:
+def test_learning_settings_default_to_off_and_read_yaml_booleans() -> None:
     settings = LearningSettings()
     assert (settings.mode, settings.k, settings.threshold) == ("off", 3, 0.35)
     assert settings.embeddings == EmbeddingConfig()
-    with pytest.raises(ValueError, match=r"'on' .* is not built yet"):
-        LearningSettings(mode="on")
     # YAML reads an unquoted `mode: off` as false, `mode: on` as true.
     assert LearningSettings.model_validate({"mode": False}).mode == "off"
-    with pytest.raises(ValueError, match="not built yet"):
-        LearningSettings.model_validate({"mode": True})
+    assert LearningSettings.model_validate({"mode": True}).mode == "on"
     # A run's stored config (every field dumped) validates again, learning included.
     config = load_run_config(None, {"learning": {"mode": "frozen"}})
     assert config.learning.mode == "frozen" and config.learning.k == 3
     assert RunConfig.model_validate(config.model_dump(mode="json")) == config
-    with pytest.raises(ConfigError, match="not built yet"):
-        load_run_config(None, {"learning": {"mode": "on"}})
+    # The model teacher needs its provider; the simulated one does not.
+    with pytest.raises(ConfigError, match=r"providers\.teacher is required"):
+        RunConfig.model_validate({"agent": "oracle", "learning": {"mode": "on"}})
+    on = RunConfig.model_validate(
+        {"agent": "oracle", "learning": {"mode": "on", "teacher": "simulated"}}
+    )
+    assert on.learning.mode == "on"
+    with pytest.raises(ValueError, match="escalate_below <= paired_at <= auto_at"):
+        LearningSettings.model_validate({"triage": {"auto_at": 0.5, "paired_at": 0.6}})
 
 
 def test_the_learning_flag_overrides_only_the_mode(tmp_path: Path) -> None:
@@ -448,10 +452,10 @@ def test_the_learning_flag_overrides_only_the_mode(tmp_path: Path) -> None:
         0.4,
     )
     result = CliRunner().invoke(
-        app, ["run", "--agent", "oracle", "--learning", "on", "--out", str(tmp_path / "r")]
+        app, ["run", "--agent", "oracle", "--learning", "sometimes", "--out", str(tmp_path / "r")]
     )
-    assert result.exit_code == 1
-    assert "--learning 'on'" in result.output and "not built yet" in result.output
+    assert result.exit_code != 0
+    assert "sometimes" in result.output
     assert not (tmp_path / "r").exists()
 
 

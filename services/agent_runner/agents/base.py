@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from crmbench_clients.crm_api import CrmApiClient, ToolOutcome
 from crmbench_contracts.cases import Case
 from crmbench_contracts.traces import Audience, EpisodeOutcome, StepTrace, TokenUsage
-from crmbench_llm.types import Completion, ToolSpec
+from crmbench_llm.types import Completion, ToolCall, ToolSpec
 
 
 class EpisodeLimitReached(Exception):
@@ -35,6 +35,26 @@ class EpisodeLimits:
     """Input plus output tokens allowed over the episode's model calls."""
 
 
+class Supervisor(Protocol):
+    """The teacher's hand in a running episode (the learning loop's `paired` and `coach`
+    lanes, design/learning.md). An LLM agent asks it at three points; each returns
+    guidance text for the agent (a system message) or None to go on unsupervised."""
+
+    async def review_plan(self, ctx: EpisodeContext, calls: list[ToolCall]) -> str | None:
+        """Before the tool calls of a turn are made. Guidance holds every call of the
+        turn (none is made; each is answered `SUPERVISOR_HOLD` with the guidance)."""
+        ...
+
+    async def after_refusal(self, ctx: EpisodeContext, step: StepTrace) -> str | None:
+        """After a tool call the CRM refused (`step`, already recorded)."""
+        ...
+
+    async def review_reply(self, ctx: EpisodeContext, reply: str) -> str | None:
+        """After the agent's final reply. Guidance orders a retry: the agent gets it and
+        a user turn asking it to finish the task, and its next reply is final."""
+        ...
+
+
 @dataclass
 class EpisodeContext:
     """One live episode of one case, as an agent sees it."""
@@ -51,6 +71,11 @@ class EpisodeContext:
     """Guidance for this episode's system prompt (the learning loop's injected playbook
     entries, set by `EpisodeHooks.before_act`); LLM agents add it to their own guidance,
     agents without a prompt ignore it."""
+    supervisor: Supervisor | None = None
+    """The learning loop's supervisor of this episode (None: the agent acts alone)."""
+    tool_subset: list[ToolSpec] | None = None
+    """Tools offered first (the learning loop's tool subsetting); None offers `tools`.
+    An agent that asks for a tool outside the subset gets the whole list from then on."""
     steps: list[StepTrace] = field(default_factory=list)
     usage: dict[Audience, TokenUsage] = field(
         default_factory=lambda: {"student": TokenUsage(), "teacher": TokenUsage()}
@@ -83,6 +108,22 @@ class EpisodeContext:
                 "token_budget",
                 f"used {self.tokens_used} tokens, over the budget of {self.limits.max_tokens}",
             )
+
+    def record_usage(
+        self,
+        audience: Audience,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int = 0,
+        cost_usd: float | None = 0.0,
+        latency_ms: float = 0.0,
+    ) -> None:
+        """Accounts a model call that is not one of the agent's turns (a teacher's review):
+        its tokens and cost go to `audience`, its latency to `agent_ms`. Never raises: a
+        teacher's tokens do not end the student's episode."""
+        self.usage[audience].add(input_tokens, output_tokens, cached_input_tokens, cost_usd)
+        self.agent_ms += latency_ms
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], *, actor: Audience = "student"

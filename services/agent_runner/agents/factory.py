@@ -11,6 +11,20 @@ from crmbench_llm import PriceTable, ProviderConfig, make_provider
 SIMULATED_MODEL = "simulated-llm"
 
 
+def simulated_provider_config(simulated_url: str) -> ProviderConfig:
+    """The OpenAI-compatible provider config that talks to the simulated LLM at its /v1
+    base URL (no key, short retries)."""
+    return ProviderConfig(
+        provider="openai",
+        model=SIMULATED_MODEL,
+        base_url=simulated_url,
+        api_key_env=None,
+        max_retries=2,
+        backoff_base_seconds=0.1,
+        timeout_seconds=60,
+    )
+
+
 def build_agent(config: RunConfig, *, simulated_url: str | None = None) -> Agent:
     """The run's agent. LLM agents read their API key from the environment now, so a
     missing key fails before any episode starts (MissingApiKey names the variable)."""
@@ -23,18 +37,9 @@ def build_agent(config: RunConfig, *, simulated_url: str | None = None) -> Agent
     if config.agent == "simulated":
         if simulated_url is None:
             raise ConfigError("the simulated agent needs the simulated LLM's URL")
-        provider_config = ProviderConfig(
-            provider="openai",
-            model=SIMULATED_MODEL,
-            base_url=simulated_url,
-            api_key_env=None,
-            max_retries=2,
-            backoff_base_seconds=0.1,
-            timeout_seconds=60,
-        )
         return LLMAgent(
             "simulated",
-            make_provider(provider_config, prices),
+            make_provider(simulated_provider_config(simulated_url), prices),
             SIMULATED_MODEL,
             prompt,
             send_case_headers=True,

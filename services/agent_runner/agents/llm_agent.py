@@ -20,6 +20,22 @@ from agent_runner.agents.base import AgentResult, EpisodeContext, EpisodeLimitRe
 from agent_runner.protocol import CASE_HEADER, TRIAL_HEADER, tool_result_content
 from crmbench_contracts.traces import Audience
 from crmbench_llm import LLMError, LLMProvider, Message, ToolCall
+from crmbench_llm.types import ToolSpec
+
+SUPERVISOR_HOLD = "SUPERVISOR_HOLD"
+"""The error code a tool call gets when the supervisor held the turn's calls for review
+(the call was not made)."""
+RETRY_REQUEST = (
+    "Your supervisor reviewed your work (see its guidance). Fix what it points out, make "
+    "any change that is still missing, and then give your final answer again."
+)
+"""The user turn that follows the supervisor's retry guidance (paired lane)."""
+
+
+def supervisor_message(guidance: str) -> Message:
+    """Guidance as the agent receives it: a system message (providers without system
+    turns in a conversation, such as Anthropic, join it to the system prompt)."""
+    return Message.system(f"Guidance from your supervisor: {guidance.strip()}")
 
 
 def malformed_call(call: ToolCall) -> str | None:
@@ -96,6 +112,12 @@ class LLMAgent:
             for turn in ctx.user_turns:
                 messages.append(Message.user(turn))
                 reply = await self._answer(ctx, system, messages)
+            if ctx.supervisor is not None:
+                retry = await ctx.supervisor.review_reply(ctx, reply)
+                if retry:
+                    messages.append(supervisor_message(retry))
+                    messages.append(Message.user(RETRY_REQUEST))
+                    reply = await self._answer(ctx, system, messages)
         except EpisodeLimitReached as limit:
             return AgentResult(reply, limit.outcome, str(limit))
         except LLMError as error:
@@ -111,19 +133,43 @@ class LLMAgent:
         return AgentResult(reply)
 
     async def _answer(self, ctx: EpisodeContext, system: str, messages: list[Message]) -> str:
-        """Runs the model until it answers without tool calls; returns that answer."""
+        """Runs the model until it answers without tool calls; returns that answer.
+
+        With a supervisor, the turn's calls are first shown to it (`review_plan`: its
+        guidance holds them all), and each refused call is shown to it after it is made
+        (`after_refusal`); its guidance follows the turn's tool results as system
+        messages. With a tool subset, the model is offered the subset until it asks for
+        a tool outside it, then every tool."""
+        offered = ctx.tool_subset if ctx.tool_subset is not None else ctx.tools
         while True:
             completion = await self.provider.complete(
-                messages, ctx.tools, system=system, headers=self._headers(ctx)
+                messages, offered, system=system, headers=self._headers(ctx)
             )
             messages.append(completion.message)
             ctx.record_completion(completion, self.audience)
             calls = completion.message.tool_calls
             if not calls:
                 return completion.message.content
+            if ctx.tool_subset is not None and _outside(calls, ctx.tool_subset):
+                # It asked for a tool it was not offered: offer them all from now on.
+                ctx.tool_subset = None
+                offered = ctx.tools
+            hold = await ctx.supervisor.review_plan(ctx, calls) if ctx.supervisor else None
+            notes: list[str] = []
             for call in calls:
                 refusal = malformed_call(call)
-                if refusal is not None:
+                if hold:
+                    content = tool_result_content(
+                        409,
+                        {
+                            "error": {
+                                "code": SUPERVISOR_HOLD,
+                                "message": "Not made: your supervisor reviewed the plan "
+                                "first. " + hold.strip(),
+                            }
+                        },
+                    )
+                elif refusal is not None:
                     # The model's call cannot be made: tell it, as an API would.
                     content = tool_result_content(
                         400, {"error": {"code": "INVALID_REQUEST", "message": refusal}}
@@ -131,4 +177,16 @@ class LLMAgent:
                 else:
                     outcome = await ctx.call_tool(call.name, call.arguments, actor=self.audience)
                     content = tool_result_content(outcome.status, outcome.body)
+                    if not outcome.ok and ctx.supervisor is not None:
+                        note = await ctx.supervisor.after_refusal(ctx, ctx.steps[-1])
+                        if note:
+                            notes.append(note)
                 messages.append(Message.tool(call.id, content))
+            # After every tool result of the turn: results must follow their calls.
+            messages.extend(supervisor_message(text) for text in ([hold] if hold else notes))
+
+
+def _outside(calls: list[ToolCall], subset: list[ToolSpec]) -> bool:
+    """Whether a call names a tool that is not in `subset`."""
+    names = {tool.name for tool in subset}
+    return any(call.name and call.name not in names for call in calls)

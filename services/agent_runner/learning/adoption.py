@@ -86,14 +86,25 @@ def outcome_increments(
     *,
     reward: float,
     tokens: int,
+    without: Sequence[PlaybookEntry] = (),
 ) -> dict[str, dict[CounterField, float]]:
-    """Counter increments per injected entry id once the episode's reward is known:
-    `episodes_with` +1, `reward_sum_with` + reward, `reward_sq_sum_with` + reward²,
-    `tokens_sum_with` + the episode's tokens (input plus output, student and teacher),
-    and `followed` +1 for the ids in `adopted`. Entries retrieved but not injected are
-    not "with" episodes: they never reached the prompt."""
+    """Counter increments per entry id once the episode's reward is known.
+
+    Each injected entry: `episodes_with` +1, `reward_sum_with` + reward,
+    `reward_sq_sum_with` + reward², `tokens_sum_with` + the episode's tokens (input plus
+    output, student and teacher), and `followed` +1 for the ids in `adopted`. Each entry
+    in `without` (its cue matched but it was not injected: ranked below k, or withheld by
+    exploration) gets the same sums on its `*_without` counters: the comparison the
+    harmful-entry test uses. Entries in both lists count as injected."""
     followed = set(adopted)
     bumps: dict[str, dict[CounterField, float]] = {}
+    for entry in without:
+        bumps[entry.entry_id] = {
+            "episodes_without": 1,
+            "reward_sum_without": float(reward),
+            "reward_sq_sum_without": float(reward) ** 2,
+            "tokens_sum_without": tokens,
+        }
     for entry in injected:
         counters: dict[CounterField, float] = {
             "episodes_with": 1,

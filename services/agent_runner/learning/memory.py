@@ -359,6 +359,7 @@ class PlaybookStore:
         vector: Sequence[float],
         *,
         near_duplicate_threshold: float,
+        conn: asyncpg.Connection | None = None,
     ) -> StoredEntry:
         """Stores a candidate, or merges it into the entry it duplicates.
 
@@ -371,12 +372,13 @@ class PlaybookStore:
           becomes the union of both (`revised`). Its id, counters and history stay.
         - Otherwise a new entry, version 1, id `entry_id_for(content hash)` (`created`).
 
-        `vector` embeds the candidate's cue text with this store's embedder. Raises
-        InvalidVector for a vector of the wrong dimension, non-finite or zero.
+        `vector` embeds the candidate's cue text with this store's embedder. With `conn`,
+        runs inside the caller's transaction (a savepoint). Raises InvalidVector for a
+        vector of the wrong dimension, non-finite or zero.
         """
         values = self._vector(vector)
         content_hash = candidate.digest()
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction(conn) as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(candidate.audience))
             same = await conn.fetchrow(
                 "SELECT entry_id, version FROM runner.playbook_entry_version"
@@ -818,10 +820,15 @@ class PlaybookStore:
 
     # ------------------------------------------------------------------ events
 
-    async def record_event(self, event: TrajectoryEvent) -> int:
-        """Writes one trajectory event; returns its event id (increasing)."""
-        async with self.pool.acquire() as conn:
+    async def record_event(
+        self, event: TrajectoryEvent, *, conn: asyncpg.Connection | None = None
+    ) -> int:
+        """Writes one trajectory event (with `conn`, in the caller's transaction); returns
+        its event id (increasing)."""
+        if conn is not None:
             return await self._record_event(conn, event)
+        async with self.pool.acquire() as own:
+            return await self._record_event(own, event)
 
     async def _record_event(self, conn: asyncpg.Connection, event: TrajectoryEvent) -> int:
         event_id: int = await conn.fetchval(

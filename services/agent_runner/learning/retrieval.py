@@ -15,25 +15,24 @@ go into the student's system prompt as a short numbered list.
   adoption`); `after_reward` applies the outcome's bookkeeping (followed, and the "with"
   reward and token sums of every injected entry, one `adoption` event per followed
   entry) at most once per session id. No synthesis, no teacher, no retirement.
-- `learning_hooks(settings, pool, run_id)`: the hooks a run's `learning:` settings ask for
-  (None when the mode is off: nothing is built, no table is read).
+- The hooks a run's `learning:` settings ask for are built by
+  `agent_runner.learning.loop.learning_hooks`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-
-import asyncpg
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
 from agent_runner.agents.base import AgentResult, EpisodeContext
 from agent_runner.learning.adoption import adoptions, outcome_increments
 from agent_runner.learning.memory import PlaybookMatch, PlaybookStore
-from agent_runner.run.config import LearningSettings
+from agent_runner.learning.tool_subsets import ToolSubsets
 from agent_runner.run.hooks import ActReview, Guidance
 from crmbench_contracts.cases import Case
 from crmbench_contracts.playbooks import (
@@ -44,8 +43,8 @@ from crmbench_contracts.playbooks import (
     TrajectoryEvent,
 )
 from crmbench_contracts.rewards import RewardRecord
-from crmbench_contracts.traces import Audience, CueMatch, PlaybookRetrieval
-from crmbench_learning.embeddings import Embedder, make_embedder
+from crmbench_contracts.traces import Audience, CueMatch, LearningMode, PlaybookRetrieval
+from crmbench_learning.embeddings import Embedder
 
 GUIDANCE_HEADER = (
     "Playbook entries from earlier episodes that match this task (apply them where they fit):"
@@ -159,6 +158,28 @@ class Retrieval:
             for rank, item in enumerate(self.retrieved)
         ]
 
+    @property
+    def not_injected_entries(self) -> list[PlaybookEntry]:
+        """Entries whose cue matched but that stayed out of the prompt (ranked below k,
+        or withheld for exploration): the "without" side of their track record. Shuffled
+        draws have no cue match and are never here."""
+        return [
+            item.entry for item in self.retrieved[self.injected :] if item.cue_match != "shuffled"
+        ]
+
+    def withholding_first(self) -> Retrieval:
+        """The same retrieval with its top injected entry kept out of the prompt (moved
+        just below the injected ones), the text re-rendered. Unchanged when none was
+        injected."""
+        if not self.injected:
+            return self
+        first, rest = self.retrieved[0], self.retrieved[1:]
+        injected = self.injected - 1
+        retrieved = [*rest[:injected], first, *rest[injected:]]
+        return Retrieval(
+            retrieved, injected, render_guidance([item.entry for item in retrieved[:injected]])
+        )
+
     def increments(self) -> dict[str, dict[CounterField, float]]:
         """Counter increments per entry id: `retrieved` +1 for each entry found,
         `injected` +1 for each injected one."""
@@ -213,6 +234,19 @@ class PlaybookRetriever:
         injected = [item.entry for item in found[: self.k]]
         return Retrieval(found, len(injected), render_guidance(injected))
 
+    async def shuffled(self, retrieval: Retrieval, seed: str) -> Retrieval:
+        """The shuffled-guidance control of `retrieval`: as many entries as it injected,
+        drawn without replacement from every active entry of the audience (whatever their
+        cue), in an order fixed by `seed` (the session id: the same episode draws the
+        same entries). They are recorded as `shuffled` matches without similarity; the
+        cue matches themselves are not recorded (they were not used)."""
+        pool = await self.store.list_entries(status="active", audience=self.audience)
+        pool.sort(key=lambda entry: entry.entry_id)
+        rng = random.Random(hashlib.sha256(f"shuffled\x1f{seed}".encode()).digest())
+        drawn = rng.sample(pool, min(retrieval.injected, len(pool)))
+        items = [RetrievedEntry(entry, None, "shuffled") for entry in drawn]
+        return Retrieval(items, len(items), render_guidance(drawn))
+
 
 OUTCOME_KEY_SUFFIX = "#outcome"
 """Appended to the session id to key the outcome's bookkeeping (`after_reward`), which is
@@ -224,13 +258,22 @@ class _Episode:
     """What the hooks keep of one episode between `before_act` and `after_reward`."""
 
     injected: list[PlaybookEntry]
+    without: list[PlaybookEntry] = field(default_factory=list)
     adopted: list[AdoptionEvent] | None = None
+
+
+def session_draw(session_id: str, purpose: str) -> float:
+    """A number in [0, 1) fixed by the session id and the purpose (SHA-256), for the
+    loop's seeded choices (exploration)."""
+    key = f"{purpose}\x1f{session_id}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0**64
 
 
 class RetrievalHooks:
     """The episode hooks of a frozen run: retrieval and injection before the student
     acts, adoption after it acts, bookkeeping after the reward (no synthesis, no teacher
-    guidance, no retirement).
+    guidance, no retirement). `LearningHooks` (agent_runner.learning.loop) builds the
+    whole loop on top of them.
 
     `before_act` embeds `task_text(case)`, retrieves (`PlaybookRetriever`), and applies
     the retrieval's bookkeeping with `PlaybookStore.apply_episode` keyed by the session id:
@@ -238,42 +281,81 @@ class RetrievalHooks:
     nothing was found), together and at most once, so an episode played again (a
     provider outage, a resumed run, a claim taken over) is counted once. It returns the
     guidance text, the retrievals and the text's digest, which the runner puts in the
-    student's prompt and the session trace.
+    student's prompt and the session trace. With `control="shuffled"` the injected entries
+    are drawn at random from the memory instead (`PlaybookRetriever.shuffled`); with
+    `explore_rate` > 0 that share of episodes (drawn from the session id) has its top
+    entry withheld (`Retrieval.withholding_first`). With `tool_subsets`, the episode
+    offers the student the subset its injected entries and category need.
 
     `after_act` returns the ids of the injected entries the steps follow (`adoption`),
     which the runner records as `crm_context.playbooks_adopted`. `after_reward` applies,
-    keyed by the session id plus `OUTCOME_KEY_SUFFIX` and so also at most once, for every
-    injected entry `episodes_with` +1, `reward_sum_with` + score, `reward_sq_sum_with` +
-    score², `tokens_sum_with` + the episode's tokens, `followed` +1 for the adopted ones,
-    and one `adoption` event per adopted entry. An episode replayed after its outcome was
-    counted is not counted again, even if its replay follows other entries: the counters
-    keep the first complete play, the trace records the last.
+    keyed by the session id plus `OUTCOME_KEY_SUFFIX` and so also at most once, the
+    counters of `outcome_increments` (the "with" sums of every injected entry, the
+    "without" sums of the entries retrieved but not injected, `followed` for the adopted
+    ones) and one `adoption` event per adopted entry. An episode replayed after its
+    outcome was counted is not counted again, even if its replay follows other entries:
+    the counters keep the first complete play, the trace records the last.
 
     The injected entries are kept in memory from `before_act` to `after_reward` (the
     version injected is the one judged), per session id; an episode that ends before
     `after_reward` (a harness error) leaves its few entries here until the hooks go."""
 
-    def __init__(self, retriever: PlaybookRetriever, *, run_id: str) -> None:
+    mode: LearningMode = "frozen"
+
+    def __init__(
+        self,
+        retriever: PlaybookRetriever,
+        *,
+        run_id: str,
+        control: Literal["retrieval", "shuffled"] = "retrieval",
+        explore_rate: float = 0.0,
+        tool_subsets: ToolSubsets | None = None,
+    ) -> None:
         self.retriever = retriever
         self.run_id = run_id
+        self.control = control
+        self.explore_rate = explore_rate
+        self.tool_subsets = tool_subsets
         self._episodes: dict[str, _Episode] = {}
 
-    async def before_act(self, ctx: EpisodeContext) -> Guidance:
+    async def retrieve_for(self, ctx: EpisodeContext) -> Retrieval:
+        """This episode's retrieval, after the control and exploration settings."""
         retrieval = await self.retriever.retrieve(task_text(ctx.case))
+        if self.control == "shuffled":
+            return await self.retriever.shuffled(retrieval, ctx.session_id)
+        if self.explore_rate and session_draw(ctx.session_id, "explore") < self.explore_rate:
+            return retrieval.withholding_first()
+        return retrieval
+
+    async def before_act(self, ctx: EpisodeContext) -> Guidance:
+        retrieval = await self.retrieve_for(ctx)
         records = retrieval.records(self.retriever.audience)
         event = TrajectoryEvent(
             run_id=self.run_id,
             session_id=ctx.session_id,
             payload=RetrievalEvent(retrieved=records, injected_digest=retrieval.digest),
         )
-        await self.retriever.store.apply_episode(ctx.session_id, retrieval.increments(), [event])
-        self._episodes[ctx.session_id] = _Episode(retrieval.injected_entries)
+        await self.retriever.store.apply_episode(
+            ctx.session_id, retrieval.increments(), [event, *self.extra_retrieval_events(ctx)]
+        )
+        self._episodes[ctx.session_id] = _Episode(
+            retrieval.injected_entries, retrieval.not_injected_entries
+        )
+        if self.tool_subsets is not None:
+            ctx.tool_subset = self.tool_subsets.subset(
+                ctx.tools, ctx.case.task_category, retrieval.injected_entries
+            )
         return Guidance(
             text=retrieval.text,
             retrievals=records,
             digest=retrieval.digest,
-            learning_mode="frozen",
+            learning_mode=self.mode,
         )
+
+    def extra_retrieval_events(self, ctx: EpisodeContext) -> list[TrajectoryEvent]:
+        """More events to record with the retrieval's (none here; the lane decision in
+        `LearningHooks`)."""
+        return []
 
     async def after_act(self, ctx: EpisodeContext, result: AgentResult) -> ActReview:
         """The injected entries the episode's steps follow. Raises KeyError for a session
@@ -282,51 +364,46 @@ class RetrievalHooks:
         episode.adopted = adoptions(episode.injected, ctx.steps)
         return ActReview(adopted=[event.entry_id for event in episode.adopted])
 
+    def outcome_events(self, ctx: EpisodeContext) -> list[TrajectoryEvent]:
+        """Events recorded with the outcome's counters (adoptions here)."""
+        episode = self._episodes[ctx.session_id]
+        return [
+            TrajectoryEvent(run_id=self.run_id, session_id=ctx.session_id, payload=event)
+            for event in episode.adopted or []
+        ]
+
     async def after_reward(
         self, ctx: EpisodeContext, result: AgentResult, reward: RewardRecord
     ) -> None:
-        """The outcome's bookkeeping (see the class); nothing when no entry was injected.
-        Raises KeyError for a session whose `after_act` these hooks did not run."""
+        """The outcome's bookkeeping (see the class). Raises KeyError for a session whose
+        `after_act` these hooks did not run."""
         episode = self._episodes.pop(ctx.session_id)
         if episode.adopted is None:
             raise KeyError(f"after_act did not run for {ctx.session_id}")
-        if not episode.injected:
-            return
         increments = outcome_increments(
             episode.injected,
             [event.entry_id for event in episode.adopted],
             reward=reward.score,
             tokens=ctx.tokens_used,
+            without=episode.without,
         )
         events = [
             TrajectoryEvent(run_id=self.run_id, session_id=ctx.session_id, payload=event)
             for event in episode.adopted
         ]
-        await self.retriever.store.apply_episode(
+        await self.record_outcome(ctx, reward, increments, events)
+
+    async def record_outcome(
+        self,
+        ctx: EpisodeContext,
+        reward: RewardRecord,
+        increments: dict[str, dict[CounterField, float]],
+        events: list[TrajectoryEvent],
+    ) -> bool:
+        """Applies the outcome's counters and events once per session (False when they
+        were applied before); nothing to do when there are none."""
+        if not increments and not events:
+            return False
+        return await self.retriever.store.apply_episode(
             ctx.session_id + OUTCOME_KEY_SUFFIX, increments, events
         )
-
-
-@asynccontextmanager
-async def learning_hooks(
-    settings: LearningSettings, pool: asyncpg.Pool, *, run_id: str
-) -> AsyncIterator[RetrievalHooks | None]:
-    """The hooks a run's `learning:` settings ask for, over the memory in `pool`'s
-    database (migration 0006): None for mode `off`, without building an embedder or
-    touching a table; `RetrievalHooks` for `frozen`.
-
-    Raises EmbeddingError / MissingApiKey when the embedder cannot be built, and
-    EmbedderMismatch when the memory holds this embedder's vectors of another size."""
-    if settings.mode == "off":
-        yield None
-        return
-    embedder = await asyncio.to_thread(make_embedder, settings.embeddings)
-    store = await PlaybookStore.open(pool, embedder=embedder.name, dimension=embedder.dimensions)
-    try:
-        retriever = PlaybookRetriever(store, embedder, k=settings.k, threshold=settings.threshold)
-        yield RetrievalHooks(retriever, run_id=run_id)
-    finally:
-        await store.close()
-        close = getattr(embedder, "close", None)
-        if close is not None:
-            close()

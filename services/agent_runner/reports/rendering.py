@@ -129,6 +129,12 @@ def render_report(report: RunReport) -> str:
             f"adoption rate {_pct(adopted.rate)} ({adopted.passed}/{adopted.total} retrieved "
             f"playbook entries injected and followed; 95% CI {_interval(adopted)})"
         )
+    if report.lanes:
+        mix = ", ".join(f"{lane} {count}" for lane, count in report.lanes.items())
+        console.print(
+            f"lanes: {mix}; teacher guidance messages {report.guidance_messages}, "
+            f"retries ordered {report.teacher_retries}"
+        )
     console.print()
 
     if report.pass_hat_k:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import get_args
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from agent_runner.agents.factory import SIMULATED_MODEL
 from agent_runner.reports.reading import (
@@ -27,7 +27,7 @@ from agent_runner.reports.reading import (
 from agent_runner.run.trace_log import RUN_FILE
 from crmbench_contracts.cases import FAILURE_CATEGORIES, Difficulty, FailureFamily, Split
 from crmbench_contracts.rewards import PASS_THRESHOLD, REPORTED_THRESHOLDS, VerificationMode
-from crmbench_contracts.traces import Audience, EpisodeOutcome, SessionTrace
+from crmbench_contracts.traces import Audience, EpisodeOutcome, PlaybookRetrieval, SessionTrace
 
 SUCCESS_PATH = "success path"
 """The group of cases with no failure category: the request is valid and must succeed."""
@@ -220,9 +220,32 @@ class RunReport(BaseModel):
     """Adoption rate (design/learning.md): retrieved playbook entries that were injected
     and followed (`crm_context.playbooks_adopted`) / retrieved entries, over the scored
     episodes whose retrieval ran; None when no episode ran one."""
+    lanes: dict[str, int] = Field(default_factory=dict)
+    """Episodes per supervision lane picked by triage (learning mode `on`)."""
+    guidance_messages: int = 0
+    """Guidance messages the teacher gave during episodes (coach and paired lanes)."""
+    teacher_retries: int = 0
+    """Episodes whose final reply the teacher sent back for one retry (paired lane)."""
     harness_errors: list[HarnessErrorEntry]
     notes: list[str]
     warnings: list[str]
+
+
+def lane_mix(sessions: Sequence[SessionTrace]) -> tuple[dict[str, int], int, int]:
+    """Episodes per triage lane, guidance messages, and retries ordered, from the traces."""
+    lanes: dict[str, int] = {}
+    guidance = retries = 0
+    for session in sessions:
+        context = session.crm_context
+        if context.lane is not None:
+            lanes[context.lane.lane] = lanes.get(context.lane.lane, 0) + 1
+        guidance += sum(1 for event in context.trajectory if event.get("kind") == "guidance")
+        retries += sum(
+            1
+            for transition in context.supervision_transitions
+            if transition.from_lane is not None and transition.source == "teacher"
+        )
+    return dict(sorted(lanes.items())), guidance, retries
 
 
 def _rates(sessions: Sequence[SessionTrace]) -> dict[str, Rate]:
@@ -359,7 +382,18 @@ def cue_hit_rate(sessions: Sequence[SessionTrace]) -> Rate | None:
     learning = [s for s in sessions if s.crm_context.learning_mode is not None]
     if not learning:
         return None
-    return Rate.of(sum(bool(s.crm_context.playbooks_retrieved) for s in learning), len(learning))
+    return Rate.of(sum(bool(_matched(s)) for s in learning), len(learning))
+
+
+def _matched(session: SessionTrace) -> list[PlaybookRetrieval]:
+    """The student-audience entries retrieved for the episode by their cue (the shuffled
+    control's random draws and the teacher's own entries are not cue hits of the
+    student)."""
+    return [
+        retrieval
+        for retrieval in session.crm_context.playbooks_retrieved
+        if retrieval.audience == "student" and retrieval.cue_match != "shuffled"
+    ]
 
 
 def adoption_rate(sessions: Sequence[SessionTrace]) -> Rate | None:
@@ -377,7 +411,7 @@ def adoption_rate(sessions: Sequence[SessionTrace]) -> Rate | None:
     followed = total = 0
     for session in learning:
         adopted = set(session.crm_context.playbooks_adopted)
-        for retrieval in session.crm_context.playbooks_retrieved:
+        for retrieval in _matched(session):
             total += 1
             followed += int(retrieval.injected and retrieval.entry_id in adopted)
     return Rate.of(followed, total)
@@ -426,6 +460,7 @@ def build_report(
             pass_hat.append(PassHatK(k=k, cases=cases, values=values))
 
     notes = [HARNESS_NOTE] if harness else []
+    lanes, guidance_messages, teacher_retries = lane_mix(sessions)
     modes = _verification_modes(scored)
     if len({mode for counts in modes.values() for mode in counts}) > 1:
         notes.append(MIXED_MODES_NOTE)
@@ -447,6 +482,9 @@ def build_report(
         cost=_cost(scored),
         cue_hit=cue_hit_rate(sessions),
         adoption=adoption_rate(sessions),
+        lanes=lanes,
+        guidance_messages=guidance_messages,
+        teacher_retries=teacher_retries,
         harness_errors=[
             HarnessErrorEntry(
                 session_id=s.session_id, case_id=s.case_id, trial=s.trial, error=s.error

@@ -76,10 +76,65 @@ all-MiniLM-L6-v2 model (docs/learning.md, "Frozen runs": chosen on the labelled 
 set with bench/retrieval_threshold_bench.py). Another embedder needs its own."""
 
 
+class TriageSettings(Strict):
+    """The capability probe that picks an episode's supervision lane (design/learning.md,
+    step 2). The rule reads the memory's track record of the episode's task category: the
+    student's episodes of that category (escalated ones excluded) and how many passed.
+
+    - fewer than `min_episodes`: `coach` (no evidence yet: supervise closely);
+    - pass rate >= `auto_at`: `auto`; >= `paired_at`: `paired`;
+    - at least `escalate_after` episodes and pass rate < `escalate_below`: `escalate`;
+    - otherwise `coach`.
+
+    The thresholds are the project's starting choice (not from a source): `auto_at` 0.9
+    is the reliability verdict's own threshold; tune them with the report's lane mix."""
+
+    probe: Literal["rule", "teacher"] = "rule"
+    """`teacher` asks the teacher (its triage prompt); when it gives no usable answer,
+    the rule decides and the event says so."""
+    min_episodes: int = Field(default=3, ge=0)
+    auto_at: float = Field(default=0.9, ge=0, le=1)
+    paired_at: float = Field(default=0.6, ge=0, le=1)
+    escalate_below: float = Field(default=0.3, ge=0, le=1)
+    escalate_after: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TriageSettings:
+        if not self.escalate_below <= self.paired_at <= self.auto_at:
+            raise ValueError("triage needs escalate_below <= paired_at <= auto_at")
+        return self
+
+
+class SynthesisSettings(Strict):
+    """Step 4: the teacher distils candidate entries after an episode."""
+
+    episodes: Literal["imperfect", "all"] = "imperfect"
+    """Which episodes the teacher distils: `imperfect` those with a score below 1, a
+    refused call or the teacher's guidance (the rest teach little); `all` every one."""
+    near_duplicate_threshold: float = Field(default=0.95, ge=0, le=1)
+    """Cosine similarity of a candidate's cue to an active entry's at which the candidate
+    revises that entry instead of becoming a new one (docs/learning.md, Synthesis)."""
+
+
+class RetirementSettings(Strict):
+    """Step 5: entries that are harmful or never fire are retired, reason kept."""
+
+    check_every: int = Field(default=25, ge=1)
+    """Episodes (per runner process) between two retirement checks."""
+    min_episodes: int = Field(default=8, ge=2)
+    """Episodes with and without an entry before it can be judged harmful."""
+    z: float = Field(default=1.96, gt=0)
+    """Harmful: mean reward with minus without, plus z standard errors (Welch), is below
+    zero; 1.96 is the two-sided 95% normal quantile."""
+    never_fired_after: int = Field(default=300, ge=1)
+    """Episodes the memory has run since an entry was created without retrieving it."""
+
+
 class LearningSettings(Strict):
     """The learning loop of a run (design/learning.md). `off` (the default) runs without
     it; `frozen` retrieves playbook entries from the memory and injects the top `k` into
-    the student's system prompt, with no synthesis, teacher guidance or retirement."""
+    the student's system prompt, with no synthesis, teacher guidance or retirement; `on`
+    adds triage into lanes, the teacher's supervision, synthesis and retirement."""
 
     mode: LearningMode = "off"
     k: int = Field(default=3, ge=1, le=20)
@@ -90,6 +145,23 @@ class LearningSettings(Strict):
     embeddings: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     """The embedder of tasks and cues; it must be the one the memory's entries were
     embedded with (entries without its vectors match by pattern only)."""
+    control: Literal["retrieval", "shuffled"] = "retrieval"
+    """`shuffled` is the shuffled-guidance control: as many entries as retrieval would
+    inject, drawn at random (seeded by the session) from the memory's active entries."""
+    explore_rate: float = Field(default=0.0, ge=0, le=0.5)
+    """Share of episodes (drawn from the session id) whose top retrieved entry is withheld,
+    so its "without" counters measure the same kind of task; retrieved entries beyond `k`
+    count as "without" in every episode."""
+    tool_subset: bool = False
+    """Offer the student only the tools its injected entries and its task category need,
+    plus the search tools (config/tool_subsets.yaml); the whole list once it asks for
+    another. Off by default: a measured variant."""
+    teacher: Literal["model", "simulated"] = "model"
+    """`model`: the `providers.teacher` model; `simulated`: the seeded offline teacher."""
+    simulated_teacher: Path = Path("config/simulated_teacher.yaml")
+    triage: TriageSettings = Field(default_factory=TriageSettings)
+    synthesis: SynthesisSettings = Field(default_factory=SynthesisSettings)
+    retirement: RetirementSettings = Field(default_factory=RetirementSettings)
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -97,16 +169,6 @@ class LearningSettings(Strict):
         # YAML 1.1 reads an unquoted off / on as false / true.
         if isinstance(mode, bool):
             return "on" if mode else "off"
-        return mode
-
-    @field_validator("mode")
-    @classmethod
-    def _built(cls, mode: LearningMode) -> LearningMode:
-        if mode == "on":
-            raise ValueError(
-                "learning mode 'on' (synthesis, teacher guidance, retirement) is not built "
-                "yet; use 'frozen' (retrieval and injection only) or 'off'"
-            )
         return mode
 
 
@@ -141,6 +203,16 @@ class RunConfig(Strict):
     def _agent_has_provider(self) -> RunConfig:
         if self.agent in ("student", "teacher") and self.agent not in self.providers:
             raise ValueError(f"providers.{self.agent} is required to run the {self.agent} agent")
+        learning = self.learning
+        if (
+            learning.mode == "on"
+            and learning.teacher == "model"
+            and "teacher" not in self.providers
+        ):
+            raise ValueError(
+                "providers.teacher is required for learning mode 'on' with the model teacher"
+                " (or set learning.teacher: simulated)"
+            )
         return self
 
     def resolve_path(self, path: Path) -> Path:

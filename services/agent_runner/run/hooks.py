@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from agent_runner.agents.base import AgentResult, EpisodeContext
+from agent_runner.agents.base import Agent, AgentResult, EpisodeContext
 from crmbench_contracts.rewards import RewardRecord
-from crmbench_contracts.traces import LaneDecision, LearningMode, PlaybookRetrieval
+from crmbench_contracts.traces import (
+    LaneDecision,
+    LearningMode,
+    PlaybookRetrieval,
+    SupervisionTransition,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,9 @@ class Guidance:
     """SHA-256 of the injected playbook text, recorded as `crm_context.injected_digest`."""
     learning_mode: LearningMode | None = None
     """The learning mode that retrieved for the episode (`crm_context.learning_mode`)."""
+    acting_agent: Agent | None = None
+    """Plays the episode instead of the run's agent (the `escalate` lane: the teacher
+    acts); None lets the run's agent play."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,11 @@ class ActReview:
     adopted: list[str] = field(default_factory=list)
     """Ids of the injected playbook entries whose prescribed action the steps show,
     recorded in the session's `crm_context.playbooks_adopted`."""
+    transitions: list[SupervisionTransition] = field(default_factory=list)
+    """Supervision transitions after the first lane (a retry the teacher ordered)."""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """Trajectory event payloads of the episode's supervision (guidance, failed teacher
+    calls), recorded in `crm_context.trajectory` as well as in Postgres."""
 
 
 class EpisodeHooks(Protocol):

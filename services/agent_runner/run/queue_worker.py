@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from agent_runner.agents.base import Agent
 from agent_runner.agents.factory import build_agent
+from agent_runner.learning.factory import run_learning_hooks
 from agent_runner.learning.memory import PlaybookError
-from agent_runner.learning.retrieval import learning_hooks
 from agent_runner.run.config import ConfigError, RunConfig, first_problem
 from agent_runner.run.corpus import CorpusCatalog, RunCorpus
 from agent_runner.run.runner import RunFiles, RunStopped, work_on_run
@@ -118,6 +118,8 @@ class QueueWorker:
         self.poll_seconds = poll_seconds
         self.name = name
         self.current_run: str | None = None
+        self.simulated_url: str | None = None
+        """The simulated LLM of the run being played (None when its agent is not simulated)."""
 
     async def agent_for(self, config: RunConfig, corpus: RunCorpus) -> Agent:
         simulated_url = None
@@ -125,6 +127,7 @@ class QueueWorker:
             simulated_url = config.simulated.url or self.simulated_llm_url
             if simulated_url is None:
                 simulated_url = await self.simulated.url_for(config, corpus)
+        self.simulated_url = simulated_url
         return build_agent(config, simulated_url=simulated_url)
 
     async def run_forever(self) -> None:
@@ -157,7 +160,12 @@ class QueueWorker:
             async with contextlib.AsyncExitStack() as stack:
                 try:
                     hooks = await stack.enter_async_context(
-                        learning_hooks(config.learning, self.store.pool, run_id=run.run_id)
+                        run_learning_hooks(
+                            config,
+                            self.store.pool,
+                            run_id=run.run_id,
+                            simulated_url=self.simulated_url,
+                        )
                     )
                 except LEARNING_BUILD_ERRORS as exc:
                     reason = f"this runner cannot play the run's learning loop: {describe(exc)}"

@@ -117,14 +117,19 @@ def learning_context(guidance: Guidance | None, review: ActReview | None = None)
     fields: dict[str, Any] = {}
     if guidance is not None:
         transitions = [SupervisionTransition.of(guidance.lane)] if guidance.lane else []
+        if review is not None:
+            transitions += review.transitions
         fields |= {
             "learning_mode": guidance.learning_mode,
             "playbooks_retrieved": list(guidance.retrievals),
             "injected_digest": guidance.digest,
+            "injected_guidance": guidance.text or None,
+            "lane": guidance.lane,
             "supervision_transitions": transitions,
         }
     if review is not None:
         fields["playbooks_adopted"] = list(review.adopted)
+        fields["trajectory"] = list(review.events)
     return fields
 
 
@@ -308,9 +313,11 @@ class EpisodeRunner:
             )
             try:
                 guidance = await run_hook("before_act", self.hooks.before_act(ctx))
+                agent = self.agent
                 if guidance is not None:
                     ctx.guidance = guidance.text
-                result = await self.agent.run(ctx)
+                    agent = guidance.acting_agent or self.agent
+                result = await agent.run(ctx)
                 final_reply, outcome, error = result.final_reply, result.outcome, result.error
                 review = await run_hook("after_act", self.hooks.after_act(ctx, result))
                 scored = await self.verifier.verify(
