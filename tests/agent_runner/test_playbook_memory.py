@@ -59,7 +59,7 @@ EMBEDDER = "test-gaussian-48"
 TABLES = (
     "runner.playbook_entry, runner.playbook_entry_version, runner.playbook_embedding,"
     " runner.playbook_counter, runner.playbook_retirement, runner.playbook_bookkeeping,"
-    " runner.trajectory_event"
+    " runner.trajectory_event, runner.learning_task_record"
 )
 EMPTY = f"TRUNCATE {TABLES} CASCADE; UPDATE runner.playbook_memory SET generation = generation + 1"
 """Empties the memory, as far as other processes' caches know too."""

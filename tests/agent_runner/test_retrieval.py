@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from agent_runner.agents.base import EpisodeContext, EpisodeLimits
 from agent_runner.agents.llm_agent import LLMAgent, SystemPrompt
-from agent_runner.learning import retrieval as retrieval_module
+from agent_runner.learning import loop as retrieval_module
 from agent_runner.learning.loop import learning_hooks
 from agent_runner.learning.memory import PlaybookStore
 from agent_runner.learning.retrieval import (
@@ -30,7 +30,7 @@ from agent_runner.learning.retrieval import (
 )
 from agent_runner.reports.rendering import render_report
 from agent_runner.reports.statistics import build_report
-from agent_runner.run.config import ConfigError, LearningSettings, RunConfig, load_run_config
+from agent_runner.run.config import LearningSettings, RunConfig, load_run_config
 from agent_runner.run.runner import create_run, select_cases, work_on_run
 from agent_runner.run.store import RunStore, asyncpg_dsn
 from crmbench.cli import app
@@ -430,7 +430,7 @@ def test_learning_settings_default_to_off_and_read_yaml_booleans() -> None:
     assert config.learning.mode == "frozen" and config.learning.k == 3
     assert RunConfig.model_validate(config.model_dump(mode="json")) == config
     # The model teacher needs its provider; the simulated one does not.
-    with pytest.raises(ConfigError, match=r"providers\.teacher is required"):
+    with pytest.raises(ValueError, match=r"providers\.teacher is required"):
         RunConfig.model_validate({"agent": "oracle", "learning": {"mode": "on"}})
     on = RunConfig.model_validate(
         {"agent": "oracle", "learning": {"mode": "on", "teacher": "simulated"}}
