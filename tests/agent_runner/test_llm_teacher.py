@@ -30,6 +30,7 @@ from agent_runner.learning.teacher import teacher_view
 from agent_runner.run.config import ConfigError, RunConfig, load_run_config
 from crmbench_clients.crm_api import CrmApiClient
 from crmbench_contracts.cases import Case, Outcome
+from crmbench_contracts.expectations import FinalState
 from crmbench_contracts.rewards import CheckResult, RewardRecord, VerificationMode
 from crmbench_contracts.teaching import (
     TEACHER_CALLS,
@@ -43,6 +44,7 @@ from crmbench_corpus.store import load_index
 from crmbench_llm import LLMError, PriceTable, Usage
 from tests.agent_runner.conftest import ApiUnderTest
 from tests.agent_runner.fake_llm_servers import ScriptedAnswer, anthropic_reply, openai_reply
+from verifier.scoring import check_state
 
 UNUSED_CRM_URL = "http://127.0.0.1:18649"
 """The episode context needs a CRM client; building a view never calls it."""
@@ -114,6 +116,21 @@ def step(step_id: int, tool: str, arguments: dict[str, Any], *, ok: bool) -> Ste
     )
 
 
+def failed_state_checks(case: Case) -> list[CheckResult]:
+    """The verifier's own results of the case's field checks on a final state where each
+    checked row holds a wrong value: rationales quoting the expected values and keys."""
+    checks = []
+    for index, assertion in enumerate(case.expected.state):
+        if assertion.kind != "field_equals" or assertion.field is None:
+            continue
+        value = assertion.value
+        wrong = "XXX" if isinstance(value, str) else (value or 0) * 2 + 1
+        world = FinalState({assertion.table: [{**assertion.where, assertion.field: wrong}]})
+        checks.append(check_state(index, assertion, world))
+    assert checks and not any(check.passed for check in checks)
+    return checks
+
+
 def reward(case: Case) -> RewardRecord:
     return RewardRecord(
         case_id=case.case_id,
@@ -122,6 +139,7 @@ def reward(case: Case) -> RewardRecord:
         passed=False,
         verdicts={"0.9": False},
         checks=[
+            *failed_state_checks(case),
             CheckResult(
                 check_id="state[0]",
                 kind="field_equals",
@@ -239,13 +257,14 @@ def leaves(value: Any) -> list[Any]:
 def hidden_values(case: Case, view: TeacherView) -> list[str]:
     """Distinctive values of the case's expected answer (state values and keys,
     reference actions' arguments, the reference reply) that the view does not hold for
-    another reason (the user's turns, the steps): none may reach the teacher."""
+    another reason (the user's turns, the steps; the reward record holds them in its
+    checks): none may reach the teacher."""
     assertions = [*case.expected.state]
     for branch in case.expected.alternatives:
         assertions += branch.state
     expected: list[Any] = [[a.where, a.value] for a in assertions]
     expected += [action.args for action in case.expected.reference_actions]
-    shown = json.dumps(view.model_dump(mode="json"), ensure_ascii=False)
+    shown = json.dumps(view.model_dump(mode="json", exclude={"reward"}), ensure_ascii=False)
     values = {case.expected.reference_reply}
     for leaf in leaves(expected):
         if isinstance(leaf, str) and len(leaf) >= 5:
@@ -310,6 +329,11 @@ async def test_synthesis_is_told_the_failed_checks_but_not_their_expected_values
 
     _, prompt, body = sent(anthropic_api)
     assert FAILED_RATIONALE in prompt and '"check_id": "state[0]"' in prompt
+    # The verifier's rationales are there, the case's values in them redacted.
+    for check in failed_state_checks(case):
+        assert check.rationale not in prompt
+        assert f"{check.rationale.split(':')[0]}:" in prompt
+    assert "expected <case value>" in prompt
     assert '"score": 0.4' in prompt and '"claimed_outcome": "completed"' in prompt
     for hidden in (EXPECTED_SENTINEL, "also hidden", PASSED_RATIONALE):
         assert hidden not in json.dumps(body)

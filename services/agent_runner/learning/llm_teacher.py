@@ -14,6 +14,7 @@ unknown) is raised: every later call would fail alike, so the run must stop.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent_runner.run.config import ConfigError, RunConfig
 from crmbench_contracts.paths import CONFIG_DIR
-from crmbench_contracts.rewards import RewardRecord
+from crmbench_contracts.rewards import CheckResult, RewardRecord
 from crmbench_contracts.teaching import (
     TEACHER_CALLS,
     Advice,
@@ -89,9 +90,10 @@ def view_json(view: TeacherView) -> str:
 
 def reward_json(reward: RewardRecord | None) -> str:
     """What synthesis is told of the verifier's record: score, passed, claimed outcome and
-    the failed checks (id, kind, rationale). Never the checks' `expected` or `actual`
-    values, the judges or the branches: the lesson is to come from the rationale, not
-    from the case's answer. "null" when there is no record."""
+    the failed checks (id, kind, rationale, state checks' with the case's values redacted:
+    `redacted_rationale`). Never the checks' `expected` or `actual` values, the judges or
+    the branches: the lesson is to come from the rationale, not from the case's answer.
+    "null" when there is no record."""
     if reward is None:
         return "null"
     summary = {
@@ -99,12 +101,39 @@ def reward_json(reward: RewardRecord | None) -> str:
         "passed": reward.passed,
         "claimed_outcome": None if reward.claimed_outcome is None else str(reward.claimed_outcome),
         "failed_checks": [
-            {"check_id": check.check_id, "kind": check.kind, "rationale": check.rationale}
+            {"check_id": check.check_id, "kind": check.kind, "rationale": redacted_rationale(check)}
             for check in reward.checks
             if not check.passed
         ],
     }
     return json.dumps(summary, indent=2, ensure_ascii=False)
+
+
+STATE_CHECK_KINDS = frozenset({"row_exists", "row_absent", "field_equals", "count"})
+REDACTED = "<case value>"
+
+
+def redacted_rationale(check: CheckResult) -> str:
+    """The check's rationale without the case's values: a state check's rationale quotes
+    its expected row keys and field value ("opportunity.amount is 180000, expected
+    203000"), which are one case's answer; each is replaced by `<case value>` wherever it
+    stands alone (as JSON or as text). Other checks' rationales are kept whole: their
+    expected values are the lesson itself (the accepted outcomes, the fact to convey)."""
+    if check.kind not in STATE_CHECK_KINDS or not isinstance(check.expected, dict):
+        return check.rationale
+    where = check.expected.get("where")
+    values = [*(where.values() if isinstance(where, dict) else ()), check.expected.get("value")]
+    forms = {
+        form
+        for value in values
+        if value is not None and not isinstance(value, bool | dict | list)
+        for form in (json.dumps(value, ensure_ascii=False), str(value))
+        if form
+    }
+    text = check.rationale
+    for form in sorted(forms, key=len, reverse=True):
+        text = re.sub(rf"(?<![\w.]){re.escape(form)}(?![\w.])", REDACTED, text)
+    return text
 
 
 def answer_schema(model: type[BaseModel]) -> str:
