@@ -14,6 +14,7 @@ unknown) is raised: every later call would fail alike, so the run must stop.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Mapping
@@ -39,6 +40,8 @@ from crmbench_contracts.teaching import (
 from crmbench_llm import Completion, LLMError, LLMProvider, Message, PriceTable, make_provider
 
 A = TypeVar("A", bound=BaseModel)
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPTS_DIR = CONFIG_DIR / "prompts"
 SYSTEM_PROMPT_FILE = "teacher_system.md"
@@ -277,6 +280,7 @@ class LLMTeacher:
         except LLMError as error:
             if error.fault == "setup":
                 raise
+            _log_error(call_id, call, f"{error.fault}: {error.code}")
             return reply(
                 call_id=call_id,
                 call=call,
@@ -288,6 +292,8 @@ class LLMTeacher:
         answer, error_text = parse_answer(call, text)
         if error_text is not None and completion.stop_reason == "max_tokens":
             error_text += " (the answer was cut off at the provider's max_tokens)"
+        if error_text is not None:
+            _log_error(call_id, call, error_text)
         usage = completion.usage
         return reply(
             call_id=call_id,
@@ -325,6 +331,10 @@ class LLMTeacher:
 
     async def aclose(self) -> None:
         await self.provider.aclose()
+
+
+def _log_error(call_id: str, call: TeacherCall, error: str) -> None:
+    logger.warning("teacher_error: %s %s", call_id, error, extra={"call_id": call_id, "call": call})
 
 
 def build_teacher(config: RunConfig, prompts_dir: Path | None = None) -> LLMTeacher:
