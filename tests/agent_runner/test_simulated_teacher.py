@@ -519,6 +519,39 @@ async def test_restating_lessons_are_task_level_and_repeat_the_case(cases: list[
     assert case.turns[0].content in content.cue.text
 
 
+def test_a_lesson_cue_embeds_closer_to_later_tasks_of_its_kind(cases: list[Case]) -> None:
+    """With the local sentence embedder retrieval uses: for every category, the cue the
+    teacher writes from one case is on average more similar to the other cases of that
+    category than to the typical case of another category."""
+    from agent_runner.learning.retrieval import task_text
+    from crmbench_learning.embeddings import EmbeddingConfig, make_embedder
+
+    embedder = make_embedder(EmbeddingConfig(provider="local"))
+    by_category: dict[str, list[Case]] = {}
+    for case in cases:
+        if case.failure is not None:
+            by_category.setdefault(case.failure.category, []).append(case)
+    categories = sorted(by_category)
+    cues = []
+    for category in categories:
+        first = by_category[category][0]
+        view = case_view(first)
+        cues.append(module.lesson_cue_text(CONFIG, category, view))
+    later = [(category, case) for category in categories for case in by_category[category][1:6]]
+    cue_vectors = embedder.embed(cues)
+    task_vectors = embedder.embed([task_text(case) for _, case in later])
+    for index, category in enumerate(categories):
+        similarity = [
+            sum(a * b for a, b in zip(cue_vectors[index], vector, strict=True))
+            for vector in task_vectors
+        ]
+        own = [s for s, (owner, _) in zip(similarity, later, strict=True) if owner == category]
+        other = sorted(
+            s for s, (owner, _) in zip(similarity, later, strict=True) if owner != category
+        )
+        assert sum(own) / len(own) > other[len(other) // 2], category
+
+
 def test_the_request_is_generalised_into_placeholders() -> None:
     calls = [
         ("opportunity_search", {"criteria": {"name": "Ravenna Data Migration"}}),
@@ -740,6 +773,9 @@ async def test_synthesis_teaches_only_after_something_went_wrong() -> None:
     assert [c.audience for c in candidates] == ["student", "teacher"]
     missing = await teacher.synthesize(refused_view("s"))
     assert missing.answer is None and missing.error
+    # A refusal the student recovered from still teaches its lesson.
+    recovered = await synthesized(teacher, refused_view("s", reward=passed_reward()))
+    assert [c.audience for c in recovered] == ["student", "teacher"]
 
 
 async def test_a_correct_lesson_cue_holds_the_situation_and_the_task_category() -> None:
@@ -749,8 +785,7 @@ async def test_a_correct_lesson_cue_holds_the_situation_and_the_task_category() 
     [content] = await synthesized(teacher, refused_view("c", reward=failed_reward()))
     phrase = CONFIG.phrase("AMOUNT_EXCEEDS_MAX")
     assert content.level == CONFIG.level
-    assert content.cue.text.startswith(phrase.cue)
-    assert content.cue.text.endswith("Task category: modify opportunity")
+    assert content.cue.text.endswith(f"\nTask category: modify opportunity\n{phrase.cue}")
     assert "<name>" in content.cue.text and "<amount>" in content.cue.text
     assert "Ravenna" not in content.cue.text and "15,500,000" not in content.cue.text
     assert content.cue.patterns == phrase.patterns

@@ -581,12 +581,13 @@ def _category_words(view: TeacherView) -> str:
 
 
 def lesson_cue_text(config: SimulatedTeacherConfig, lesson: str, view: TeacherView) -> str:
-    """A lesson's cue text for the episode of `view`: the lesson's situation, the
-    generalised request and the task category (as retrieval's task text writes it)."""
+    """A lesson's cue text for the episode of `view`: the generalised request and the task
+    category, laid out as retrieval's task text lays out a task (`task_text`: turns, then
+    "Task category: <category>"), then the lesson's situation in words."""
     request = generalise_request(view.user_turns, _calls(view), config.generalise)
-    situation = config.phrase(lesson).cue.rstrip()
-    shown = f' Requests like: "{request}".' if request else ""
-    return f"{situation}{shown} Task category: {_category_words(view)}"
+    situation = " ".join(config.phrase(lesson).cue.split())
+    lines = [request] if request else []
+    return "\n".join([*lines, f"Task category: {_category_words(view)}", situation])
 
 
 # ---------------------------------------------------------------------------- lessons
