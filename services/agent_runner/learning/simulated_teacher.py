@@ -473,7 +473,6 @@ _MONEY = re.compile(
 _PERCENT = re.compile(r"(?<![\w<])[-\u2212]?\d[\d,]*(?:\.\d+)?\s?%")
 _NUMBER = re.compile(r"(?<![\w<])[-\u2212]?\d[\d,]*(?:\.\d+)?(?:k|m|mm)?(?!\w)", re.IGNORECASE)
 _CAPITAL_RUN = re.compile(r"\b[A-Z][\w'\u2019&-]*(?:[ \t]+[A-Z0-9][\w'\u2019&-]*)*")
-_SENTENCE_START = re.compile(r"(?:^|[.!?\n]\s*)$")
 
 
 def _entity(tool: str) -> str:
