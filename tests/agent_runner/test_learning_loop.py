@@ -175,9 +175,7 @@ async def test_a_learning_run_supervises_distils_and_retrieves(
                 assert event["text"] in step.guidance
 
     # Lessons went into the memory with their provenance, and later episodes found them.
-    entries = await fetch(
-        run_services, "SELECT entry_id, provenance FROM runner.playbook_entry"
-    )
+    entries = await fetch(run_services, "SELECT entry_id, provenance FROM runner.playbook_entry")
     assert entries
     session_ids = {s.session_id for s in sessions}
     for row in entries:

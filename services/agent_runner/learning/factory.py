@@ -27,7 +27,7 @@ def build_teacher(config: RunConfig) -> Teacher | None:
     if config.learning.teacher == "simulated":
         from agent_runner.learning.simulated_teacher import SimulatedTeacher
 
-        return SimulatedTeacher.from_file(config.resolve_path(config.learning.simulated_teacher))
+        return SimulatedTeacher.from_yaml(config.resolve_path(config.learning.simulated_teacher))
     from agent_runner.learning.llm_teacher import build_teacher as build_llm_teacher
 
     return build_llm_teacher(config)
