@@ -439,6 +439,8 @@ class LearningHooks(RetrievalHooks):
             reward=reward,
         )
         reply = await self.teacher.synthesize(view)
+        # The session trace is written after this hook: the call is the episode's cost.
+        _charge(ctx, reply)
         candidates = reply.answer.candidates if reply.answer else []
         gated = apply_gates(candidates, case_values(ctx.user_turns, ctx.steps, ctx.tools))
         provenance = Provenance(
