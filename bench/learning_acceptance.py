@@ -130,6 +130,10 @@ def predicted(
     return sum(values) / len(values)
 
 
+def share(part: int, whole: int) -> str:
+    return f"{part / whole:.1%} ({part}/{whole})" if whole else f"- (0/{whole})"
+
+
 def passed(session: SessionTrace) -> bool:
     return session.verdicts.get("0.9", session.passed)
 
@@ -212,6 +216,8 @@ def main() -> None:
     for name, runs in sessions.items():
         scored = [s for s in runs if s.outcome != "harness_error"]
         ok = sum(passed(s) for s in scored)
+        if not scored:
+            continue
         low, high = wilson_interval(ok, len(scored))
         report = build_report(runs)
         hit = report.cue_hit
@@ -222,8 +228,8 @@ def main() -> None:
                 f"{ok}/{len(scored)}",
                 f"{ok / len(scored):.1%} [{low:.1%}, {high:.1%}]",
                 f"{predicted(scored, cases, sim):.1%}",
-                f"{hit.rate:.1%} ({hit.passed}/{hit.total})" if hit else "-",
-                f"{adoption.rate:.1%} ({adoption.passed}/{adoption.total})" if adoption else "-",
+                share(hit.passed, hit.total) if hit else "-",
+                share(adoption.passed, adoption.total) if adoption else "-",
                 ", ".join(f"{k} {v}" for k, v in report.lanes.items()) or "-",
                 f"{seconds[name]:.0f}" if name in seconds else "-",
             ]
