@@ -131,6 +131,10 @@ class PlaybookRetrieval(BaseModel):
     """Whether the entry made it into a system prompt (only the top entries do)."""
     audience: Audience = "student"
     """Whose prompt the entry is written for."""
+    observable: bool = True
+    """Whether a trace can show the entry followed (its action names a tool or an argument
+    rule); universal entries without either are not, and the adoption rate leaves them
+    out."""
 
 
 class LaneDecision(BaseModel):

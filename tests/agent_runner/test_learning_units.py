@@ -226,6 +226,10 @@ def test_gates_refuse_what_cannot_be_followed_or_cued(
 def test_a_universal_entry_may_match_every_task_and_rules_count_as_an_action() -> None:
     universal = content(level="universal", patterns=(".*",))
     assert gate(universal, set()) is None
+    # A universal entry may name no tool (it applies to any); below that level it may not.
+    assert gate(content(level="universal", tools=()), set()) is None
+    refused = gate(content(level="workflow", tools=()), set())
+    assert refused is not None and refused.gate == "no_action"
     rule = ArgumentRule(tool="modify_opportunity", argument="probability", rule="whole number")
     assert gate(content(tools=(), rules=(rule,)), set()) is None
 
@@ -290,3 +294,27 @@ def test_every_category_of_the_corpus_has_a_subset_of_real_tools(cases: dict[str
 
 def _all_tools(subsets: ToolSubsets) -> set[str]:
     return set(subsets.search_tools).union(*subsets.categories.values())
+
+
+def test_adoption_leaves_out_entries_no_trace_can_show_followed() -> None:
+    from agent_runner.reports.statistics import adoption_rate, unobservable_retrievals
+    from tests.agent_runner.trace_factory import make_session
+
+    observable = entry(content())
+    universal = entry(content(level="universal", tools=()))
+    retrieval = Retrieval(
+        [RetrievedEntry(universal, None, "pattern"), RetrievedEntry(observable, 0.8, "semantic")],
+        2,
+        render_guidance([universal, observable]),
+    )
+    records = retrieval.records("student")
+    assert [r.observable for r in records] == [False, True]
+    followed = make_session("CASE-1")
+    followed.crm_context.learning_mode = "frozen"
+    followed.crm_context.playbooks_retrieved = records
+    followed.crm_context.playbooks_adopted = [observable.entry_id]
+    ignored = followed.model_copy(deep=True, update={"session_id": "run-1/CASE-2/0"})
+    ignored.crm_context.playbooks_adopted = []
+    rate = adoption_rate([followed, ignored])
+    assert rate is not None and (rate.passed, rate.total) == (1, 2)
+    assert unobservable_retrievals([followed, ignored]) == 2

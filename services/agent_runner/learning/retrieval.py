@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from agent_runner.agents.base import AgentResult, EpisodeContext
-from agent_runner.learning.adoption import adoptions, outcome_increments
+from agent_runner.learning.adoption import adoptions, outcome_increments, prescribed_tools
 from agent_runner.learning.memory import PlaybookMatch, PlaybookStore
 from agent_runner.learning.tool_subsets import ToolSubsets
 from agent_runner.run.hooks import ActReview, Guidance
@@ -154,6 +154,7 @@ class Retrieval:
                 cue_match=item.cue_match,
                 injected=rank < self.injected,
                 audience=audience,
+                observable=bool(prescribed_tools(item.entry)),
             )
             for rank, item in enumerate(self.retrieved)
         ]

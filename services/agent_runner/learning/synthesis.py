@@ -2,8 +2,10 @@
 playbook entries may enter the memory.
 
 A candidate is refused when
-- `no_action`: its action names no tool and no argument rule (nothing a trace could show
-  followed), or its text is shorter than `MIN_ACTION_WORDS` words;
+- `no_action`: its text is shorter than `MIN_ACTION_WORDS` words, or, below the universal
+  level, its action names no tool and no argument rule (nothing a trace could show
+  followed; a universal entry, "check every write before you reply", applies to any
+  tool, and its adoption is reported as not observable);
 - `no_cue`: its cue text is shorter than `MIN_CUE_WORDS` words, or (below the universal
   level) one of its patterns matches any text at all (`MATCH_ANYTHING_PROBES`): a cue
   that fires on every task says nothing about when the entry applies;
@@ -134,10 +136,11 @@ def gate(candidate: PlaybookContent, values: set[str]) -> GateRefusal | None:
     `values` is `case_values(...)` of the episode it came from."""
     dumped = candidate.model_dump(mode="json")
     action = candidate.action
-    if not action.tools and not action.argument_rules:
+    if not action.tools and not action.argument_rules and candidate.level != "universal":
         return GateRefusal(
             gate="no_action",
-            reason="the action names no tool and no argument rule: no trace can follow it",
+            reason="the action names no tool and no argument rule: no trace can follow it "
+            "(only a universal entry may apply to any tool)",
             candidate=dumped,
         )
     if len(action.text.split()) < MIN_ACTION_WORDS:

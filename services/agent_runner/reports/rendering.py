@@ -127,7 +127,13 @@ def render_report(report: RunReport) -> str:
         adopted = report.adoption
         console.print(
             f"adoption rate {_pct(adopted.rate)} ({adopted.passed}/{adopted.total} retrieved "
-            f"playbook entries injected and followed; 95% CI {_interval(adopted)})"
+            f"playbook entries injected and followed; 95% CI {_interval(adopted)}"
+            + (
+                f"; {report.unobservable_retrievals} retrievals of entries no trace can show "
+                "followed left out)"
+                if report.unobservable_retrievals
+                else ")"
+            )
         )
     if report.lanes:
         mix = ", ".join(f"{lane} {count}" for lane, count in report.lanes.items())

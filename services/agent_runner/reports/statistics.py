@@ -220,6 +220,9 @@ class RunReport(BaseModel):
     """Adoption rate (design/learning.md): retrieved playbook entries that were injected
     and followed (`crm_context.playbooks_adopted`) / retrieved entries, over the scored
     episodes whose retrieval ran; None when no episode ran one."""
+    unobservable_retrievals: int = 0
+    """Retrieved entries left out of the adoption rate: their action names no tool or
+    argument rule (universal advice), so no trace can show them followed."""
     lanes: dict[str, int] = Field(default_factory=dict)
     """Episodes per supervision lane picked by triage (learning mode `on`)."""
     guidance_messages: int = 0
@@ -397,10 +400,12 @@ def _matched(session: SessionTrace) -> list[PlaybookRetrieval]:
 
 
 def adoption_rate(sessions: Sequence[SessionTrace]) -> Rate | None:
-    """Retrieved playbook entries that were injected and followed over retrieved entries,
-    counted over the scored episodes whose retrieval ran (a harness error may end an
-    episode before its adoption is judged, so those are left out); None when no
-    episode's retrieval ran. The interval treats each retrieval as one trial."""
+    """Retrieved playbook entries that were injected and followed over retrieved entries
+    whose following a trace can show (`PlaybookRetrieval.observable`: the entry names a
+    tool or an argument rule), counted over the scored episodes whose retrieval ran (a
+    harness error may end an episode before its adoption is judged, so those are left
+    out); None when no episode's retrieval ran. The interval treats each retrieval as one
+    trial. `unobservable_retrievals` counts the ones left out."""
     learning = [
         s
         for s in sessions
@@ -412,9 +417,21 @@ def adoption_rate(sessions: Sequence[SessionTrace]) -> Rate | None:
     for session in learning:
         adopted = set(session.crm_context.playbooks_adopted)
         for retrieval in _matched(session):
+            if not retrieval.observable:
+                continue
             total += 1
             followed += int(retrieval.injected and retrieval.entry_id in adopted)
     return Rate.of(followed, total)
+
+
+def unobservable_retrievals(sessions: Sequence[SessionTrace]) -> int:
+    """Retrieved entries (student, by cue) whose following no trace can show."""
+    return sum(
+        not retrieval.observable
+        for s in sessions
+        if s.crm_context.learning_mode is not None and s.outcome != HARNESS_ERROR
+        for retrieval in _matched(s)
+    )
 
 
 def _distinct(values: Iterable[str | None]) -> list[str]:
@@ -482,6 +499,7 @@ def build_report(
         cost=_cost(scored),
         cue_hit=cue_hit_rate(sessions),
         adoption=adoption_rate(sessions),
+        unobservable_retrievals=unobservable_retrievals(sessions),
         lanes=lanes,
         guidance_messages=guidance_messages,
         teacher_retries=teacher_retries,
