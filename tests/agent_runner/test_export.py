@@ -253,6 +253,7 @@ def test_learning_telemetry_is_typed_and_exported_as_plain_json() -> None:
             "cue_match": "both",
             "injected": True,
             "audience": "teacher",
+            "observable": True,
         }
     ]
     first, second = exported["supervision_transitions"]
@@ -267,6 +268,54 @@ def test_learning_telemetry_is_typed_and_exported_as_plain_json() -> None:
     }
     assert (second["from_lane"], second["to_lane"], second["step"]) == ("paired", "escalate", 2)
     json.dumps(exported)
+
+
+def test_the_learning_loop_exports_as_atlas_trajectory_events_and_adaptive_summary() -> None:
+    session = make_session("A")
+    lane = LaneDecision(lane="coach", reason="new kind of task", confidence=0.2, source="rule")
+    retry = SupervisionTransition(
+        step=3, from_lane="coach", to_lane="coach", reason="retry", source="teacher"
+    )
+    guidance = {"kind": "guidance", "step": 1, "text": "search first", "teacher_call_id": "t-1"}
+    context = session.crm_context.model_copy(
+        update={
+            "learning_mode": "on",
+            "lane": lane,
+            "playbooks_retrieved": [
+                PlaybookRetrieval(entry_id="pb-1", similarity=0.6, cue_match="semantic")
+            ],
+            "injected_digest": "ab" * 32,
+            "playbooks_adopted": ["pb-1"],
+            "supervision_transitions": [SupervisionTransition.of(lane), retry],
+            "trajectory": [guidance],
+        }
+    )
+    exported = atlas_session(session.model_copy(update={"crm_context": context}), [])
+    events = [item["event"] for item in exported["trajectory_events"]]
+    assert [event["type"] for event in events] == [
+        "retrieval",
+        "lane_decision",
+        "supervision_transition",
+        "guidance",
+        "adoption",
+    ]
+    assert events[0]["injected_digest"] == "ab" * 32
+    assert events[3] == {
+        "type": "guidance",
+        "step": 1,
+        "text": "search first",
+        "teacher_call_id": "t-1",
+    }
+    summary = exported["adaptive_summary"]
+    assert (summary["adaptive_mode"], summary["confidence"], summary["probe_source"]) == (
+        "coach",
+        0.2,
+        "rule",
+    )
+    assert len(summary["mode_history"]) == 2
+    # Without the loop, both stay empty.
+    plain = atlas_session(make_session("B"), [])
+    assert plain["trajectory_events"] is None and plain["adaptive_summary"] is None
 
 
 def test_a_trace_without_learning_telemetry_loads_and_exports_empty_lists() -> None:

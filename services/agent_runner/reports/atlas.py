@@ -165,6 +165,54 @@ def atlas_step(step: StepTrace, episode_score: float) -> dict[str, Any]:
     }
 
 
+def atlas_trajectory_events(session: SessionTrace) -> list[dict[str, Any]] | None:
+    """The episode's learning-loop events as Atlas trajectory events (`{"event": ...}`,
+    the payload of the SDK's `trajectory_events.event` column): the retrieval (entries,
+    similarities, injected digest), the lane decision, each supervision transition, each
+    guidance message and failed teacher call, and the adoptions. None for an episode
+    without the learning loop."""
+    context = session.crm_context
+    if context.learning_mode is None:
+        return None
+    events: list[dict[str, Any]] = [
+        {
+            "event": {
+                "type": "retrieval",
+                "retrieved": [r.model_dump(mode="json") for r in context.playbooks_retrieved],
+                "injected_digest": context.injected_digest,
+            }
+        }
+    ]
+    if context.lane is not None:
+        events.append({"event": {"type": "lane_decision", **context.lane.model_dump(mode="json")}})
+    for transition in context.supervision_transitions[1:]:
+        events.append(
+            {"event": {"type": "supervision_transition", **transition.model_dump(mode="json")}}
+        )
+    for payload in context.trajectory:
+        event = {key: value for key, value in payload.items() if key != "kind"}
+        events.append({"event": {"type": payload.get("kind"), **event}})
+    for entry_id in context.playbooks_adopted:
+        events.append({"event": {"type": "adoption", "entry_id": entry_id}})
+    return events
+
+
+def atlas_adaptive_summary(session: SessionTrace) -> dict[str, Any] | None:
+    """The lane as the SDK's adaptive summary: `adaptive_mode` (auto, paired, coach,
+    escalate), its confidence and reason, and the mode history (every supervision
+    transition). None without triage."""
+    context = session.crm_context
+    if context.lane is None:
+        return None
+    return {
+        "adaptive_mode": context.lane.lane,
+        "confidence": context.lane.confidence,
+        "reason": context.lane.reason,
+        "probe_source": context.lane.source,
+        "mode_history": [t.model_dump(mode="json") for t in context.supervision_transitions],
+    }
+
+
 def atlas_session(session: SessionTrace, steps: Sequence[StepTrace]) -> dict[str, Any]:
     """One episode as an AtlasSessionTrace dict, its steps nested.
 
@@ -222,11 +270,11 @@ def atlas_session(session: SessionTrace, steps: Sequence[StepTrace]) -> dict[str
             "worker": session.worker,
         },
         "session_reward": atlas_reward(session.reward) if session.reward is not None else None,
-        "trajectory_events": None,
+        "trajectory_events": atlas_trajectory_events(session),
         "student_learning": None,
         "teacher_learning": None,
         "learning_history": None,
-        "adaptive_summary": None,
+        "adaptive_summary": atlas_adaptive_summary(session),
     }
 
 
