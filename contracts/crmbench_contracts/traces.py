@@ -131,6 +131,8 @@ class PlaybookRetrieval(BaseModel):
     """Whether the entry made it into a system prompt (only the top entries do)."""
     audience: Audience = "student"
     """Whose prompt the entry is written for."""
+    level: Literal["task", "domain", "workflow", "universal"] | None = None
+    """The entry's abstraction level (None in traces from before it was recorded)."""
     observable: bool = True
     """Whether a trace can show the entry followed (its action names a tool or an argument
     rule); universal entries without either are not, and the adoption rate leaves them

@@ -253,6 +253,7 @@ def test_learning_telemetry_is_typed_and_exported_as_plain_json() -> None:
             "cue_match": "both",
             "injected": True,
             "audience": "teacher",
+            "level": None,
             "observable": True,
         }
     ]

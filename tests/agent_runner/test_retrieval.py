@@ -42,6 +42,7 @@ from crmbench_contracts.playbooks import (
     Cue,
     PlaybookCandidate,
     PlaybookEntry,
+    Provenance,
     RetrievalEvent,
 )
 from crmbench_contracts.traces import Audience, PlaybookRetrieval, SessionTrace
@@ -235,7 +236,12 @@ async def test_a_frozen_run_injects_the_retrieved_entries_and_records_them_once(
     assert stage_ctx.injected_digest == digest(stage_text)
     assert by_case[QUOTE_CASE].crm_context.playbooks_retrieved == [
         PlaybookRetrieval(
-            entry_id=seeded.quote.entry_id, similarity=None, cue_match="pattern", injected=True
+            entry_id=seeded.quote.entry_id,
+            similarity=None,
+            cue_match="pattern",
+            injected=True,
+            level="domain",
+            observable=False,  # its action names no tool: no trace can show it followed
         )
     ]
     assert by_case[QUOTE_CASE].crm_context.injected_digest == digest(quote_text)
@@ -509,3 +515,67 @@ def test_crmbench_run_learning_frozen_with_the_local_model(
     result = runner.invoke(app, ["results", str(out)])
     assert result.exit_code == 0, result.output
     assert "cue hit rate" in result.output
+
+
+async def test_one_lesson_met_twice_is_one_entry_and_universal_ones_have_their_own_slot(
+    run_services: RunServices, memory: PlaybookStore
+) -> None:
+    case = run_services.cases[STAGE_CASE]
+    always = "Complete every change the user asked for before you reply."
+
+    def universal(cue: str) -> PlaybookCandidate:
+        return PlaybookCandidate(
+            audience="student",
+            level="universal",
+            cue=Cue(text=cue, patterns=["Task category:"]),
+            action=Action(text=always),
+            expected_effect="every requested write is made",
+        )
+
+    first = await add(memory, universal("a request to update a deal's stage and probability"))
+    # The same action and level from another episode's situation: the same entry.
+    [vector] = EMBEDDER.embed(["a request to add a note to a client"])
+    again = await memory.add_or_merge(
+        universal("a request to add a note to a client").model_copy(
+            update={"provenance": Provenance(episode_ids=["other/CRM-1/0"])}
+        ),
+        vector,
+        near_duplicate_threshold=0.999,
+    )
+    assert (again.outcome, again.entry.entry_id) == ("duplicate", first.entry_id)
+    assert again.entry.cue.text == first.cue.text  # the first cue is kept
+    assert "other/CRM-1/0" in again.entry.provenance.episode_ids
+    assert len(await memory.list_entries()) == 1
+
+    # Three task lessons that match by pattern, and the universal one.
+    lessons = [
+        await add(
+            memory,
+            lesson(
+                f"stage lesson {n} for deals",
+                f"Rule {n}: set the stage by its name.",
+                patterns=["Zephyr"],
+            ),
+        )
+        for n in range(3)
+    ]
+    retriever = PlaybookRetriever(memory, EMBEDDER, k=2, threshold=0.99, k_universal=1)
+    found = await retriever.retrieve(task_text(case))
+    injected = found.injected_entries
+    assert injected[:2] == lessons[:2] and injected[2].entry_id == first.entry_id
+    assert found.not_injected_entries == [lessons[2]]
+    records = found.records("student")
+    assert [r.level for r in records[:3]] == ["domain", "domain", "universal"]
+    # Without a universal slot, the universal entry is retrieved but not injected.
+    none = await PlaybookRetriever(memory, EMBEDDER, k=2, threshold=0.99).retrieve(task_text(case))
+    assert first.entry_id not in [e.entry_id for e in none.injected_entries]
+    # The universal entry is no cue hit: a report counts only the task's own lessons.
+    only_universal = [r for r in records if r.level == "universal"]
+    from agent_runner.reports.statistics import cue_hit_rate
+    from tests.agent_runner.trace_factory import make_session
+
+    trace = make_session("CASE-1")
+    trace.crm_context.learning_mode = "frozen"
+    trace.crm_context.playbooks_retrieved = only_universal
+    rate = cue_hit_rate([trace])
+    assert rate is not None and (rate.passed, rate.total) == (0, 1)

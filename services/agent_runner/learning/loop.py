@@ -543,7 +543,13 @@ async def learning_hooks(
     store = await PlaybookStore.open(pool, embedder=embedder.name, dimension=embedder.dimensions)
     subsets = ToolSubsets.load() if settings.tool_subset else None
     try:
-        retriever = PlaybookRetriever(store, embedder, k=settings.k, threshold=settings.threshold)
+        retriever = PlaybookRetriever(
+            store,
+            embedder,
+            k=settings.k,
+            threshold=settings.threshold,
+            k_universal=settings.k_universal,
+        )
         if settings.mode == "frozen" or teacher is None:
             yield RetrievalHooks(
                 retriever,
@@ -554,7 +560,12 @@ async def learning_hooks(
             )
         else:
             teacher_retriever = PlaybookRetriever(
-                store, embedder, k=settings.k, threshold=settings.threshold, audience="teacher"
+                store,
+                embedder,
+                k=settings.k,
+                threshold=settings.threshold,
+                audience="teacher",
+                k_universal=settings.k_universal,
             )
             yield LearningHooks(
                 retriever,

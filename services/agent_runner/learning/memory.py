@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent_runner.run.store import asyncpg_dsn
+from crmbench_contracts.canonical import canonical_json
 from crmbench_contracts.playbooks import (
     COUNTER_FIELDS,
     FLOAT_COUNTERS,
@@ -370,6 +371,10 @@ class PlaybookStore:
           >= `near_duplicate_threshold`: that entry gets a new version with the
           candidate's content and vector (the newest wording wins), and its provenance
           becomes the union of both (`revised`). Its id, counters and history stay.
+        - Otherwise, the same action (text, tools, argument rules) and level as an
+          active entry of the same audience: the same lesson met in another situation;
+          that entry gets the candidate's provenance and keeps its cue (`duplicate`), so
+          one lesson never fills several of an episode's k slots.
         - Otherwise a new entry, version 1, id `entry_id_for(content hash)` (`created`).
 
         `vector` embeds the candidate's cue text with this store's embedder. With `conn`,
@@ -411,6 +416,25 @@ class PlaybookStore:
                 )
                 await _touch(conn)
                 return StoredEntry(await self._get(conn, existing.entry_id), "revised", similarity)
+            lesson = await conn.fetchrow(
+                """
+                SELECT e.entry_id, e.version FROM runner.playbook_entry AS e
+                JOIN runner.playbook_entry_version AS v
+                  ON v.entry_id = e.entry_id AND v.version = e.version
+                WHERE e.status = 'active' AND e.audience = $1
+                  AND v.content -> 'action' = $2::jsonb AND v.content ->> 'level' = $3
+                ORDER BY e.created_at, e.entry_id
+                LIMIT 1
+                """,
+                candidate.audience,
+                canonical_json(candidate.action.model_dump(mode="json")),
+                candidate.level,
+            )
+            if lesson is not None:
+                # The same lesson (action and level) met in another situation: one entry.
+                await self._merge_provenance(conn, lesson["entry_id"], candidate.provenance)
+                await _touch(conn)
+                return StoredEntry(await self._get(conn, lesson["entry_id"]), "duplicate")
             entry_id = entry_id_for(content_hash)
             await conn.execute(
                 """

@@ -155,6 +155,7 @@ class Retrieval:
                 injected=rank < self.injected,
                 audience=audience,
                 observable=bool(prescribed_tools(item.entry)),
+                level=item.entry.level,
             )
             for rank, item in enumerate(self.retrieved)
         ]
@@ -195,9 +196,11 @@ class Retrieval:
 
 class PlaybookRetriever:
     """Finds the playbook entries for a task: the memory's exact search (active entries
-    of `audience` with cosine >= `threshold`, top `k`) plus every active entry of
-    `audience` whose cue pattern the task matches, merged (`merge`); the first `k` are
-    injected. Reads only."""
+    of `audience` with cosine >= `threshold`, top `k + k_universal`) plus every active
+    entry of `audience` whose cue pattern the task matches, merged (`merge`). The first
+    `k` entries below the universal level and the first `k_universal` universal ones are
+    injected (universal entries match any task; a slot of their own keeps them from
+    crowding out the task's own lessons). Reads only."""
 
     def __init__(
         self,
@@ -207,6 +210,7 @@ class PlaybookRetriever:
         k: int,
         threshold: float,
         audience: Audience = "student",
+        k_universal: int = 0,
     ) -> None:
         if embedder.name != store.embedder:
             raise ValueError(
@@ -216,6 +220,7 @@ class PlaybookRetriever:
         self.store = store
         self.embedder = embedder
         self.k = k
+        self.k_universal = k_universal
         self.threshold = threshold
         self.audience: Audience = audience
 
@@ -224,7 +229,7 @@ class PlaybookRetriever:
         the embedder's errors (LLMError for the OpenAI provider) and asyncpg's."""
         [vector] = await asyncio.to_thread(self.embedder.embed, [text])
         semantic = await self.store.search(
-            vector, k=self.k, threshold=self.threshold, audience=self.audience
+            vector, k=self.k + self.k_universal, threshold=self.threshold, audience=self.audience
         )
         patterned = [
             entry
@@ -232,8 +237,14 @@ class PlaybookRetriever:
             if cue_matches(entry, text)
         ]
         found = merge(semantic, patterned)
-        injected = [item.entry for item in found[: self.k]]
-        return Retrieval(found, len(injected), render_guidance(injected))
+        specific = [item for item in found if item.entry.level != "universal"]
+        universal = [item for item in found if item.entry.level == "universal"]
+        # The task's own lessons get the k slots; universal ones (which match any task)
+        # get their own `k_universal`, so they never crowd a task's lesson out.
+        chosen = specific[: self.k] + universal[: self.k_universal]
+        rest = specific[self.k :] + universal[self.k_universal :]
+        injected = [item.entry for item in chosen]
+        return Retrieval(chosen + rest, len(chosen), render_guidance(injected))
 
     async def shuffled(self, retrieval: Retrieval, seed: str) -> Retrieval:
         """The shuffled-guidance control of `retrieval`: as many entries as it injected,

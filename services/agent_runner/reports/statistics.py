@@ -379,7 +379,8 @@ def _cost(scored: Sequence[SessionTrace]) -> CostSummary:
 
 
 def cue_hit_rate(sessions: Sequence[SessionTrace]) -> Rate | None:
-    """Episodes with >= 1 retrieved playbook entry over the episodes whose retrieval ran,
+    """Episodes with >= 1 retrieved playbook entry (below the universal level: see
+    `_matched`) over the episodes whose retrieval ran,
     harness errors included (retrieval happened before whatever failed); None when no
     episode's retrieval ran."""
     learning = [s for s in sessions if s.crm_context.learning_mode is not None]
@@ -388,15 +389,21 @@ def cue_hit_rate(sessions: Sequence[SessionTrace]) -> Rate | None:
     return Rate.of(sum(bool(_matched(s)) for s in learning), len(learning))
 
 
-def _matched(session: SessionTrace) -> list[PlaybookRetrieval]:
+def _by_cue(session: SessionTrace) -> list[PlaybookRetrieval]:
     """The student-audience entries retrieved for the episode by their cue (the shuffled
-    control's random draws and the teacher's own entries are not cue hits of the
-    student)."""
+    control's random draws and the teacher's own entries are not the student's cue
+    matches)."""
     return [
         retrieval
         for retrieval in session.crm_context.playbooks_retrieved
         if retrieval.audience == "student" and retrieval.cue_match != "shuffled"
     ]
+
+
+def _matched(session: SessionTrace) -> list[PlaybookRetrieval]:
+    """`_by_cue` below the universal level: a universal entry's cue matches every task, so
+    its retrieval says nothing about whether retrieval found the task's own lesson."""
+    return [retrieval for retrieval in _by_cue(session) if retrieval.level != "universal"]
 
 
 def adoption_rate(sessions: Sequence[SessionTrace]) -> Rate | None:
@@ -416,7 +423,7 @@ def adoption_rate(sessions: Sequence[SessionTrace]) -> Rate | None:
     followed = total = 0
     for session in learning:
         adopted = set(session.crm_context.playbooks_adopted)
-        for retrieval in _matched(session):
+        for retrieval in _by_cue(session):
             if not retrieval.observable:
                 continue
             total += 1
@@ -430,7 +437,7 @@ def unobservable_retrievals(sessions: Sequence[SessionTrace]) -> int:
         not retrieval.observable
         for s in sessions
         if s.crm_context.learning_mode is not None and s.outcome != HARNESS_ERROR
-        for retrieval in _matched(s)
+        for retrieval in _by_cue(s)
     )
 
 

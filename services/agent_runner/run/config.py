@@ -138,7 +138,10 @@ class LearningSettings(Strict):
 
     mode: LearningMode = "off"
     k: int = Field(default=3, ge=1, le=20)
-    """Playbook entries injected at most per episode."""
+    """Playbook entries below the universal level injected at most per episode."""
+    k_universal: int = Field(default=1, ge=0, le=5)
+    """Universal entries (which apply to any task) injected at most per episode, on top of
+    `k`: a slot of their own, so they never crowd out the task's own lessons."""
     threshold: float = Field(default=DEFAULT_RETRIEVAL_THRESHOLD, ge=-1.0, le=1.0)
     """Cosine similarity of the task to an entry's cue for a semantic match (exact cue
     patterns match whatever it is)."""
