@@ -579,3 +579,43 @@ async def test_one_lesson_met_twice_is_one_entry_and_universal_ones_have_their_o
     trace.crm_context.playbooks_retrieved = only_universal
     rate = cue_hit_rate([trace])
     assert rate is not None and (rate.passed, rate.total) == (0, 1)
+
+
+async def test_universal_entries_are_ranked_by_their_reward_with_an_optimistic_start(
+    run_services: RunServices, memory: PlaybookStore
+) -> None:
+    from agent_runner.learning.retrieval import UNIVERSAL_PRIOR_EPISODES
+
+    case = run_services.cases[STAGE_CASE]
+
+    def universal(action: str) -> PlaybookCandidate:
+        return PlaybookCandidate(
+            audience="student",
+            level="universal",
+            cue=Cue(text=f"any request at all ({action})", patterns=["Task category:"]),
+            action=Action(text=action),
+            expected_effect="better episodes",
+        )
+
+    useless = await add(memory, universal("Be thorough in everything you do."))
+    useful = await add(memory, universal("Make every requested change before you reply."))
+    retriever = PlaybookRetriever(memory, EMBEDDER, k=3, threshold=0.99, k_universal=1)
+
+    async def first_injected() -> str:
+        found = await retriever.retrieve(task_text(case))
+        return found.injected_entries[0].entry_id
+
+    def value(episodes: int, reward: float) -> float:
+        return (reward + UNIVERSAL_PRIOR_EPISODES) / (episodes + UNIVERSAL_PRIOR_EPISODES)
+
+    # Untried, both start at 1.0: the match order (the older one) decides.
+    assert await first_injected() == useless.entry_id
+    await memory.bump_many(useless.entry_id, {"episodes_with": 10, "reward_sum_with": 5.0})
+    assert value(10, 5.0) < value(0, 0.0)
+    assert await first_injected() == useful.entry_id  # the untried one is tried next
+    await memory.bump_many(useful.entry_id, {"episodes_with": 10, "reward_sum_with": 9.0})
+    assert value(10, 9.0) > value(10, 5.0)
+    assert await first_injected() == useful.entry_id
+    await memory.bump_many(useful.entry_id, {"episodes_with": 30, "reward_sum_with": 0.0})
+    assert value(40, 9.0) < value(10, 5.0)
+    assert await first_injected() == useless.entry_id

@@ -194,6 +194,11 @@ class Retrieval:
         return bumps
 
 
+UNIVERSAL_PRIOR_EPISODES = 2.0
+"""Weight, in episodes, of the optimistic reward 1.0 a universal entry starts with when
+universal entries are ranked (`PlaybookRetriever.rank_universal`)."""
+
+
 class PlaybookRetriever:
     """Finds the playbook entries for a task: the memory's exact search (active entries
     of `audience` with cosine >= `threshold`, top `k + k_universal`) plus every active
@@ -238,13 +243,33 @@ class PlaybookRetriever:
         ]
         found = merge(semantic, patterned)
         specific = [item for item in found if item.entry.level != "universal"]
-        universal = [item for item in found if item.entry.level == "universal"]
+        universal = await self.rank_universal(
+            [item for item in found if item.entry.level == "universal"]
+        )
         # The task's own lessons get the k slots; universal ones (which match any task)
         # get their own `k_universal`, so they never crowd a task's lesson out.
         chosen = specific[: self.k] + universal[: self.k_universal]
         rest = specific[self.k :] + universal[self.k_universal :]
         injected = [item.entry for item in chosen]
         return Retrieval(chosen + rest, len(chosen), render_guidance(injected))
+
+    async def rank_universal(self, items: list[RetrievedEntry]) -> list[RetrievedEntry]:
+        """Universal entries (they all match every task) best first: by the mean reward of
+        the episodes they were injected in, shrunk toward an optimistic 1.0 with the
+        weight of `UNIVERSAL_PRIOR_EPISODES` episodes, so an entry not yet tried is tried
+        before a tried one that did worse ("optimistic initial values", Sutton & Barto,
+        Reinforcement Learning, 2nd ed., 2018, section 2.6); ties keep the match order.
+        One counters query when there are two or more."""
+        if len(items) < 2:
+            return items
+        counters = await self.store.counters_of([item.entry.entry_id for item in items])
+
+        def value(item: RetrievedEntry) -> float:
+            record = counters[item.entry.entry_id]
+            prior = UNIVERSAL_PRIOR_EPISODES
+            return (record.reward_sum_with + prior * 1.0) / (record.episodes_with + prior)
+
+        return sorted(items, key=lambda item: -value(item))
 
     async def shuffled(self, retrieval: Retrieval, seed: str) -> Retrieval:
         """The shuffled-guidance control of `retrieval`: as many entries as it injected,
