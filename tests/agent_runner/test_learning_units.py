@@ -242,6 +242,8 @@ def test_withholding_keeps_the_top_entry_out_of_the_prompt() -> None:
     items = [RetrievedEntry(e, 0.9 - i / 10, "semantic") for i, e in enumerate(entries)]
     retrieval = Retrieval(items, 3, render_guidance(entries[:3]))
     held = retrieval.withholding_first()
+    # Only the randomly withheld entry is a "without" episode of the harm test.
+    assert (retrieval.withheld, held.withheld) == (None, entries[0])
     assert held.injected_entries == entries[1:3]
     assert held.not_injected_entries == [entries[0], entries[3]]
     assert held.text == render_guidance(entries[1:3])

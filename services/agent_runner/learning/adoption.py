@@ -93,9 +93,9 @@ def outcome_increments(
     Each injected entry: `episodes_with` +1, `reward_sum_with` + reward,
     `reward_sq_sum_with` + reward², `tokens_sum_with` + the episode's tokens (input plus
     output, student and teacher), and `followed` +1 for the ids in `adopted`. Each entry
-    in `without` (its cue matched but it was not injected: ranked below k, or withheld by
-    exploration) gets the same sums on its `*_without` counters: the comparison the
-    harmful-entry test uses. Entries in both lists count as injected."""
+    in `without` (withheld at random by exploration although retrieval chose it) gets the
+    same sums on its `*_without` counters: the comparison the harmful-entry test uses.
+    Entries in both lists count as injected."""
     followed = set(adopted)
     bumps: dict[str, dict[CounterField, float]] = {}
     for entry in without:

@@ -134,6 +134,11 @@ class Retrieval:
     injected: int
     text: str
     """The guidance text of the injected entries ("" when none)."""
+    withheld: PlaybookEntry | None = None
+    """The top entry exploration kept out of the prompt (`withholding_first`): the only
+    "without" episode the harmful-entry test counts, because only this withholding is
+    random (an entry ranked below k was left out for being less relevant, so its episodes
+    are not comparable with the ones it was injected in)."""
 
     @property
     def digest(self) -> str | None:
@@ -179,7 +184,10 @@ class Retrieval:
         injected = self.injected - 1
         retrieved = [*rest[:injected], first, *rest[injected:]]
         return Retrieval(
-            retrieved, injected, render_guidance([item.entry for item in retrieved[:injected]])
+            retrieved,
+            injected,
+            render_guidance([item.entry for item in retrieved[:injected]]),
+            withheld=first.entry,
         )
 
     def increments(self) -> dict[str, dict[CounterField, float]]:
@@ -328,8 +336,7 @@ class RetrievalHooks:
     which the runner records as `crm_context.playbooks_adopted`. `after_reward` applies,
     keyed by the session id plus `OUTCOME_KEY_SUFFIX` and so also at most once, the
     counters of `outcome_increments` (the "with" sums of every injected entry, the
-    "without" sums of the entries retrieved but not injected, `followed` for the adopted
-    ones) and one `adoption` event per adopted entry. An episode replayed after its
+    "without" sums of the entry exploration withheld, `followed` for the adopted ones) and one `adoption` event per adopted entry. An episode replayed after its
     outcome was counted is not counted again, even if its replay follows other entries:
     the counters keep the first complete play, the trace records the last.
 
@@ -376,7 +383,7 @@ class RetrievalHooks:
             ctx.session_id, retrieval.increments(), [event, *self.extra_retrieval_events(ctx)]
         )
         self._episodes[ctx.session_id] = _Episode(
-            retrieval.injected_entries, retrieval.not_injected_entries
+            retrieval.injected_entries, [retrieval.withheld] if retrieval.withheld else []
         )
         if self.tool_subsets is not None:
             ctx.tool_subset = self.tool_subsets.subset(

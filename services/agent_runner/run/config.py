@@ -151,10 +151,12 @@ class LearningSettings(Strict):
     control: Literal["retrieval", "shuffled"] = "retrieval"
     """`shuffled` is the shuffled-guidance control: as many entries as retrieval would
     inject, drawn at random (seeded by the session) from the memory's active entries."""
-    explore_rate: float = Field(default=0.0, ge=0, le=0.5)
-    """Share of episodes (drawn from the session id) whose top retrieved entry is withheld,
-    so its "without" counters measure the same kind of task; retrieved entries beyond `k`
-    count as "without" in every episode."""
+    explore_rate: float = Field(default=0.05, ge=0, le=0.5)
+    """Share of episodes (drawn from the session id) whose top retrieved entry is withheld
+    at random: its "without" episodes, the only ones comparable with the episodes it was
+    injected in, and so the only evidence the harmful-entry test uses (0 turns harmful
+    retirement off). 0.05 costs little reliability and judges an entry after about
+    min_episodes / 0.05 = 160 retrievals (the project's choice)."""
     tool_subset: bool = False
     """Offer the student only the tools its injected entries and its task category need,
     plus the search tools (config/tool_subsets.yaml); the whole list once it asks for
