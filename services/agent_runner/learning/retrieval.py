@@ -336,8 +336,9 @@ class RetrievalHooks:
     which the runner records as `crm_context.playbooks_adopted`. `after_reward` applies,
     keyed by the session id plus `OUTCOME_KEY_SUFFIX` and so also at most once, the
     counters of `outcome_increments` (the "with" sums of every injected entry, the
-    "without" sums of the entry exploration withheld, `followed` for the adopted ones) and one `adoption` event per adopted entry. An episode replayed after its
-    outcome was counted is not counted again, even if its replay follows other entries:
+    "without" sums of the entry exploration withheld, `followed` for the adopted ones)
+    and one `adoption` event per adopted entry. An episode replayed after its outcome
+    was counted is not counted again, even if its replay follows other entries:
     the counters keep the first complete play, the trace records the last.
 
     The injected entries are kept in memory from `before_act` to `after_reward` (the
