@@ -9,6 +9,8 @@ in its own folder; run the same command again to continue after a kill):
 4. `frozen`: learning frozen, the eval split (retrieval from the learned memory alone);
 5. `shuffled`: frozen with the shuffled-guidance control (as many entries per episode,
    drawn at random from the same memory);
+5b. `frozen-tools`: frozen with tool subsetting (the student is offered only the tools
+   its task category and injected entries need, plus the search tools);
 6. `holdout-off` and 7. `holdout-frozen`: the holdout split without and with the frozen
    memory (transfer).
 
@@ -74,6 +76,7 @@ STAGES = [
     Stage("off", "eval", {"mode": "off"}),
     Stage("frozen", "eval", {"mode": "frozen"}),
     Stage("shuffled", "eval", {"mode": "frozen", "control": "shuffled"}),
+    Stage("frozen-tools", "eval", {"mode": "frozen", "tool_subset": True}),
     Stage("holdout-off", "holdout", {"mode": "off"}),
     Stage("holdout-frozen", "holdout", {"mode": "frozen"}),
 ]
@@ -231,6 +234,7 @@ def main() -> None:
                 share(hit.passed, hit.total) if hit else "-",
                 share(adoption.passed, adoption.total) if adoption else "-",
                 ", ".join(f"{k} {v}" for k, v in report.lanes.items()) or "-",
+                f"{sum(s.total_tokens for s in scored) / len(scored):.0f}",
                 f"{seconds[name]:.0f}" if name in seconds else "-",
             ]
         )
@@ -243,6 +247,7 @@ def main() -> None:
         "cue hit",
         "adoption",
         "lanes",
+        "tokens/episode",
         "wall s",
     ]
     print(table([header, *rows]))
@@ -252,6 +257,7 @@ def main() -> None:
         ("learn", "eval"),
         ("frozen", "eval"),
         ("shuffled", "eval"),
+        ("frozen-tools", "eval"),
         ("holdout-frozen", "holdout"),
     ]:
         if name in sessions and base[split]:
