@@ -113,6 +113,15 @@ def scipy_bca(samples: Sequence[Sequence[float]], statistic: object) -> tuple[fl
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def ratio_of_sums(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.sum(a, axis=axis) / np.sum(b, axis=axis)  # type: ignore[no-any-return]
+
+
+def relative_change(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    base = np.mean(y, axis=axis)
+    return (np.mean(x, axis=axis) - base) / base  # type: ignore[no-any-return]
+
+
 # Scores of a two-trial run: case -> its trials' scores.
 SCORES = {
     "A": [1.0, 1.0],
@@ -185,9 +194,7 @@ def test_means_resample_cases_with_their_trials_together() -> None:
     assert metrics.mean_reward.count == metrics.mean_reward.total == len(sessions)
     sums = [sum(v) for v in SCORES.values()]
     counts = [len(v) for v in SCORES.values()]
-    low, high = scipy_bca(
-        [sums, counts], lambda a, b, axis=-1: np.sum(a, axis=axis) / np.sum(b, axis=axis)
-    )
+    low, high = scipy_bca([sums, counts], ratio_of_sums)
     assert (metrics.mean_reward.low, metrics.mean_reward.high) == pytest.approx((low, high))
     tokens = [s.total_tokens for s in sessions]
     assert metrics.mean_tokens.value == pytest.approx(statistics.fmean(tokens))
@@ -229,6 +236,15 @@ def test_constant_values_have_their_value_as_interval() -> None:
         ([0.2, 0.4, 0.9], [0.2, 0.4, 0.9]), lambda a, b, axis=-1: np.mean(a - b, axis=axis)
     )
     assert (value, low, high) == (0.0, 0.0, 0.0)
+    # Paired arrays alike: a relative change of 0 in every resample, BCa degenerate.
+    same = [0.0, 1.0, 1.0, 0.5]
+    assert bootstrap_interval((same, same), relative_change) == (0.0, 0.0, 0.0)
+    # Cost per success where one case of ten passed: resamples without it divide by zero,
+    # so the upper bound is unbounded (None) and the lower one a resampled value.
+    costs, wins = [1.0] * 10, [1.0] + [0.0] * 9
+    value, low, high = bootstrap_interval((costs, wins), ratio_of_sums)
+    assert value == sum(costs) / sum(wins) and high is None
+    assert low is not None and low < value and low in {10 / k for k in range(1, 11)}
     # Deterministic: the same data gives the same interval every time.
     data = ([0.1, 0.5, 0.7, 0.2, 0.9, 0.4],)
     assert bootstrap_interval(data, np.mean) == bootstrap_interval(data, np.mean)

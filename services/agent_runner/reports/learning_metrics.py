@@ -294,14 +294,16 @@ def bootstrap_interval(
     samples: Sequence[Sequence[float]],
     statistic: Callable[..., Any],
 ) -> tuple[float | None, float | None, float | None]:
-    """(value, low, high) of `statistic` over `samples` (equal-length arrays, one
-    entry per case, resampled together: scipy.stats.bootstrap with paired=True).
+    """(value, low, high) of `statistic` over `samples`: equal-length arrays, one entry
+    per case; with more than one array a case's entries are resampled together
+    (scipy.stats.bootstrap with paired=True).
 
     `statistic(*arrays, axis=-1)` must be vectorised along the last axis. The interval is
-    BCa (95%, BOOTSTRAP_RESAMPLES resamples, seed BOOTSTRAP_SEED); when BCa degenerates
-    (no finite bound) it falls back to the percentile interval; when every sample is
-    constant, or there is one case, the interval is the value itself. A non-finite value
-    or bound is None (e.g. a ratio whose denominator is zero).
+    BCa (95%, BOOTSTRAP_RESAMPLES resamples, seed BOOTSTRAP_SEED). When BCa degenerates
+    (a bound is not finite: e.g. every resample gives the same value, or some give a ratio
+    over zero) it falls back to the percentile interval of the same resamples, leaving out
+    undefined ones (0/0). When every array is constant, or there is one case, the interval
+    is the value itself. A value or bound that is not finite is None (a bound: unbounded).
     """
     bootstrap = _scipy_bootstrap()
     arrays = [np.asarray(sample, dtype=np.float64) for sample in samples]
@@ -313,31 +315,40 @@ def bootstrap_interval(
         return None, None, None
     if n < 2 or all(np.all(array == array[0]) for array in arrays):
         return value, value, value
-    for method in ("BCa", "percentile"):
-        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-            # A degenerate BCa (e.g. every resample equal) warns and returns nan: the
-            # percentile interval is the fallback, checked below.
-            warnings.simplefilter("ignore")
-            try:
-                result = bootstrap(
-                    tuple(arrays),
-                    statistic,
-                    # One sample needs no pairing (and scipy is faster without it).
-                    paired=len(arrays) > 1,
-                    vectorized=True,
-                    batch=BOOTSTRAP_BATCH,
-                    n_resamples=BOOTSTRAP_RESAMPLES,
-                    confidence_level=CONFIDENCE,
-                    method=method,
-                    **{_rng_keyword(): np.random.default_rng(BOOTSTRAP_SEED)},
-                )
-            except ValueError:
-                continue
-        low = _finite(float(result.confidence_interval.low))
-        high = _finite(float(result.confidence_interval.high))
-        if low is not None or high is not None:
-            return value, low, high
-    return value, None, None
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        # A degenerate BCa warns and returns nan; the fallback below handles it.
+        warnings.simplefilter("ignore")
+        try:
+            result = bootstrap(
+                tuple(arrays),
+                statistic,
+                # One sample needs no pairing (and scipy is faster without it).
+                paired=len(arrays) > 1,
+                vectorized=True,
+                batch=BOOTSTRAP_BATCH,
+                n_resamples=BOOTSTRAP_RESAMPLES,
+                confidence_level=CONFIDENCE,
+                method="BCa",
+                **{_rng_keyword(): np.random.default_rng(BOOTSTRAP_SEED)},
+            )
+        except ValueError:
+            return value, None, None
+    low = _finite(float(result.confidence_interval.low))
+    high = _finite(float(result.confidence_interval.high))
+    if low is not None and high is not None:
+        return value, low, high
+    return (value, *_percentile_interval(np.asarray(result.bootstrap_distribution)))
+
+
+def _percentile_interval(distribution: FloatArray) -> tuple[float | None, float | None]:
+    """The percentile interval of a bootstrap distribution, its undefined (nan) resamples
+    left out; bounds are resampled values (no interpolation towards an infinite one)."""
+    defined = distribution[~np.isnan(distribution)].ravel()
+    if not defined.size:
+        return None, None
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(defined, [tail, 1 - tail], method="inverted_cdf")
+    return _finite(float(low)), _finite(float(high))
 
 
 def _mean(x: FloatArray, axis: int = -1) -> Any:
