@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -186,9 +185,8 @@ async def _export_memory(database_url: str, path: Path) -> int:
 
 
 def _report_command_exists() -> bool:
-    """Whether this installation has `crmbench report` (issue 11's report, built apart)."""
-    if importlib.util.find_spec("agent_runner.reports.report_builder") is None:
-        return False
+    """Whether this installation's command line has `crmbench report` (issue 11's
+    comparative report, built apart from this command)."""
     import typer.main
 
     from crmbench.cli import app
@@ -393,9 +391,10 @@ def experiment_command(
     _apply_judges(config)
     with _experiment_lock(out):
         record = ExperimentRecord.read(record_file) if record_file.exists() else None
+        # Everything the stages need (keys, embedder, teacher) before anything is made or
+        # any service starts: `learn` needs the agent, the embedder and the teacher.
+        check_can_start(configs["learn"])
         if record is None:
-            # Everything the stages need (keys, embedder, teacher) before anything is made.
-            check_can_start(configs["learn"])
             server_url = resolve_database_url()
             record = _new_record(
                 config, config_file, base, plans, out, corpus_dir, corpus_hash, server_url
