@@ -389,11 +389,11 @@ def experiment_command(
     if limit is not None:
         resume_hint += f" --limit {limit}"
     _apply_judges(config)
+    # Everything the stages need (keys, embedder, teacher) before anything is made or any
+    # service starts: `learn` needs the agent, the embedder and the teacher.
+    check_can_start(configs["learn"])
     with _experiment_lock(out):
         record = ExperimentRecord.read(record_file) if record_file.exists() else None
-        # Everything the stages need (keys, embedder, teacher) before anything is made or
-        # any service starts: `learn` needs the agent, the embedder and the teacher.
-        check_can_start(configs["learn"])
         if record is None:
             server_url = resolve_database_url()
             record = _new_record(

@@ -99,6 +99,29 @@ def test_the_cli_names_the_bad_field_in_one_line_and_makes_nothing(tmp_path: Pat
     assert not out.exists()
 
 
+def test_a_missing_api_key_is_named_before_anything_is_made(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "OPENAI_API_KEY")}
+    done = subprocess.run(
+        [
+            CRMBENCH,
+            "experiment",
+            "--config",
+            str(CONFIG_DIR / "experiment.customer.yaml"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**env, "ANTHROPIC_API_KEY": "sk-dummy-anthropic"},
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and "OPENAI_API_KEY" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not out.exists()
+
+
 def test_stages_follow_the_plan_with_the_experiment_settings_on_the_run_config(
     tmp_path: Path,
 ) -> None:
