@@ -195,33 +195,29 @@ def _report_command_exists() -> bool:
     return "report" in getattr(group, "commands", {})
 
 
-def _build_report(out: Path, record: ExperimentRecord) -> dict[str, Any]:
-    """`crmbench report <stage folders> --out <out>/report`, in a child process (its
-    failure must not lose the experiment); skipped with a note where it does not exist."""
+def _build_report(out: Path) -> dict[str, Any]:
+    """`crmbench report <out> --out <out>/report` (the experiment directory: its stage
+    folders and playbooks.json), in a child process (its failure must not lose the
+    experiment); skipped with a note where this installation has no such command."""
     from crmbench.experiment import REPORT_DIR
 
+    command = ["report", str(out), "--out", str(out / REPORT_DIR)]
     if not _report_command_exists():
         return {
             "status": "skipped",
             "note": "this installation has no `crmbench report`; build it later with "
-            f"crmbench report {' '.join(str(out / s.folder) for s in record.stages)} "
-            f"--out {out / REPORT_DIR}",
+            f"crmbench {' '.join(command)}",
         }
-    folders = [str(out / stage.folder) for stage in record.stages]
-    command = [
-        sys.executable,
-        "-c",
-        "from crmbench.cli import app; app()",
-        "report",
-        *folders,
-        "--out",
-        str(out / REPORT_DIR),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", "from crmbench.cli import app; app()", *command],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
         return {"status": "failed", "note": lines[-1] if lines else f"exit {done.returncode}"}
-    return {"status": "built", "note": f"{REPORT_DIR}/"}
+    return {"status": "built", "note": f"{out / REPORT_DIR}/report.md"}
 
 
 def _summary(record: ExperimentRecord, simulated: bool) -> None:
@@ -458,7 +454,7 @@ def experiment_command(
         entries = asyncio.run(_export_memory(database_url, out / PLAYBOOKS_FILE))
         record.playbooks = {"file": PLAYBOOKS_FILE, "entries": entries}
         typer.echo(f"memory: {entries} playbook entries -> {out / PLAYBOOKS_FILE}")
-        record.report = _build_report(out, record)
+        record.report = _build_report(out)
         typer.echo(f"report: {record.report['status']}: {record.report['note']}")
         record.status = "done"
         record.finished_at = record.finished_at or datetime.now(UTC)
