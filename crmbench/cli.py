@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 
 from crmbench.cases_cli import cases_app
 from crmbench.errors import fail, friendly_errors
+from crmbench.experiment_cli import register as register_experiment
 from crmbench.foreground import bind, handle_sigterm_as_sigint, serve, shown_host
 from crmbench.learning_report_cli import register as register_learning_report
 from crmbench.playbooks_cli import playbooks_app
@@ -78,6 +79,7 @@ app.add_typer(openapi_app, name="openapi")
 app.add_typer(cases_app, name="cases")
 app.add_typer(playbooks_app, name="playbooks")
 register_run(app)
+register_experiment(app)
 register_results(app)
 register_learning_report(app)
 register_serve_runner(serve_app)

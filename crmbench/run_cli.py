@@ -145,7 +145,9 @@ class ProgressDisplay:
     cost, not money spent.
     """
 
-    def __init__(self, total: int, enabled: bool, simulated: bool = False) -> None:
+    def __init__(
+        self, total: int, enabled: bool, simulated: bool = False, label: str = "run"
+    ) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -169,7 +171,7 @@ class ProgressDisplay:
             disable=not enabled,
             transient=False,
         )
-        self.task = self.progress.add_task("run", total=total, pass_rate="-", cost="$0.00")
+        self.task = self.progress.add_task(label, total=total, pass_rate="-", cost="$0.00")
 
     def update(self, done: int, passed: int, harness_errors: int, cost: float) -> None:
         scored = done - harness_errors
@@ -178,7 +180,13 @@ class ProgressDisplay:
 
 
 async def _execute(
-    config: Any, env: RunEnvironment, run_id: str, out: Path, cases: list[Any], show: bool
+    config: Any,
+    env: RunEnvironment,
+    run_id: str,
+    out: Path,
+    cases: list[Any],
+    show: bool,
+    label: str = "run",
 ) -> tuple[Any, Any]:
     from agent_runner.agents.factory import build_agent
     from agent_runner.learning.factory import run_learning_hooks
@@ -197,7 +205,9 @@ async def _execute(
             config, store.pool, run_id=run_id, simulated_url=env.simulated_url
         ) as hooks:
             first = await store.progress(run_id)
-            display = ProgressDisplay(first.total, show, simulated=config.agent == "simulated")
+            display = ProgressDisplay(
+                first.total, show, simulated=config.agent == "simulated", label=label
+            )
 
             async def refresh() -> None:
                 while True:
@@ -353,6 +363,39 @@ def _check_cases(config: Any) -> None:
         raise fail(f"{exc}{detail}; the cases are in {where}/cases.jsonl") from None
 
 
+def check_can_start(config: Any) -> None:
+    """Builds what a run of `config` needs and closes it again, so that a missing API key,
+    embedding model or teacher config fails (one `error:` line, typer.Exit) before any run
+    is queued: the agent, the embedder (learning frozen or on) and the teacher (on)."""
+    from agent_runner.agents.factory import build_agent
+    from agent_runner.learning.factory import build_teacher
+    from crmbench_learning.embeddings import EmbeddingError, make_embedder
+    from crmbench_llm.base import LLMError
+
+    # Build the agent once now: a missing API key fails before a run is queued.
+    try:
+        probe = build_agent(config, simulated_url="http://127.0.0.1/unused")
+    except LLMError as exc:
+        raise fail(str(exc)) from None
+    asyncio.run(probe.aclose())
+    if config.learning.mode != "off":
+        # And the embedder: a missing model or key fails before a run is queued.
+        try:
+            embedder = make_embedder(config.learning.embeddings)
+        except (EmbeddingError, LLMError) as exc:
+            raise fail(str(exc)) from None
+        close = getattr(embedder, "close", None)
+        if close is not None:
+            close()
+    # And the teacher: its key and its config fail here too.
+    try:
+        teacher = build_teacher(config)
+    except (LLMError, ValueError) as exc:
+        raise fail(f"the teacher cannot be built: {exc}") from None
+    if teacher is not None:
+        asyncio.run(teacher.aclose())
+
+
 def register(app: typer.Typer) -> None:
     app.command("run")(run_command)
 
@@ -399,15 +442,13 @@ def run_command(
     Killed or interrupted, the same command (same --out) resumes where it stopped; more
     processes given the same --out (or --join RUN_ID) share the work.
     """
-    from agent_runner.agents.factory import build_agent
-    from agent_runner.learning.factory import build_teacher
     from agent_runner.learning.memory import PlaybookError
     from agent_runner.run.runner import RunFiles, RunStopped
     from agent_runner.run.store import RunNotFound
     from crm_api.migrate import migrate
     from crm_api.settings import CrmApiSettings
     from crmbench.postgres import resolve_database_url
-    from crmbench_learning.embeddings import EmbeddingError, make_embedder
+    from crmbench_learning.embeddings import EmbeddingError
     from crmbench_llm.base import LLMError
 
     overrides: dict[str, Any] = {
@@ -427,28 +468,7 @@ def run_command(
     if join is None and not RunFiles(out).run_file.exists():
         # A new run: its cases must exist before anything (folder, lock, database) is made.
         _check_cases(config)
-        # Build the agent once now: a missing API key fails before a run is queued.
-        try:
-            probe = build_agent(config, simulated_url="http://127.0.0.1/unused")
-        except LLMError as exc:
-            raise fail(str(exc)) from None
-        asyncio.run(probe.aclose())
-        if config.learning.mode != "off":
-            # And the embedder: a missing model or key fails before a run is queued.
-            try:
-                embedder = make_embedder(config.learning.embeddings)
-            except (EmbeddingError, LLMError) as exc:
-                raise fail(str(exc)) from None
-            close = getattr(embedder, "close", None)
-            if close is not None:
-                close()
-        # And the teacher: its key and its config fail here too.
-        try:
-            teacher = build_teacher(config)
-        except (LLMError, ValueError) as exc:
-            raise fail(f"the teacher cannot be built: {exc}") from None
-        if teacher is not None:
-            asyncio.run(teacher.aclose())
+        check_can_start(config)
     database_url = resolve_database_url()
     migrate(database_url, CrmApiSettings().world_seed)
     try:

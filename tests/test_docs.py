@@ -22,7 +22,15 @@ from typer.testing import CliRunner
 from crmbench.cli import app
 from tests.conftest import ADMIN_KEY, REPO_ROOT, start_server
 
-SKIPPED_DIRS = {".venv", ".git", "runs", "node_modules", ".mypy_cache", ".ruff_cache"}
+SKIPPED_DIRS = {
+    ".venv",
+    ".git",
+    "runs",
+    "experiments",
+    "node_modules",
+    ".mypy_cache",
+    ".ruff_cache",
+}
 
 
 def markdown_files() -> list[Path]:
