@@ -18,6 +18,7 @@ from crmbench.errors import fail, friendly_errors
 from crmbench.foreground import bind, handle_sigterm_as_sigint, serve, shown_host
 from crmbench.playbooks_cli import playbooks_app
 from crmbench.postgres import resolve_database_url
+from crmbench.report_cli import register as register_report
 from crmbench.results_cli import register as register_results
 from crmbench.run_cli import register as register_run
 from crmbench.serve_runner_cli import register as register_serve_runner
@@ -78,6 +79,7 @@ app.add_typer(cases_app, name="cases")
 app.add_typer(playbooks_app, name="playbooks")
 register_run(app)
 register_results(app)
+register_report(app)
 register_serve_runner(serve_app)
 
 T = TypeVar("T")
