@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 from crmbench.cases_cli import cases_app
 from crmbench.errors import fail, friendly_errors
 from crmbench.foreground import bind, handle_sigterm_as_sigint, serve, shown_host
+from crmbench.learning_report_cli import register as register_learning_report
 from crmbench.playbooks_cli import playbooks_app
 from crmbench.postgres import resolve_database_url
 from crmbench.report_cli import register as register_report
@@ -80,6 +81,7 @@ app.add_typer(playbooks_app, name="playbooks")
 register_run(app)
 register_results(app)
 register_report(app)
+register_learning_report(app)
 register_serve_runner(serve_app)
 
 T = TypeVar("T")
