@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -108,19 +107,12 @@ def experiment(
     _finish(learn, "the learning run")
     shuffled = start_run(run_services, root / "control", "--config", str(control), "--cases", cases)
     _finish(shuffled, "the control run")
-    exported = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "crmbench"),
-            "playbooks",
-            "export",
-            "--out",
-            str(root / "playbooks.json"),
-        ],
-        env={**os.environ, **run_services.env()},
-        capture_output=True,
-        check=False,
+    exported = CliRunner().invoke(
+        app,
+        ["playbooks", "export", "--out", str(root / "playbooks.json")],
+        env=run_services.env(),
     )
-    assert exported.returncode == 0, exported.stderr.decode(errors="replace")
+    assert exported.exit_code == 0, exported.output
     yield root
 
 

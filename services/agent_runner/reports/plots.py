@@ -67,12 +67,10 @@ def _label(report: ComparativeReport, run: RunMetrics) -> str:
     return run.name if role in (run.name, "run") else f"{run.name} ({role})"
 
 
-def _style(report: ComparativeReport, name: str) -> dict[str, str]:
-    """Baselines dashed with square markers, so a run that equals its baseline still
-    shows both lines."""
-    if report.roles.get(name) in BASELINE_ROLES:
-        return {"linestyle": "--", "marker": "s"}
-    return {"linestyle": "-", "marker": "o"}
+def _dashed(report: ComparativeReport, name: str) -> bool:
+    """Baselines are drawn dashed with square markers, so a run that equals its baseline
+    still shows both lines."""
+    return report.roles.get(name) in BASELINE_ROLES
 
 
 def _legend_below(figure: Figure, axes: Axes) -> None:
@@ -134,7 +132,8 @@ def _band(
         color=colour,
         capsize=3,
         label=_label(report, run),
-        **_style(report, run.name),
+        linestyle="--" if _dashed(report, run.name) else "-",
+        marker="s" if _dashed(report, run.name) else "o",
     )
 
 
@@ -343,7 +342,8 @@ def threshold_sensitivity(report: ComparativeReport) -> Figure:
             capsize=3,
             color=_colour(report, run.name, position),
             label=_label(report, run),
-            **_style(report, run.name),
+            linestyle="--" if _dashed(report, run.name) else "-",
+            marker="s" if _dashed(report, run.name) else "o",
         )
     axes.set_xticks([float(key) for key in THRESHOLD_KEYS], [f"≥ {key}" for key in THRESHOLD_KEYS])
     axes.set_xlabel("pass threshold on the episode's score")

@@ -208,22 +208,6 @@ def teacher_by_phase(sessions: Sequence[SessionTrace], phase_size: int) -> list[
     return phases
 
 
-def _fill_entry_texts(metrics: RunMetrics, playbooks: PlaybookExport | None) -> None:
-    """Entry texts and levels from the experiment's playbook export where the traces have
-    none (the metrics read them from the traces when they can)."""
-    if playbooks is None:
-        return
-    known = {item.entry.entry_id: item.entry for item in playbooks.entries}
-    for effect in metrics.top_entries:
-        entry = known.get(effect.entry_id)
-        if entry is None:
-            continue
-        if effect.text is None:
-            effect.text = entry.action.text
-        if effect.level is None:
-            effect.level = entry.level
-
-
 def _models(sessions: Sequence[SessionTrace]) -> list[str]:
     return sorted({s.model for s in sessions if s.model and s.outcome != HARNESS_ERROR})
 
@@ -267,7 +251,8 @@ def build_comparative_report(
     playbooks: PlaybookExport | None = None,
     title: str = "Comparative report",
 ) -> ComparativeReport:
-    """The learning metrics of `runs` (learning_metrics.run_metrics), each non-baseline run
+    """The learning metrics of `runs` (learning_metrics.run_metrics; the playbook entries'
+    texts and levels from `playbooks` when given), each non-baseline run
     compared with its baseline (learning_metrics.compare; `pick_baselines`), the control
     note and the teacher's activity per phase.
 
@@ -282,9 +267,7 @@ def build_comparative_report(
     if baseline is not None and baseline not in names:
         raise ValueError(f"the baseline {baseline!r} is not one of the runs")
     data = {run.name: run for run in runs}
-    metrics = [run_metrics(run, phase_size) for run in runs]
-    for figures in metrics:
-        _fill_entry_texts(figures, playbooks)
+    metrics = [run_metrics(run, phase_size, playbooks) for run in runs]
     roles = {m.name: infer_role(m, (stages or {}).get(m.name)) for m in metrics}
     if baseline is not None and roles[baseline] not in BASELINE_ROLES:
         roles[baseline] = "baseline"
