@@ -24,14 +24,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from agent_runner.reports.learning_metrics import LearningReport
+from agent_runner.reports.learning_metrics import LearningReport, RunMetrics
 from agent_runner.reports.plots import FIGURES
 from agent_runner.reports.report_builder import (
     SIMULATED_SENTENCE,
     SUMMARY_HEADER,
     resolve_inputs,
 )
-from agent_runner.reports.report_model import build_comparative_report
+from agent_runner.reports.report_model import build_comparative_report, infer_role, pick_baselines
 from agent_runner.run.store import asyncpg_dsn
 from crmbench.cli import app
 from crmbench_contracts.rewards import PASS_THRESHOLD
@@ -222,8 +222,15 @@ def test_report_of_an_experiment_matches_its_metrics_and_draws_every_figure(
     # The notes: the control beside retrieval, computed; the simulated student named.
     control = metrics["control"]
     assert control["retrieval"] == "learn" and control["control"] == "control"
-    margin = control["margin"]["reliability_delta"]["value"] * 100
-    assert f"by {margin:+.1f} pts" in markdown
+    margin = control["margin"]["reliability_delta"]
+    note = next(line for line in markdown.splitlines() if line.startswith("- Retrieval (learn)"))
+    _assert_cell(
+        note.split(" of reliability")[0].split("control)")[-1], _expected(margin, 100, False), 1
+    )
+    credible = margin["low"] is not None and margin["low"] > 0
+    assert ("beats the shuffled control (control) by" in note) == credible, note
+    uplift = control["control_uplift"]
+    assert f"the control's uplift is {uplift['value'] * 100:+.1f} pts" in note
     assert metrics["simulated"] == ["baseline", "learn", "control"]
     assert SIMULATED_SENTENCE in markdown
 
@@ -324,3 +331,36 @@ def test_the_notebook_rebuilds_every_figure_from_the_traces(
     for key in ("runs", "comparisons", "roles", "baselines", "control", "teacher"):
         assert rebuilt[key] == built[key], key
     assert (out / "report.md").exists()
+
+
+def _metrics(name: str, split: str, mode: str, control: str | None = None) -> RunMetrics:
+    # Role inference and baseline pairing read only these fields.
+    return RunMetrics.model_construct(name=name, split=split, learning_mode=mode, control=control)
+
+
+def test_roles_and_baselines_of_an_experiments_runs_without_stage_folders() -> None:
+    runs = [
+        _metrics("a", "eval", "off"),
+        _metrics("b", "seed", "on"),
+        _metrics("c", "eval", "on"),
+        _metrics("d", "eval", "frozen", "shuffled"),
+        _metrics("e", "eval", "frozen", "retrieval"),
+        _metrics("f", "holdout", "off"),
+        _metrics("g", "holdout", "frozen", "retrieval"),
+    ]
+    roles = {run.name: infer_role(run) for run in runs}
+    assert roles == {
+        "a": "baseline",
+        "b": "seed",
+        "c": "learning",
+        "d": "control",
+        "e": "retrieval",
+        "f": "holdout-baseline",
+        "g": "transfer",
+    }
+    # Each run against the learning-off run of its split; seeding has none.
+    assert pick_baselines(runs, roles) == {"c": "a", "d": "a", "e": "a", "g": "f"}
+    # A stage folder's name decides over the settings.
+    assert infer_role(runs[0], "transfer") == "transfer"
+    # An explicit baseline of another split serves the runs whose split has none.
+    assert pick_baselines(runs, roles, explicit="a")["b"] == "a"

@@ -164,15 +164,20 @@ def pick_baselines(
     runs: Sequence[RunMetrics], roles: Mapping[str, Role], explicit: str | None = None
 ) -> dict[str, str]:
     """Run name -> its baseline's name: a baseline-role run on the same split (the explicit
-    `--baseline` first), else the explicit baseline whatever its split; none for baselines
+    `--baseline` first, then the holdout baseline for the transfer run and the baseline
+    for the others), else the explicit baseline whatever its split; none for baselines
     themselves and for runs with neither (e.g. seeding, whose split has no baseline)."""
     candidates = [r for r in runs if roles.get(r.name) in BASELINE_ROLES or r.name == explicit]
-    candidates.sort(key=lambda r: r.name != explicit)
     chosen: dict[str, str] = {}
     for run in runs:
         if run.name == explicit or roles.get(run.name) in BASELINE_ROLES:
             continue
-        same_split = [b for b in candidates if b.split == run.split]
+        # The holdout's own baseline for the transfer run, the eval baseline for the others.
+        wanted = "holdout-baseline" if roles.get(run.name) == "transfer" else "baseline"
+        same_split = sorted(
+            (b for b in candidates if b.split == run.split),
+            key=lambda b: (b.name != explicit, roles.get(b.name) != wanted),
+        )
         if same_split:
             chosen[run.name] = same_split[0].name
         elif explicit is not None:
