@@ -118,17 +118,17 @@ def _band(
     figures: Sequence[Interval],
     colour: str,
 ) -> None:
-    """One run's line over its phases, with its interval as a band (and error caps, which
-    show a one-phase run too)."""
+    """One run's line over its phases, with its interval as a band (error caps instead for
+    a one-phase run, whose band would be invisible)."""
     x = [(phase.first_episode + phase.last_episode) / 2 for phase in run.phases]
     y = [_value(figure) for figure in figures]
     low = [f.low if f.low is not None else _value(f) for f in figures]
     high = [f.high if f.high is not None else _value(f) for f in figures]
-    axes.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
+    axes.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
     axes.errorbar(
         x,
         y,
-        yerr=_errors(figures),
+        yerr=_errors(figures) if len(x) == 1 else None,
         color=colour,
         capsize=3,
         label=_label(report, run),
