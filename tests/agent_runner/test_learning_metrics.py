@@ -524,6 +524,39 @@ def test_learning_report_command_fails_clearly(tmp_path: Path, cli: typer.Typer)
     assert code != 0 and "Traceback" not in err
 
 
+def test_learning_report_command_names_entries_from_a_playbook_export(
+    tmp_path: Path, cli: typer.Typer
+) -> None:
+    content = PlaybookContent(
+        audience="student",
+        level="domain",
+        cue=Cue(text="an amount with a currency sign"),
+        action=Action(text="Send amounts as plain numbers."),
+        expected_effect="No refusal.",
+    )
+    exported = ExportedEntry.new(content, datetime(2026, 1, 1, tzinfo=UTC))
+    export = PlaybookExport(exported_at=datetime(2026, 1, 2, tzinfo=UTC), entries=[exported])
+    (tmp_path / "playbooks.json").write_text(export.model_dump_json(), encoding="utf-8")
+    entry = exported.entry.entry_id
+    sessions = [
+        with_retrievals(
+            make_session(case, 0, score),
+            [PlaybookRetrieval(entry_id=entry, cue_match="pattern", injected=injected)],
+        )
+        for case, score, injected in [("A", 1.0, True), ("B", 0.4, False)]
+    ]
+    write_run(tmp_path / "learn", sessions)
+    args = ["learning-report", str(tmp_path / "learn"), "--playbooks"]
+    code, out, _ = invoke(cli, *args, str(tmp_path / "playbooks.json"))
+    assert code == 0
+    row = next(line for line in out.splitlines() if line.startswith(f"| {entry} "))
+    assert "Send amounts as plain numbers." in row and "| domain |" in row
+    assert f"{1.0 - 0.4:+.3f}" in row
+    (tmp_path / "bad.json").write_text('{"entries": 3}', encoding="utf-8")
+    code, _, err = invoke(cli, *args, str(tmp_path / "bad.json"))
+    assert code == 1 and "is not a playbook export" in err and "Traceback" not in err
+
+
 def test_markdown_shows_every_summary_figure() -> None:
     base, run = run_of(two_trial_run("b"), "baseline"), run_of(two_trial_run("l"), "learn")
     text = render_markdown(learning_report([run], base))
