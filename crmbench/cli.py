@@ -20,6 +20,7 @@ from crmbench.foreground import bind, handle_sigterm_as_sigint, serve, shown_hos
 from crmbench.learning_report_cli import register as register_learning_report
 from crmbench.playbooks_cli import playbooks_app
 from crmbench.postgres import resolve_database_url
+from crmbench.report_cli import register as register_report
 from crmbench.results_cli import register as register_results
 from crmbench.run_cli import register as register_run
 from crmbench.serve_runner_cli import register as register_serve_runner
@@ -81,6 +82,7 @@ app.add_typer(playbooks_app, name="playbooks")
 register_run(app)
 register_experiment(app)
 register_results(app)
+register_report(app)
 register_learning_report(app)
 register_serve_runner(serve_app)
 
