@@ -634,7 +634,8 @@ def _close(a: float, b: float) -> bool:
 
 
 async def check_database(url: str, stages: Sequence[StageTraces], result: VerifyResult) -> None:
-    """Every stage's run and sessions in the restored database match its traces."""
+    """Every stage's run, sessions (score, passed, outcome) and steps (every field) in the
+    restored database match its traces."""
     import asyncpg
 
     from agent_runner.run.store import asyncpg_dsn
@@ -689,9 +690,51 @@ async def check_database(url: str, stages: Sequence[StageTraces], result: Verify
                             f"{row['outcome']} in the database",
                         )
                     )
+            await _check_steps(conn, stage, sorted(set(stored) & set(traced)), result)
             result.sessions += len(traced)
     finally:
         await conn.close()
+
+
+async def _check_steps(
+    conn: Any, stage: StageTraces, session_ids: Sequence[str], result: VerifyResult
+) -> None:
+    """The steps of each session in the traces equal the database's, field by field."""
+    from crmbench_contracts.traces import StepTrace
+
+    rows = await conn.fetch(
+        "SELECT session_id, step_id, record FROM runner.steps WHERE session_id = ANY($1::text[])",
+        list(session_ids),
+    )
+    stored: dict[str, dict[int, dict[str, Any]]] = {}
+    for row in rows:
+        step = StepTrace.model_validate_json(row["record"]).model_dump(mode="json")
+        stored.setdefault(row["session_id"], {})[row["step_id"]] = step
+    for session_id in session_ids:
+        mine = {s.step_id: s.model_dump(mode="json") for s in stage.steps.get(session_id, [])}
+        theirs = stored.get(session_id, {})
+        where = f"{stage.path}: {session_id}"
+        if set(mine) != set(theirs):
+            result.differences.append(
+                Difference(
+                    where,
+                    f"steps {sorted(mine)} in the traces, {sorted(theirs)} in the database",
+                )
+            )
+            continue
+        for step_id in sorted(mine):
+            fields = sorted(
+                key
+                for key in set(mine[step_id]) | set(theirs[step_id])
+                if mine[step_id].get(key) != theirs[step_id].get(key)
+            )
+            if fields:
+                result.differences.append(
+                    Difference(
+                        where,
+                        f"step {step_id} differs from the database in {', '.join(fields)}",
+                    )
+                )
 
 
 def _playbook_view(item: Mapping[str, Any]) -> dict[str, Any]:

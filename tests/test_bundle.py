@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from agent_runner.reports.statistics import THRESHOLD_KEYS, Rate, passes
@@ -150,7 +151,7 @@ def experiment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
             "corpus_hash": load_manifest()["content_hash"],
             "package_version": "test",
             "versions": {},
-            "database": {"name": own_url.rsplit("/", 1)[1], "server": "test"},
+            "database": {"name": make_url(own_url).database, "server": "test"},
             "stages": records,
         }
         (folder / "experiment.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
@@ -209,6 +210,25 @@ def change_a_score(content: dict[str, bytes]) -> str:
     lines[0] = json.dumps(session)
     content["learn/sessions.jsonl"] = ("\n".join(lines) + "\n").encode()
     return str(session["session_id"])
+
+
+def strip_changes(content: dict[str, bytes]) -> tuple[str, str]:
+    """Empties the recorded state changes of the first passing session (outside learn)
+    that has any; returns (its member path, its id)."""
+    for stage in ("seed", "baseline"):
+        member = f"{stage}/sessions.jsonl"
+        lines = [json.loads(x) for x in content[member].decode().splitlines()]
+        passing = {x["session_id"] for x in lines if x["type"] == "session" and x["passed"]}
+        changed = [x for x in lines if x["type"] == "step" and x["state_change"]]
+        target = next((x["session_id"] for x in changed if x["session_id"] in passing), None)
+        if target is None:
+            continue
+        for line in lines:
+            if line["type"] == "step" and line["session_id"] == target:
+                line["state_change"] = []
+        content[member] = "".join(json.dumps(x) + "\n" for x in lines).encode()
+        return member, target
+    raise AssertionError("no passing session changed the CRM: the fixture is too small")
 
 
 def test_the_bundle_holds_everything_and_verifies_on_a_fresh_embedded_database(
@@ -284,16 +304,18 @@ def test_a_forged_trace_with_a_rehashed_manifest_is_caught_by_the_database_and_t
     experiment: Experiment, tmp_path: Path, database_url: str
 ) -> None:
     """Hashes alone prove nothing against a forger who rewrites the manifest: the restored
-    database and the re-scored final state still disagree with the forged score. Restored
-    into a temporary database on the tests' server (--database-url)."""
+    database and the re-scored final state still disagree with a forged score, and with
+    forged state changes. Restored into a temporary database on the tests' server
+    (--database-url; the machine's PG 15 in CI), not the embedded one."""
     forged_id: list[str] = []
-    forged = rewrite(
-        experiment.bundle,
-        tmp_path / "b.tar.gz",
-        lambda c: forged_id.append(change_a_score(c)),
-        rehash=True,
-    )
-    admin = database_url.rsplit("/", 1)[0] + "/postgres"
+    stripped: list[tuple[str, str]] = []
+
+    def edit(content: dict[str, bytes]) -> None:
+        forged_id.append(change_a_score(content))
+        stripped.append(strip_changes(content))
+
+    forged = rewrite(experiment.bundle, tmp_path / "b.tar.gz", edit, rehash=True)
+    admin = make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
     code, output = invoke(
         "bundle", "verify", str(forged), "--sample", "100", "--database-url", admin, code=None
     )
@@ -301,6 +323,11 @@ def test_a_forged_trace_with_a_rehashed_manifest_is_caught_by_the_database_and_t
     where = f"learn/sessions.jsonl: {forged_id[0]}"
     assert f"differs: {where}: score" in output and "in the database" in output
     assert f"differs: {where}: re-scored score" in output
+    # A passing episode whose recorded changes were dropped: its rebuilt final state
+    # lacks them, so the verifier scores it lower; its steps differ from the database's.
+    member, session_id = stripped[0]
+    assert f"differs: {member}: {session_id}: re-scored score" in output
+    assert f"differs: {member}: {session_id}: step" in output and "state_change" in output
     # The report's numbers no longer agree with the forged traces either.
     assert "differs: report/metrics.json: learn: reliability@0.9" in output
     assert "sha256" not in output
