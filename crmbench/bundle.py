@@ -461,7 +461,10 @@ def extract(file: Path, target: Path) -> tuple[dict[str, Any], dict[str, tuple[s
         with tarfile.open(file, mode="r:*") as tar:
             for member in tar:
                 if not member.isfile() or not _safe_name(member.name):
-                    found[member.name] = ("not a regular file", -1)
+                    found[member.name] = ("not a regular file with a relative path", -1)
+                    continue
+                if member.name in found or (member.name == MANIFEST and manifest is not None):
+                    found[member.name] = ("present more than once", -1)
                     continue
                 source = tar.extractfile(member)
                 assert source is not None
@@ -505,6 +508,9 @@ def check_files(
             result.differences.append(Difference(path, "missing from the bundle"))
             continue
         sha, size = found[path]
+        if size < 0:  # not a member that can be trusted at all: `sha` says why
+            result.differences.append(Difference(path, sha))
+            continue
         if sha != entry.get("sha256") or size != entry.get("size"):
             result.differences.append(
                 Difference(
