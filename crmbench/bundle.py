@@ -286,8 +286,9 @@ def collect_members(experiment: Path, record: Mapping[str, Any]) -> list[tuple[s
     if isinstance(files, Mapping):
         for role, entry in sorted(files.items()):
             source = Path(str(entry.get("path", ""))) if isinstance(entry, Mapping) else None
-            if source is not None and source.is_file():
-                members.append((f"{CONFIGS_DIR}/{role}/{source.name}", source))
+            if source is None or not source.is_file():
+                raise BundleError(f"the config file of {role!r} ({source}) no longer exists")
+            members.append((f"{CONFIGS_DIR}/{role}/{source.name}", source))
     return members
 
 
@@ -338,6 +339,8 @@ class PackResult:
     dump_size: int
     sessions: int
     seconds: float
+    warnings: list[str] = field(default_factory=list)
+    """Config files whose content changed since the experiment recorded their sha256."""
 
 
 def pack(experiment: Path, out: Path, server_url: str) -> PackResult:
@@ -360,9 +363,16 @@ def pack(experiment: Path, out: Path, server_url: str) -> PackResult:
         pg_dump = dump_database(with_database(server_url, database), dump)
         members.append((DUMP, dump))
         files = []
+        recorded = config_file_members(record)
+        warnings = []
         for name, source in sorted(members):
             sha, size = file_digest(source)
             files.append({"path": name, "sha256": sha, "size": size})
+            if name in recorded and recorded[name] != sha:
+                warnings.append(
+                    f"{source} changed since the experiment ran (sha256 {sha[:16]}..., "
+                    f"recorded {recorded[name][:16]}...); `bundle verify` will name it"
+                )
         corpus_manifest = read_json(dict(members)[f"{CORPUS_DIR}/manifest.json"], "corpus manifest")
         stages = []
         sessions = 0
@@ -388,7 +398,13 @@ def pack(experiment: Path, out: Path, server_url: str) -> PackResult:
         write_archive(out, manifest, members)
         dump_size = dump.stat().st_size
     return PackResult(
-        out, out.stat().st_size, len(members), dump_size, sessions, time.perf_counter() - started
+        out,
+        out.stat().st_size,
+        len(members),
+        dump_size,
+        sessions,
+        time.perf_counter() - started,
+        warnings,
     )
 
 
@@ -590,6 +606,38 @@ def check_corpus(
                 Difference(
                     f"{stage.name}/{RUN_FILE}",
                     f"corpus_hash {stage.run.get('corpus_hash')} != the bundle corpus's {recorded}",
+                )
+            )
+
+
+def config_file_members(record: Mapping[str, Any]) -> dict[str, str]:
+    """{member path: sha256 recorded when the experiment ran} of the files experiment.json
+    `config_files` names ({role: {path, sha256}})."""
+    files = record.get("config_files")
+    found: dict[str, str] = {}
+    if isinstance(files, Mapping):
+        for role, entry in sorted(files.items()):
+            if isinstance(entry, Mapping) and entry.get("path"):
+                name = PurePosixPath(str(entry["path"]).replace("\\", "/")).name
+                found[f"{CONFIGS_DIR}/{role}/{name}"] = str(entry.get("sha256"))
+    return found
+
+
+def check_configs(
+    manifest: Mapping[str, Any], found: Mapping[str, tuple[str, int]], result: VerifyResult
+) -> None:
+    """Each config file in the bundle is the one the experiment ran with: its sha256
+    equals the one experiment.json recorded when the experiment started."""
+    record = manifest.get("experiment")
+    if not isinstance(record, Mapping):
+        return
+    for member, recorded in config_file_members(record).items():
+        if member in found and found[member][0] != recorded:
+            result.differences.append(
+                Difference(
+                    member,
+                    f"sha256 {found[member][0][:16]}... is not the {recorded[:16]}... "
+                    "experiment.json recorded when the experiment ran (the file changed since)",
                 )
             )
 
@@ -1039,6 +1087,7 @@ def verify(
         root.mkdir()
         manifest, found = extract(file, root)
         good = check_files(manifest, found, result)
+        check_configs(manifest, found, result)
         progress(f"checked {result.files} file hashes")
         stages = []
         for stage in manifest.get("stages") or []:

@@ -50,6 +50,8 @@ def bundle(
         result = pack(experiment, out, database_url or resolve_database_url())
     except BundleError as exc:
         raise fail(str(exc)) from None
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(
         f"wrote {result.path}: {human_size(result.size)}, {result.members + 1} members "
         f"({result.sessions} sessions; database dump {human_size(result.dump_size)}) "

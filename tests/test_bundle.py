@@ -28,8 +28,9 @@ from agent_runner.reports.statistics import THRESHOLD_KEYS, Rate, passes
 from crmbench.cli import app
 from crmbench_contracts.traces import SessionTrace
 from crmbench_corpus.store import default_corpus_dir, load_manifest
-from tests.conftest import scratch_database
+from tests.conftest import REPO_ROOT, scratch_database
 
+EXAMPLE_PLAYBOOKS = REPO_ROOT / "config" / "playbooks" / "example.json"
 PORTS = range(18900, 18950)
 """The ports this test file may serve on (its services would otherwise take free ones)."""
 
@@ -108,6 +109,9 @@ def experiment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
         patch.setenv("DATABASE_URL", own_url)
         for name in ("CRMBENCH_CRM_API_URL", "CRMBENCH_VERIFIER_URL", "CRMBENCH_SIMULATED_LLM_URL"):
             patch.delenv(name, raising=False)
+        # The memory starts with the committed example entries, so that playbooks.json
+        # holds entries (with counters the stages move) however few lessons they learn.
+        invoke("playbooks", "import", str(EXAMPLE_PLAYBOOKS), "--embedder", "hashing")
         records = []
         for name, split, mode, limit in STAGES:
             invoke(
@@ -147,6 +151,12 @@ def experiment(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
             "name": "bundle-test",
             "created_at": "2026-12-01T00:00:00+00:00",
             "config": RUN_CONFIG,
+            "config_files": {
+                "run": {
+                    "path": str(config),
+                    "sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
+                }
+            },
             "corpus_dir": str(default_corpus_dir()),
             "corpus_hash": load_manifest()["content_hash"],
             "package_version": "test",
@@ -200,11 +210,11 @@ def rewrite(
 
 
 def change_a_score(content: dict[str, bytes]) -> str:
-    """Flips the score of the first session of learn/sessions.jsonl (a pass becomes a
-    0, anything else a 1, its verdicts with it); returns the session's id."""
+    """Flips the outcome of the first session of learn/sessions.jsonl (a pass becomes a
+    score of 0, anything else a 1, its verdicts with it); returns the session's id."""
     lines = content["learn/sessions.jsonl"].decode().splitlines()
     session = json.loads(lines[0])
-    score = 0.0 if session["score"] >= 0.5 else 1.0
+    score = 0.0 if session["passed"] else 1.0
     session["score"], session["passed"] = score, score >= 0.9
     session["verdicts"] = {key: score >= float(key) for key in session["verdicts"]}
     lines[0] = json.dumps(session)
@@ -212,15 +222,17 @@ def change_a_score(content: dict[str, bytes]) -> str:
     return str(session["session_id"])
 
 
-def strip_changes(content: dict[str, bytes]) -> tuple[str, str]:
-    """Empties the recorded state changes of the first passing session (outside learn)
-    that has any; returns (its member path, its id)."""
-    for stage in ("seed", "baseline"):
+def strip_changes(content: dict[str, bytes], spare: str) -> tuple[str, str]:
+    """Empties the recorded state changes of the first passing session (but `spare`) that
+    has any; returns (its member path, its id)."""
+    for stage, *_ in STAGES:
         member = f"{stage}/sessions.jsonl"
         lines = [json.loads(x) for x in content[member].decode().splitlines()]
         passing = {x["session_id"] for x in lines if x["type"] == "session" and x["passed"]}
         changed = [x for x in lines if x["type"] == "step" and x["state_change"]]
-        target = next((x["session_id"] for x in changed if x["session_id"] in passing), None)
+        target = next(
+            (x["session_id"] for x in changed if x["session_id"] in passing - {spare}), None
+        )
         if target is None:
             continue
         for line in lines:
@@ -247,6 +259,7 @@ def test_the_bundle_holds_everything_and_verifies_on_a_fresh_embedded_database(
             assert listed[name]["size"] == len(data)
     expected = {"database.dump", "playbooks.json", "config.yaml", "experiment.json"}
     expected |= {"corpus/cases.jsonl", "corpus/manifest.json", "report/metrics.json"}
+    expected |= {"configs/run/config.yaml"}
     expected |= {
         f"{stage}/{file}" for stage, *_ in STAGES for file in ("run.json", "sessions.jsonl")
     }
@@ -283,7 +296,6 @@ def test_a_changed_playbook_fails_and_names_the_file(
 ) -> None:
     def edit(content: dict[str, bytes]) -> None:
         document = json.loads(content["playbooks.json"])
-        assert document["entries"], "the learning stages stored no playbook entry"
         document["entries"][0]["counters"]["retrieved"] += 1
         content["playbooks.json"] = json.dumps(document).encode()
 
@@ -312,7 +324,8 @@ def test_a_forged_trace_with_a_rehashed_manifest_is_caught_by_the_database_and_t
 
     def edit(content: dict[str, bytes]) -> None:
         forged_id.append(change_a_score(content))
-        stripped.append(strip_changes(content))
+        stripped.append(strip_changes(content, spare=forged_id[0]))
+        content["configs/run/config.yaml"] += b"concurrency: 4\n"
 
     forged = rewrite(experiment.bundle, tmp_path / "b.tar.gz", edit, rehash=True)
     admin = make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
@@ -328,9 +341,11 @@ def test_a_forged_trace_with_a_rehashed_manifest_is_caught_by_the_database_and_t
     member, session_id = stripped[0]
     assert f"differs: {member}: {session_id}: re-scored score" in output
     assert f"differs: {member}: {session_id}: step" in output and "state_change" in output
+    # The config file is not the one the experiment recorded when it ran.
+    assert "differs: configs/run/config.yaml: sha256" in output and "recorded" in output
     # The report's numbers no longer agree with the forged traces either.
     assert "differs: report/metrics.json: learn: reliability@0.9" in output
-    assert "sha256" not in output
+    assert "differs: learn/sessions.jsonl: sha256" not in output  # the manifest agrees
 
 
 def test_bad_paths_are_cli_errors(experiment: Experiment, tmp_path: Path) -> None:
