@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from typer.core import TyperGroup
 
+from crmbench.bundle_cli import bundle_app
 from crmbench.cases_cli import cases_app
 from crmbench.errors import fail, friendly_errors
 from crmbench.experiment_cli import register as register_experiment
@@ -79,6 +80,7 @@ app.add_typer(tools_app, name="tools")
 app.add_typer(openapi_app, name="openapi")
 app.add_typer(cases_app, name="cases")
 app.add_typer(playbooks_app, name="playbooks")
+app.add_typer(bundle_app, name="bundle")
 register_run(app)
 register_experiment(app)
 register_results(app)
