@@ -551,12 +551,10 @@ async def learning_hooks(
             k_universal=settings.k_universal,
         )
         if settings.mode == "frozen" or teacher is None:
+            # No exploration when frozen: it only feeds retirement, which is off, and
+            # would withhold guidance from the transfer test.
             yield RetrievalHooks(
-                retriever,
-                run_id=run_id,
-                control=settings.control,
-                explore_rate=settings.explore_rate,
-                tool_subsets=subsets,
+                retriever, run_id=run_id, control=settings.control, tool_subsets=subsets
             )
         else:
             teacher_retriever = PlaybookRetriever(

@@ -156,7 +156,8 @@ class LearningSettings(Strict):
     at random: its "without" episodes, the only ones comparable with the episodes it was
     injected in, and so the only evidence the harmful-entry test uses (0 turns harmful
     retirement off). 0.05 costs little reliability and judges an entry after about
-    min_episodes / 0.05 = 160 retrievals (the project's choice)."""
+    min_episodes / 0.05 = 160 retrievals (the project's choice). Mode `on` only: frozen
+    runs never withhold (retirement, which it feeds, is off there)."""
     tool_subset: bool = False
     """Offer the student only the tools its injected entries and its task category need,
     plus the search tools (config/tool_subsets.yaml); the whole list once it asks for
