@@ -368,6 +368,31 @@ def test_top_entries_rank_reward_with_against_retrieved_without() -> None:
     assert effects[-1].delta is None and effects[-1].text is None
 
 
+def test_with_a_baseline_an_entry_is_measured_against_the_same_cases_without_it() -> None:
+    def retrieval(entry: str, injected: bool) -> PlaybookRetrieval:
+        return PlaybookRetrieval(entry_id=entry, cue_match="semantic", injected=injected)
+
+    # entry -> [(case, score here, injected)]; the baseline scored every case once.
+    plan = {
+        "helps": [("A", 1.0, True), ("B", 1.0, True), ("C", 0.2, False)],
+        "hurts": [("D", 0.5, True), ("E", 1.0, False)],
+    }
+    baseline_scores = {"A": 0.4, "B": 1.0, "C": 0.9, "D": 1.0, "E": 0.7}
+    sessions = [
+        with_retrievals(make_session(case, 0, score), [retrieval(entry, injected)])
+        for entry, episodes in plan.items()
+        for case, score, injected in episodes
+    ]
+    effects = {e.entry_id: e for e in entry_effects(sessions, baseline_scores=baseline_scores)}
+    for entry, episodes in plan.items():
+        injected = [(case, score) for case, score, used in episodes if used]
+        with_ = statistics.fmean(score for _, score in injected)
+        without = statistics.fmean(baseline_scores[case] for case, _ in injected)
+        assert effects[entry].delta == pytest.approx(with_ - without)
+        # Retrieved-but-not-injected episodes play no part when a baseline pairs them.
+        assert effects[entry].episodes_without == len(injected)
+
+
 # ---------------------------------------------------------------------------- comparisons
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -509,21 +509,32 @@ def entry_effects(
     sessions: Sequence[SessionTrace],
     playbooks: PlaybookExport | None = None,
     limit: int = TOP_ENTRIES,
+    baseline_scores: Mapping[str, float] | None = None,
 ) -> list[EntryEffect]:
-    """Per playbook entry the traces retrieved: mean reward of the scored episodes that
-    injected it against those that retrieved it without injecting it; the `limit`
-    largest |delta| first, then entries without a delta (one side empty) by episodes
-    with them. Texts and levels come from `playbooks` when given (levels otherwise from
-    the traces)."""
+    """Per playbook entry the traces retrieved: the mean reward of the scored episodes that
+    injected it, against, with `baseline_scores` (case id -> the baseline run's mean
+    score), the baseline's reward on the same cases (paired: the same tasks without the
+    entry, so the delta is the reward the entry moved); without a baseline, against the
+    episodes that retrieved it without injecting it (not paired: those tasks fit it less,
+    so read that delta with care). The `limit` largest |delta| first, then entries
+    without a delta (one side empty) by episodes with them. Texts and levels come from
+    `playbooks` when given (levels otherwise from the traces)."""
     with_rewards: dict[str, list[float]] = {}
     without_rewards: dict[str, list[float]] = {}
     levels: dict[str, str] = {}
     for session in scored_sessions(sessions):
         for retrieval in session.crm_context.playbooks_retrieved:
-            side = with_rewards if retrieval.injected else without_rewards
-            side.setdefault(retrieval.entry_id, []).append(session.score)
             if retrieval.level is not None:
                 levels[retrieval.entry_id] = retrieval.level
+            if baseline_scores is not None:
+                if retrieval.injected and session.case_id in baseline_scores:
+                    with_rewards.setdefault(retrieval.entry_id, []).append(session.score)
+                    without_rewards.setdefault(retrieval.entry_id, []).append(
+                        baseline_scores[session.case_id]
+                    )
+                continue
+            side = with_rewards if retrieval.injected else without_rewards
+            side.setdefault(retrieval.entry_id, []).append(session.score)
     known = {item.entry.entry_id: item.entry for item in playbooks.entries} if playbooks else {}
     effects = []
     for entry_id in sorted(set(with_rewards) | set(without_rewards)):
@@ -597,6 +608,7 @@ def run_metrics(
     run: RunData,
     phase_size: int = DEFAULT_PHASE_SIZE,
     playbooks: PlaybookExport | None = None,
+    baseline: RunData | None = None,
 ) -> RunMetrics:
     """Every learning metric of one run, from its traces (docs/experiment.md).
 
@@ -638,7 +650,15 @@ def run_metrics(
         by_category=_wilson_by(scored, lambda s: s.crm_context.task_category),
         by_family=_wilson_by(scored, lambda s: s.crm_context.failure_family or SUCCESS_PATH),
         phases=phases_of(sessions, phase_size),
-        top_entries=entry_effects(sessions, playbooks),
+        top_entries=entry_effects(
+            sessions,
+            playbooks,
+            baseline_scores=(
+                {case: figures.score for case, figures in case_figures(baseline.sessions).items()}
+                if baseline is not None
+                else None
+            ),
+        ),
         phase_size=phase_size,
         cases=len(_by_case(scored)),
         warnings=warnings_,
@@ -738,7 +758,10 @@ def learning_report(
         else []
     )
     return LearningReport(
-        runs=[run_metrics(run, phase_size, playbooks) for run in everyone],
+        runs=[
+            run_metrics(run, phase_size, playbooks, None if run is baseline else baseline)
+            for run in everyone
+        ],
         comparisons=comparisons,
         phase_size=phase_size,
     )

@@ -277,6 +277,15 @@ def build_comparative_report(
     if baseline is not None and roles[baseline] not in BASELINE_ROLES:
         roles[baseline] = "baseline"
     baselines = pick_baselines(metrics, roles, baseline)
+    # A run with a baseline measures its entries' effect against the baseline's reward on
+    # the same cases (paired), not against the tasks an entry was retrieved for but not
+    # injected into (those fit it less).
+    metrics = [
+        run_metrics(data[m.name], phase_size, playbooks, data[baselines[m.name]])
+        if m.name in baselines
+        else m
+        for m in metrics
+    ]
     comparisons = [compare(data[name], data[base]) for name, base in baselines.items()]
     report = ComparativeReport(
         runs=metrics,
