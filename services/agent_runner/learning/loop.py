@@ -38,7 +38,6 @@ from typing import Any
 import asyncpg
 
 from agent_runner.agents.base import Agent, AgentResult, EpisodeContext
-from agent_runner.learning.adoption import outcome_increments
 from agent_runner.learning.memory import PlaybookStore
 from agent_runner.learning.retrieval import (
     OUTCOME_KEY_SUFFIX,
@@ -366,18 +365,9 @@ class LearningHooks(RetrievalHooks):
         """Bookkeeping and track record, synthesis, and now and then retirement (see the
         module docstring). Raises KeyError for a session these hooks did not start."""
         learning = self._learning.pop(ctx.session_id)
-        episode = self._episodes.pop(ctx.session_id)
-        if episode.adopted is None:
-            raise KeyError(f"after_act did not run for {ctx.session_id}")
-        increments = outcome_increments(
-            episode.injected,
-            [event.entry_id for event in episode.adopted],
-            reward=reward.score,
-            tokens=ctx.tokens_used,
-            without=episode.without,
-        )
+        episode, increments = self.take_outcome(ctx, reward)
         supervision = learning.supervision
-        payloads: list[Any] = list(episode.adopted)
+        payloads: list[Any] = list(episode.adopted or [])
         if supervision is not None:
             payloads += [*supervision.guidance, *supervision.failed_calls]
         events = [self._event(ctx, payload) for payload in payloads]

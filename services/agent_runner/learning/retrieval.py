@@ -417,11 +417,12 @@ class RetrievalHooks:
             for event in episode.adopted or []
         ]
 
-    async def after_reward(
-        self, ctx: EpisodeContext, result: AgentResult, reward: RewardRecord
-    ) -> None:
-        """The outcome's bookkeeping (see the class). Raises KeyError for a session whose
-        `after_act` these hooks did not run."""
+    def take_outcome(
+        self, ctx: EpisodeContext, reward: RewardRecord
+    ) -> tuple[_Episode, dict[str, dict[CounterField, float]]]:
+        """Forgets the episode and returns it with its outcome's counter increments
+        (`outcome_increments`). Raises KeyError for a session whose `after_act` these
+        hooks did not run."""
         episode = self._episodes.pop(ctx.session_id)
         if episode.adopted is None:
             raise KeyError(f"after_act did not run for {ctx.session_id}")
@@ -432,9 +433,17 @@ class RetrievalHooks:
             tokens=ctx.tokens_used,
             without=episode.without,
         )
+        return episode, increments
+
+    async def after_reward(
+        self, ctx: EpisodeContext, result: AgentResult, reward: RewardRecord
+    ) -> None:
+        """The outcome's bookkeeping (see the class). Raises KeyError for a session whose
+        `after_act` these hooks did not run."""
+        episode, increments = self.take_outcome(ctx, reward)
         events = [
             TrajectoryEvent(run_id=self.run_id, session_id=ctx.session_id, payload=event)
-            for event in episode.adopted
+            for event in episode.adopted or []
         ]
         await self.record_outcome(ctx, reward, increments, events)
 
