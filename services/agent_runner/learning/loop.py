@@ -306,7 +306,9 @@ class LearningHooks(RetrievalHooks):
     async def before_act(self, ctx: EpisodeContext) -> Guidance:
         teacher_retrieval: Retrieval | None = None
         if self.teacher_retriever is not None:
-            teacher_retrieval = await self.teacher_retriever.retrieve(task_text(ctx.case))
+            # The student's retrieval (in super().before_act) reuses this embedding.
+            vector = await self.task_vector(ctx)
+            teacher_retrieval = await self.teacher_retriever.retrieve(task_text(ctx.case), vector)
         teacher_entries = teacher_retrieval.injected_entries if teacher_retrieval else []
         teacher_text = render_guidance(teacher_entries)
         lane = await self._lane(ctx, teacher_text)
@@ -487,20 +489,29 @@ class LearningHooks(RetrievalHooks):
         if not entries:
             return []
         counters = await self.store.counters_of([entry.entry_id for entry in entries])
+        silent = [entry for entry in entries if counters[entry.entry_id].retrieved == 0]
+        # Episodes the memory ran since each silent entry was created, in one query.
+        rows = await self.store.pool.fetch(
+            """
+            SELECT e.entry_id, count(b.key) AS since
+            FROM runner.playbook_entry AS e
+            LEFT JOIN runner.playbook_bookkeeping AS b
+              ON b.applied_at > e.created_at AND position('#' in b.key) = 0
+            WHERE e.entry_id = ANY($1::text[])
+            GROUP BY e.entry_id
+            """,
+            [entry.entry_id for entry in silent],
+        )
+        episodes_since = {row["entry_id"]: int(row["since"]) for row in rows}
         retired: list[tuple[str, str]] = []
         for entry in entries:
             record = counters[entry.entry_id]
             reason = harmful(record, settings)
             code: Any = "harmful"
-            if reason is None and record.retrieved == 0:
-                since = await self.store.pool.fetchval(
-                    "SELECT count(*) FROM runner.playbook_bookkeeping"
-                    " WHERE applied_at > $1 AND position('#' in key) = 0",
-                    entry.created_at,
-                )
-                if since >= settings.never_fired_after:
-                    code = "never_fired"
-                    reason = f"not retrieved in the {since} episodes since it was created"
+            since = episodes_since.get(entry.entry_id, 0)
+            if reason is None and record.retrieved == 0 and since >= settings.never_fired_after:
+                code = "never_fired"
+                reason = f"not retrieved in the {since} episodes since it was created"
             if reason is not None:
                 await self.store.retire(entry.entry_id, reason, code=code, run_id=self.run_id)
                 retired.append((entry.entry_id, reason))

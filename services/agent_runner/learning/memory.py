@@ -266,6 +266,7 @@ class PlaybookStore:
         self.backend: SearchBackend = backend
         self._owns_pool = owns_pool
         self._cache = _VectorCache(dimension)
+        self._patterned: tuple[int, list[PlaybookEntry]] | None = None
 
     @classmethod
     async def open(
@@ -543,17 +544,26 @@ class PlaybookStore:
     async def patterned_entries(self, audience: Audience | None = None) -> list[PlaybookEntry]:
         """The active entries (of `audience`, or both) whose current version's cue has at
         least one pattern, oldest first: the ones a task can match exactly, whatever its
-        similarity (and whether or not they have a vector of this store's embedder)."""
-        rows = await self.pool.fetch(
-            f"""
-            SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM}
-            WHERE e.status = 'active' AND ($1::text IS NULL OR e.audience = $1)
-              AND jsonb_array_length(v.content -> 'cue' -> 'patterns') > 0
-            ORDER BY e.created_at, e.entry_id
-            """,
-            audience,
-        )
-        return [_entry(row) for row in rows]
+        similarity (and whether or not they have a vector of this store's embedder).
+
+        Kept in this process until the memory's generation moves (any entry, version or
+        retirement moves it), so a search costs one small query while nothing changed."""
+        generation = await self.pool.fetchval("SELECT generation FROM runner.playbook_memory")
+        if self._patterned is None or self._patterned[0] != generation:
+            async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+                # The generation and the list in one snapshot.
+                generation = await conn.fetchval("SELECT generation FROM runner.playbook_memory")
+                rows = await conn.fetch(
+                    f"""
+                    SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM}
+                    WHERE e.status = 'active'
+                      AND jsonb_array_length(v.content -> 'cue' -> 'patterns') > 0
+                    ORDER BY e.created_at, e.entry_id
+                    """
+                )
+            self._patterned = (generation, [_entry(row) for row in rows])
+        entries = self._patterned[1]
+        return [entry for entry in entries if audience is None or entry.audience == audience]
 
     async def versions(self, entry_id: str) -> list[PlaybookVersion]:
         """Every version of the entry, oldest first; EntryNotFound when there is none."""

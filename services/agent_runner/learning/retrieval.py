@@ -237,10 +237,13 @@ class PlaybookRetriever:
         self.threshold = threshold
         self.audience: Audience = audience
 
-    async def retrieve(self, text: str) -> Retrieval:
-        """Retrieval for `text` (see `task_text`). Raises EmbeddingError for a blank text,
-        the embedder's errors (LLMError for the OpenAI provider) and asyncpg's."""
-        [vector] = await asyncio.to_thread(self.embedder.embed, [text])
+    async def retrieve(self, text: str, vector: Sequence[float] | None = None) -> Retrieval:
+        """Retrieval for `text` (see `task_text`); `vector` is its embedding when the
+        caller has it already (one embedding serves both audiences). Raises
+        EmbeddingError for a blank text, the embedder's errors (LLMError for the OpenAI
+        provider) and asyncpg's."""
+        if vector is None:
+            [vector] = await asyncio.to_thread(self.embedder.embed, [text])
         semantic = await self.store.search(
             vector, k=self.k + self.k_universal, threshold=self.threshold, audience=self.audience
         )
@@ -362,10 +365,22 @@ class RetrievalHooks:
         self.explore_rate = explore_rate
         self.tool_subsets = tool_subsets
         self._episodes: dict[str, _Episode] = {}
+        self._vectors: dict[str, Sequence[float]] = {}
+
+    async def task_vector(self, ctx: EpisodeContext) -> Sequence[float]:
+        """The embedding of the episode's `task_text`, computed once per episode (kept
+        until its `before_act` ends)."""
+        vector = self._vectors.get(ctx.session_id)
+        if vector is None:
+            embedder = self.retriever.embedder
+            [vector] = await asyncio.to_thread(embedder.embed, [task_text(ctx.case)])
+            self._vectors[ctx.session_id] = vector
+        return vector
 
     async def retrieve_for(self, ctx: EpisodeContext) -> Retrieval:
         """This episode's retrieval, after the control and exploration settings."""
-        retrieval = await self.retriever.retrieve(task_text(ctx.case))
+        vector = await self.task_vector(ctx)
+        retrieval = await self.retriever.retrieve(task_text(ctx.case), vector)
         if self.control == "shuffled":
             return await self.retriever.shuffled(retrieval, ctx.session_id)
         if self.explore_rate and session_draw(ctx.session_id, "explore") < self.explore_rate:
@@ -373,7 +388,10 @@ class RetrievalHooks:
         return retrieval
 
     async def before_act(self, ctx: EpisodeContext) -> Guidance:
-        retrieval = await self.retrieve_for(ctx)
+        try:
+            retrieval = await self.retrieve_for(ctx)
+        finally:
+            self._vectors.pop(ctx.session_id, None)
         records = retrieval.records(self.retriever.audience)
         event = TrajectoryEvent(
             run_id=self.run_id,
