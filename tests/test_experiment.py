@@ -201,6 +201,15 @@ def experiment_files(tmp_path: Path) -> Path:
     simulated["latency_ms"] = 80
     run = yaml.safe_load((CONFIG_DIR / "run.yaml").read_text())
     run["simulated"]["config"] = str(write_yaml(tmp_path / "simulated_llm.yaml", simulated))
+    # A teacher whose every lesson is one the gates accept: the memory's only source here
+    # is a single failed seed episode, and a restated or useless lesson drawn for it (the
+    # draw hashes the session id, new each run) would leave it empty one run in ~7.
+    teacher = yaml.safe_load((CONFIG_DIR / "simulated_teacher.yaml").read_text())
+    teacher.update(restate_rate=0.0, wrong_rate=0.0, useless_rate=0.0)
+    teacher["plan_review"]["catch_rate"] = 0.0
+    run["learning"]["simulated_teacher"] = str(
+        write_yaml(tmp_path / "simulated_teacher.yaml", teacher)
+    )
     experiment = {
         "name": "e2e",
         "run": str(write_yaml(tmp_path / "run.yaml", run)),
