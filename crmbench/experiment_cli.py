@@ -54,6 +54,18 @@ def _experiment_lock(out: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _continue_on_interrupt(resume_hint: str) -> Iterator[None]:
+    """Ctrl-C or SIGTERM anywhere inside (creating the database, starting the services, a
+    stage, the export, the report, stopping the services): the `finally` blocks have
+    stopped what ran; prints how to continue and exits 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted; continue with: {resume_hint}", err=True)
+        raise typer.Exit(130) from None
+
+
 def _server_shown(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -388,7 +400,7 @@ def experiment_command(
     # Everything the stages need (keys, embedder, teacher) before anything is made or any
     # service starts: `learn` needs the agent, the embedder and the teacher.
     check_can_start(configs["learn"])
-    with _experiment_lock(out):
+    with _continue_on_interrupt(resume_hint), _experiment_lock(out):
         record = ExperimentRecord.read(record_file) if record_file.exists() else None
         if record is None:
             server_url = resolve_database_url()
@@ -448,9 +460,6 @@ def experiment_command(
             raise fail(f"{exc}; continue with: {resume_hint}") from None
         except RunNotFound as exc:
             raise fail(str(exc)) from None
-        except KeyboardInterrupt:
-            typer.echo(f"\ninterrupted; continue with: {resume_hint}", err=True)
-            raise typer.Exit(130) from None
         entries = asyncio.run(_export_memory(database_url, out / PLAYBOOKS_FILE))
         record.playbooks = {"file": PLAYBOOKS_FILE, "entries": entries}
         typer.echo(f"memory: {entries} playbook entries -> {out / PLAYBOOKS_FILE}")

@@ -298,6 +298,15 @@ async def test_a_simulated_experiment_runs_every_stage_and_continues_after_a_kil
     plans = stage_plan(control=True)
     database: str | None = None
     try:
+        # 0. SIGTERM while it starts (its record written, its services starting): the same
+        # clean stop and the same hint.
+        starting = start(run_services, config, out)
+        await wait_for(starting, "the record", lambda: read_record(out))
+        starting.send_signal(signal.SIGTERM)
+        output = starting.communicate(timeout=60)[0].decode()
+        assert starting.returncode == 130, output
+        assert "interrupted; continue with: crmbench experiment" in output
+
         # 1. SIGTERM during the baseline: a clean stop (exit 130) that says how to continue.
         first = start(run_services, config, out)
         await wait_for(first, "the baseline", lambda: running_stage(out, "baseline"))
