@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel
 
+from agent_runner.reports import formatting as fmt
 from agent_runner.reports.reading import ResultsError, RunInfo, load_run_info, read_traces
 from agent_runner.reports.statistics import (
     HARNESS_ERROR,
@@ -770,81 +771,6 @@ def learning_report(
 # ---------------------------------------------------------------------------- Markdown
 
 
-def _pct(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.1%}" if signed else f"{value:.1%}"
-
-
-def _bounds(figure: Interval, show: Callable[[float | None], str]) -> str:
-    if figure.low is None and figure.high is None:
-        return ""
-    low = show(figure.low) if figure.low is not None else "?"
-    high = show(figure.high) if figure.high is not None else "∞"
-    return f" [{low}, {high}]"
-
-
-def format_rate(figure: Interval | None) -> str:
-    """`82.5% [74.1%, 88.6%] (66/80)`; `-` when there is no figure."""
-    if figure is None or figure.value is None:
-        return "-"
-    return f"{_pct(figure.value)}{_bounds(figure, _pct)} ({figure.count}/{figure.total})"
-
-
-def format_points(figure: Interval | None) -> str:
-    """A difference of rates in percentage points: `+14.0 pts [+8.0, +20.0] (n=80)`."""
-    if figure is None or figure.value is None:
-        return "-"
-
-    def show(value: float | None) -> str:
-        return "-" if value is None else f"{value * 100:+.1f}"
-
-    return f"{show(figure.value)} pts{_bounds(figure, show)} (n={figure.total})"
-
-
-def format_relative(figure: Interval | None) -> str:
-    """A relative change: `+41.2% [+20.3%, +66.0%] (n=80)`."""
-    if figure is None or figure.value is None:
-        return "-"
-
-    def shown(value: float | None) -> str:
-        return _pct(value, signed=True)
-
-    return f"{shown(figure.value)}{_bounds(figure, shown)} (n={figure.count})"
-
-
-def format_number(figure: Interval | None, money: bool = False) -> str:
-    """`1,234 [1,100, 1,390]`, or dollars with 4 decimals."""
-    if figure is None or figure.value is None:
-        return "-"
-
-    def show(value: float | None) -> str:
-        if value is None:
-            return "-"
-        return f"${value:,.4f}" if money else f"{value:,.0f}"
-
-    return f"{show(figure.value)}{_bounds(figure, show)}"
-
-
-def format_score(figure: Interval | None) -> str:
-    """A mean reward in [0, 1]: `0.853 [0.801, 0.899]`."""
-    if figure is None or figure.value is None:
-        return "-"
-
-    def show(value: float | None) -> str:
-        return "-" if value is None else f"{value:.3f}"
-
-    return f"{show(figure.value)}{_bounds(figure, show)}"
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-    right = ["---"] + ["---:"] * (len(header) - 1)
-    return [line(header), "| " + " | ".join(right) + " |", *(line(row) for row in rows)]
-
-
 def _learning_label(run: RunMetrics) -> str:
     if run.learning_mode in (None, "off"):
         return run.learning_mode or "-"
@@ -867,7 +793,7 @@ def render_markdown(report: LearningReport) -> str:
         "paired by case for comparisons. Harness errors are left out of every figure."
     )
     out += ["", "## Summary", ""]
-    out += _table(
+    out += fmt.table(
         [
             "run",
             "split",
@@ -886,19 +812,19 @@ def render_markdown(report: LearningReport) -> str:
                 run.split or "-",
                 _learning_label(run),
                 str(run.episodes),
-                format_rate(run.reliability.get(PASS_KEY)),
-                format_score(run.mean_reward),
-                format_number(run.mean_tokens),
-                format_rate(run.cue_hit),
-                format_rate(run.adoption),
-                format_number(run.cost_per_success, money=True),
+                fmt.rate(run.reliability.get(PASS_KEY)),
+                fmt.score(run.mean_reward),
+                fmt.number(run.mean_tokens),
+                fmt.rate(run.cue_hit),
+                fmt.rate(run.adoption),
+                fmt.money(run.cost_per_success),
             ]
             for run in report.runs
         ],
     )
     if report.comparisons:
         out += ["", "## Against the baseline (paired by case)", ""]
-        out += _table(
+        out += fmt.table(
             [
                 "run",
                 "baseline",
@@ -913,10 +839,10 @@ def render_markdown(report: LearningReport) -> str:
                     c.run,
                     c.baseline,
                     str(c.cases),
-                    format_points(c.reward_delta),
-                    format_relative(c.token_delta),
-                    format_points(c.reliability_delta),
-                    format_relative(c.transfer),
+                    fmt.points(c.reward_delta, n=True),
+                    fmt.relative(c.token_delta, n=True),
+                    fmt.points(c.reliability_delta, n=True),
+                    fmt.relative(c.transfer, n=True),
                 ]
                 for c in report.comparisons
             ],
@@ -924,20 +850,20 @@ def render_markdown(report: LearningReport) -> str:
     out += ["", "## Reliability by threshold and pass^k", ""]
     most_k = max((max(run.pass_hat_k, default=0) for run in report.runs), default=0)
     ks = list(range(2, most_k + 1))
-    out += _table(
+    out += fmt.table(
         ["run", *(f"reliability@{key}" for key in THRESHOLD_KEYS), *(f"pass^{k}" for k in ks)],
         [
             [
                 run.name,
-                *(format_rate(run.reliability.get(key)) for key in THRESHOLD_KEYS),
-                *(format_score(run.pass_hat_k.get(k)) for k in ks),
+                *(fmt.rate(run.reliability.get(key)) for key in THRESHOLD_KEYS),
+                *(fmt.score(run.pass_hat_k.get(k)) for k in ks),
             ]
             for run in report.runs
         ],
     )
     for run in report.runs:
         out += ["", f"## Phases: {run.name} ({report.phase_size} episodes each)", ""]
-        out += _table(
+        out += fmt.table(
             [
                 "phase",
                 "episodes",
@@ -952,10 +878,10 @@ def render_markdown(report: LearningReport) -> str:
                 [
                     str(phase.index),
                     f"{phase.first_episode}-{phase.last_episode}",
-                    format_rate(phase.reliability),
-                    format_score(phase.mean_reward),
-                    format_number(phase.mean_tokens),
-                    format_rate(phase.cue_hit),
+                    fmt.rate(phase.reliability),
+                    fmt.score(phase.mean_reward),
+                    fmt.number(phase.mean_tokens),
+                    fmt.rate(phase.cue_hit),
                     _lanes(phase.lanes),
                     str(phase.guidance_messages),
                 ]
@@ -966,7 +892,7 @@ def render_markdown(report: LearningReport) -> str:
         if not run.top_entries:
             continue
         out += ["", f"## Playbook entries that moved reward: {run.name}", ""]
-        out += _table(
+        out += fmt.table(
             ["entry", "level", "with", "without", "reward with", "reward without", "delta", "text"],
             [
                 [

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent_runner.reports.learning_metrics import Interval, RunData, RunMetrics, load_run
+from agent_runner.reports import formatting as fmt
+from agent_runner.reports.learning_metrics import RunData, RunMetrics, load_run
 from agent_runner.reports.plots import FIGURES, draw_figures, entries_run, learning_runs
 from agent_runner.reports.reading import ResultsError
 from agent_runner.reports.report_model import (
@@ -172,74 +173,6 @@ def resolve_inputs(
     )
 
 
-# ---------------------------------------------------------------------------- formatting
-
-
-def _bounds(figure: Interval, show: str) -> str:
-    if figure.low is None and figure.high is None:
-        return ""
-    low = show.format(figure.low) if figure.low is not None else "?"
-    high = show.format(figure.high) if figure.high is not None else "?"
-    return f" [{low}, {high}]"
-
-
-def rate(figure: Interval | None) -> str:
-    """A rate: `52.5% [41.0%, 63.7%] (21/40)`; `-` without a figure."""
-    if figure is None or figure.value is None:
-        return "-"
-    return f"{figure.value:.1%}{_bounds(figure, '{:.1%}')} ({figure.count}/{figure.total})"
-
-
-def points(figure: Interval | None) -> str:
-    """A difference of rates in percentage points: `+12.5 pts [+2.5, +22.5]`."""
-    if figure is None or figure.value is None:
-        return "-"
-    scaled = figure.model_copy(
-        update={
-            key: None if getattr(figure, key) is None else getattr(figure, key) * 100
-            for key in ("value", "low", "high")
-        }
-    )
-    return f"{scaled.value:+.1f} pts{_bounds(scaled, '{:+.1f}')}"
-
-
-def relative(figure: Interval | None) -> str:
-    """A relative change: `+25.0% [+5.0%, +50.0%]`."""
-    if figure is None or figure.value is None:
-        return "-"
-    return f"{figure.value:+.1%}{_bounds(figure, '{:+.1%}')}"
-
-
-def score(figure: Interval | None, signed: bool = False) -> str:
-    """A mean reward (or its difference): `0.853 [0.801, 0.899]`."""
-    if figure is None or figure.value is None:
-        return "-"
-    show = "{:+.3f}" if signed else "{:.3f}"
-    return show.format(figure.value) + _bounds(figure, show)
-
-
-def money(figure: Interval | None) -> str:
-    """Dollars: `$0.0123 [$0.0100, $0.0150]`."""
-    if figure is None or figure.value is None:
-        return "-"
-    return f"${figure.value:.4f}{_bounds(figure, '${:.4f}')}"
-
-
-def number(figure: Interval | None) -> str:
-    if figure is None or figure.value is None:
-        return "-"
-    return f"{figure.value:,.0f}{_bounds(figure, '{:,.0f}')}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
-
-    return [line(header), "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"] + [
-        line(row) for row in rows
-    ]
-
-
 SUMMARY_HEADER = (
     "run",
     "role",
@@ -270,15 +203,15 @@ def summary_rows(report: ComparativeReport) -> list[list[str]]:
                 run.name,
                 report.roles.get(run.name, "run"),
                 base_name or "-",
-                rate(base.reliability.get(PASS_KEY)) if base else "-",
-                rate(run.reliability.get(PASS_KEY)),
-                points(comparison.reliability_delta) if comparison else "-",
-                score(comparison.reward_delta, signed=True) if comparison else "-",
-                relative(comparison.token_delta) if comparison else "-",
-                rate(run.cue_hit),
-                rate(run.adoption),
-                relative(comparison.transfer) if comparison else "-",
-                money(run.cost_per_success),
+                fmt.rate(base.reliability.get(PASS_KEY)) if base else "-",
+                fmt.rate(run.reliability.get(PASS_KEY)),
+                fmt.points(comparison.reliability_delta) if comparison else "-",
+                fmt.score(comparison.reward_delta, signed=True) if comparison else "-",
+                fmt.relative(comparison.token_delta) if comparison else "-",
+                fmt.rate(run.cue_hit),
+                fmt.rate(run.adoption),
+                fmt.relative(comparison.transfer) if comparison else "-",
+                fmt.money(run.cost_per_success),
             ]
         )
     return rows
@@ -303,7 +236,9 @@ def control_sentence(report: ComparativeReport) -> str | None:
             f"Retrieval ({note.retrieval}) and the shuffled control ({note.control}) have no "
             "case in common: no paired comparison."
         )
-    shown = f"{points(margin)} of reliability@{PASS_KEY} (paired over {note.margin.cases} cases)"
+    shown = (
+        f"{fmt.points(margin)} of reliability@{PASS_KEY} (paired over {note.margin.cases} cases)"
+    )
     if margin.low is not None and margin.low > 0:
         verdict = f"Retrieval ({note.retrieval}) beats the shuffled control ({note.control}) by"
         verdict = f"{verdict} {shown}: the interval is above zero."
@@ -319,8 +254,9 @@ def control_sentence(report: ComparativeReport) -> str | None:
         )
     uplift = (
         f" Against the baseline ({note.baseline or '-'}): the control's uplift is "
-        f"{points(note.control_uplift)}, the retrieval run's {points(note.retrieval_uplift)}; "
-        f"reward: retrieval - control = {score(note.margin.reward_delta, signed=True)}."
+        f"{fmt.points(note.control_uplift)}, "
+        f"the retrieval run's {fmt.points(note.retrieval_uplift)}; "
+        f"reward: retrieval - control = {fmt.score(note.margin.reward_delta, signed=True)}."
     )
     return verdict + uplift
 
@@ -353,21 +289,21 @@ def _figure_tables(report: ComparativeReport, stem: str) -> list[str]:
             [
                 run.name,
                 f"{phase.index} ({phase.first_episode}-{phase.last_episode})",
-                rate(phase.reliability),
-                score(phase.mean_reward),
-                number(phase.mean_tokens),
-                rate(phase.cue_hit),
+                fmt.rate(phase.reliability),
+                fmt.score(phase.mean_reward),
+                fmt.number(phase.mean_tokens),
+                fmt.rate(phase.cue_hit),
             ]
             for run in learning_runs(report)
             for phase in run.phases
         ]
         header = ["run", "phase", f"reliability@{PASS_KEY}", "mean reward", "tokens", "cue hit"]
-        return _table(header, rows)
+        return fmt.table(header, rows)
     if stem == "threshold_sensitivity":
-        return _table(
+        return fmt.table(
             ["run", *(f"reliability@{key}" for key in THRESHOLD_KEYS)],
             [
-                [run.name, *(rate(run.reliability.get(key)) for key in THRESHOLD_KEYS)]
+                [run.name, *(fmt.rate(run.reliability.get(key)) for key in THRESHOLD_KEYS)]
                 for run in report.ordered()
             ],
         )
@@ -375,7 +311,7 @@ def _figure_tables(report: ComparativeReport, stem: str) -> list[str]:
         run = entries_run(report)
         if run is None:
             return ["No run retrieved a playbook entry."]
-        return _table(
+        return fmt.table(
             ["entry", "level", "with", "without", "reward with", "reward without", "delta", "text"],
             [
                 [
@@ -392,7 +328,7 @@ def _figure_tables(report: ComparativeReport, stem: str) -> list[str]:
             ],
         )
     if stem == "teacher_activity" and report.teacher:
-        return _table(
+        return fmt.table(
             ["run", "phase", "episodes", "guidance", "retries", "supervised"],
             [
                 [
@@ -414,11 +350,11 @@ def render_markdown(report: ComparativeReport) -> str:
     """report.md: the summary table first, then the notes (the control beside retrieval,
     the simulated student), the runs, and each figure with its caption and its numbers."""
     out = [f"# {report.title}", "", "## Summary", ""]
-    out += _table(SUMMARY_HEADER, summary_rows(report))
+    out += fmt.table(SUMMARY_HEADER, summary_rows(report))
     out += ["", "## Notes", ""]
     out += [f"- {note}" for note in _notes(report)]
     out += ["", "## Runs", ""]
-    out += _table(
+    out += fmt.table(
         ["run", "role", "run id", "split", "learning", "model", "episodes", "scored", "cases"],
         [
             [
