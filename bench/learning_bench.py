@@ -1057,6 +1057,58 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+def print_off_vs(comparisons: list[dict[str, Any]], mode: str, one_time: dict[str, Any]) -> None:
+    """The off run against the `mode` run (frozen or on) of each level: wall time, model
+    calls, time outside the model, passes, CPU per service, full collections; then the
+    one-time costs."""
+    print(f"Off vs {mode}, same cases (ms per episode, mean):")
+    header_runs = (
+        "conc",
+        "wall off",
+        f"wall {mode}",
+        "diff",
+        f"model calls off/{mode}",
+        "outside model off",
+        mode,
+        "diff",
+        f"passed off/{mode}",
+    )
+    rows = [header_runs]
+    for c in comparisons:
+        rows.append(
+            (
+                str(c["concurrency"]),
+                f"{c['wall_ms_off']:.0f}",
+                f"{c[f'wall_ms_{mode}']:.0f}",
+                f"{c['wall_diff_ms']:+.0f}",
+                f"{c['model_calls_off']:.2f} / {c[f'model_calls_{mode}']:.2f}",
+                f"{c['outside_model_ms_off']:.0f}",
+                f"{c[f'outside_model_ms_{mode}']:.0f}",
+                f"{c['outside_model_diff_ms']:+.0f}",
+                f"{c['passed_off']} / {c[f'passed_{mode}']}",
+            )
+        )
+    print(table(rows, right=range(len(header_runs))))
+    print(f"CPU ms per episode, off -> {mode}:")
+    for c in comparisons:
+        split = "  ".join(
+            f"{name} {c['cpu_ms_off'][name]:.0f} -> {c[f'cpu_ms_{mode}'][name]:.0f}"
+            for name in c[f"cpu_ms_{mode}"]
+        )
+        print(f"  c={c['concurrency']:<3} {split}")
+    print("Full garbage collections in the runner process during the run (pause ms):")
+    for c in comparisons:
+        print(f"  c={c['concurrency']:<3} off {c['full_gc_off']}  {mode} {c[f'full_gc_{mode}']}")
+    print()
+    print(
+        f"One-time: model load {one_time['model_load_ms']:.0f} ms, first embedding "
+        f"{one_time['first_embed_ms']:.0f} ms, cues embedded at "
+        f"{one_time['embed_cues_ms_per_text']:.1f} ms per text, hooks opened in "
+        f"{one_time['hooks_open_ms']:.1f} ms per run (model cached)"
+    )
+    print()
+
+
 def compare(off: dict[str, Any], frozen: dict[str, Any], timed_hooks: TimedHooks) -> dict[str, Any]:
     """One concurrency level's figures: hook time measured directly, and the differences
     between the runs (ms per episode; shares of the frozen run's mean episode wall time)."""
@@ -1165,52 +1217,7 @@ def report_frozen(
         )
     print(table(rows, right=range(len(rows[0]))))
     print()
-    print("Off vs frozen, same cases (ms per episode, mean):")
-    header_runs = (
-        "conc",
-        "wall off",
-        "wall frozen",
-        "diff",
-        "model calls off/frozen",
-        "outside model off",
-        "frozen",
-        "diff",
-        "passed off/frozen",
-    )
-    rows = [header_runs]
-    for c in comparisons:
-        rows.append(
-            (
-                str(c["concurrency"]),
-                f"{c['wall_ms_off']:.0f}",
-                f"{c['wall_ms_frozen']:.0f}",
-                f"{c['wall_diff_ms']:+.0f}",
-                f"{c['model_calls_off']:.2f} / {c['model_calls_frozen']:.2f}",
-                f"{c['outside_model_ms_off']:.0f}",
-                f"{c['outside_model_ms_frozen']:.0f}",
-                f"{c['outside_model_diff_ms']:+.0f}",
-                f"{c['passed_off']} / {c['passed_frozen']}",
-            )
-        )
-    print(table(rows, right=range(len(header_runs))))
-    print("CPU ms per episode, off -> frozen:")
-    for c in comparisons:
-        split = "  ".join(
-            f"{name} {c['cpu_ms_off'][name]:.0f} -> {c['cpu_ms_frozen'][name]:.0f}"
-            for name in c["cpu_ms_frozen"]
-        )
-        print(f"  c={c['concurrency']:<3} {split}")
-    print("Full garbage collections in the runner process during the run (pause ms):")
-    for c in comparisons:
-        print(f"  c={c['concurrency']:<3} off {c['full_gc_off']}  frozen {c['full_gc_frozen']}")
-    print()
-    print(
-        f"One-time: model load {one_time['model_load_ms']:.0f} ms, first embedding "
-        f"{one_time['first_embed_ms']:.0f} ms, cues embedded at "
-        f"{one_time['embed_cues_ms_per_text']:.1f} ms per text, hooks opened in "
-        f"{one_time['hooks_open_ms']:.1f} ms per run (model cached)"
-    )
-    print()
+    print_off_vs(comparisons, "frozen", one_time)
     print(f"Targets (< {HOOK_MS_TARGET:.0f} ms and < {SHARE_TARGET:.0%} per episode):")
     for c in comparisons:
         label = f"  concurrency {c['concurrency']}:"
@@ -1421,52 +1428,7 @@ def report_on(
             f"{c['retirement_amortised_ms']:.2f} ms per episode"
         )
     print()
-    print("Off vs on, same cases (ms per episode, mean):")
-    header_runs = (
-        "conc",
-        "wall off",
-        "wall on",
-        "diff",
-        "model calls off/on",
-        "outside model off",
-        "on",
-        "diff",
-        "passed off/on",
-    )
-    rows = [header_runs]
-    for c in comparisons:
-        rows.append(
-            (
-                str(c["concurrency"]),
-                f"{c['wall_ms_off']:.0f}",
-                f"{c['wall_ms_on']:.0f}",
-                f"{c['wall_diff_ms']:+.0f}",
-                f"{c['model_calls_off']:.2f} / {c['model_calls_on']:.2f}",
-                f"{c['outside_model_ms_off']:.0f}",
-                f"{c['outside_model_ms_on']:.0f}",
-                f"{c['outside_model_diff_ms']:+.0f}",
-                f"{c['passed_off']} / {c['passed_on']}",
-            )
-        )
-    print(table(rows, right=range(len(header_runs))))
-    print("CPU ms per episode, off -> on:")
-    for c in comparisons:
-        split = "  ".join(
-            f"{name} {c['cpu_ms_off'][name]:.0f} -> {c['cpu_ms_on'][name]:.0f}"
-            for name in c["cpu_ms_on"]
-        )
-        print(f"  c={c['concurrency']:<3} {split}")
-    print("Full garbage collections in the runner process during the run (pause ms):")
-    for c in comparisons:
-        print(f"  c={c['concurrency']:<3} off {c['full_gc_off']}  on {c['full_gc_on']}")
-    print()
-    print(
-        f"One-time: model load {one_time['model_load_ms']:.0f} ms, first embedding "
-        f"{one_time['first_embed_ms']:.0f} ms, cues embedded at "
-        f"{one_time['embed_cues_ms_per_text']:.1f} ms per text, hooks opened in "
-        f"{one_time['hooks_open_ms']:.1f} ms per run (model cached)"
-    )
-    print()
+    print_off_vs(comparisons, "on", one_time)
     print(
         f"Targets (< {HOOK_MS_TARGET:.0f} ms and < {SHARE_TARGET:.0%} per episode; "
         "the teacher's own time excluded):"
