@@ -453,7 +453,7 @@ def extract(file: Path, target: Path) -> tuple[dict[str, Any], dict[str, tuple[s
     found: dict[str, tuple[str, int]] = {}
     manifest: Any = None
     try:
-        with tarfile.open(file, mode="r:*") as tar:
+        with tarfile.open(file, mode="r:gz") as tar:
             for member in tar:
                 if not member.isfile() or not _safe_name(member.name):
                     found[member.name] = ("not a regular file with a relative path", -1)
