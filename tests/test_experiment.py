@@ -177,18 +177,35 @@ def test_stages_follow_the_plan_with_the_experiment_settings_on_the_run_config(
         assert stage.providers == base.providers
 
 
-@pytest.mark.parametrize("name", ["experiment.simulated.yaml", "experiment.customer.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    ["experiment.simulated.yaml", "experiment.simulated-tools.yaml", "experiment.customer.yaml"],
+)
 def test_the_shipped_configs_load(name: str) -> None:
     config = load_experiment_config(CONFIG_DIR / name)
     base = base_run_config(config)
+    tools = name == "experiment.simulated-tools.yaml"
     for plan in stage_plan(config.control):
-        stage_run_config(base, plan)
+        # On every stage; it acts in the learning hooks, so the baselines (learning off)
+        # still offer every tool.
+        assert stage_run_config(base, plan).learning.tool_subset is tools
     if name == "experiment.customer.yaml":
         assert base.providers["student"].provider == "openai"
         assert base.providers["teacher"].provider == "anthropic"
         assert base.learning.teacher == "model"
     else:
         assert base.agent == "simulated" and base.learning.teacher == "simulated"
+
+
+def test_the_tools_variant_differs_from_the_simulated_experiment_only_in_tool_subset() -> None:
+    plain = yaml.safe_load((CONFIG_DIR / "experiment.simulated.yaml").read_text())
+    tools = yaml.safe_load((CONFIG_DIR / "experiment.simulated-tools.yaml").read_text())
+    assert (plain.pop("name"), tools.pop("name")) == ("simulated", "simulated-tools")
+    assert (plain["learning"].pop("tool_subset"), tools["learning"].pop("tool_subset")) == (
+        False,
+        True,
+    )
+    assert plain == tools
 
 
 # ---------------------------------------------------------------------------- end to end
