@@ -398,6 +398,41 @@ async def test_step_limit_and_token_budget_end_the_episode(run_services: RunServ
     assert not session.passed
 
 
+async def test_calls_that_cannot_be_made_are_steps_and_count_toward_the_step_limit(
+    run_services: RunServices,
+) -> None:
+    """A model repeating a call that names no tool is answered 400 each time, every call
+    is a step of the trace, and the step limit ends the loop."""
+    nameless = Completion(
+        message=Message.assistant("", [ToolCall(id="c0", name="", arguments={})]),
+        stop_reason="tool_calls",
+        usage=Usage(input_tokens=10, output_tokens=5),
+        cost_usd=0.001,
+        model="scripted",
+        provider="scripted",
+    )
+    looping = ScriptedProvider(model="scripted").when(lambda _: True, nameless)
+    max_steps = 3
+    config = run_config(
+        agent="student",
+        cases=["CRM-00001"],
+        limits={"max_steps": max_steps},
+        providers={"student": {"provider": "scripted", "model": "scripted"}},
+    )
+    run_id, _, store = await execute(run_services, config, None, scripted_agent(looping))
+    try:
+        [(session, steps)] = await store.traces(run_id)
+    finally:
+        await store.close()
+    assert session.outcome == "step_limit" and len(steps) == max_steps
+    assert [(s.tool, s.status, s.ok) for s in steps] == [("", 400, False)] * max_steps
+    assert all(s.error and s.error["code"] == "INVALID_REQUEST" for s in steps)
+    assert [s.step_id for s in steps] == list(range(1, max_steps + 1))
+    # The model saw each refusal as its call's tool result.
+    ok, body = parse_tool_result(looping.calls[1].messages[-1].content)
+    assert not ok and body["code"] == "INVALID_REQUEST" and "names no tool" in body["message"]
+
+
 async def test_a_failed_model_call_is_an_agent_error_that_is_still_scored(
     run_services: RunServices,
 ) -> None:
@@ -797,7 +832,15 @@ async def test_a_call_with_nan_arguments_is_the_models_mistake_and_the_episode_i
     assert session.outcome == "completed" and session.reward is not None, session.error
     assert session.passed
     # The malformed call never reached the CRM API; the model was told, then searched.
-    assert [(s.tool, s.ok) for s in steps] == [("client_search", True)]
+    # The trace shows both calls: the first refused by the agent, its raw text kept.
+    assert [(s.tool, s.ok, s.status) for s in steps] == [
+        ("client_search", False, 400),
+        ("client_search", True, 200),
+    ]
+    assert steps[0].error is not None and steps[0].arguments == {}
+    assert steps[0].error["code"] == "INVALID_REQUEST" and "NaN" in steps[0].error["raw_arguments"]
+    assert steps[0].latency_ms == 0 and steps[0].tokens.input_tokens > 0  # its turn's tokens
     told = openai_api.fake.received[1].body["messages"][-1]
     assert told["role"] == "tool" and "JSON object" in told["content"]
+    assert "raw_arguments" not in told["content"]  # the model is not sent its own text back
     assert openai_api.fake.violations == []

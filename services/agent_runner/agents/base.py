@@ -125,23 +125,27 @@ class EpisodeContext:
         self.usage[audience].add(input_tokens, output_tokens, cached_input_tokens, cost_usd)
         self.agent_ms += latency_ms
 
-    async def call_tool(
-        self, name: str, arguments: dict[str, Any], *, actor: Audience = "student"
-    ) -> ToolOutcome:
-        """Calls a tool in this episode and records the step.
-
-        Raises EpisodeLimitReached when the step limit is already used up.
-        """
+    def _next_step(self) -> tuple[int, str]:
+        """The next step's id and tool-call id; raises EpisodeLimitReached when the step
+        limit is already used up."""
         if len(self.steps) >= self.limits.max_steps:
             raise EpisodeLimitReached(
                 "step_limit", f"the step limit of {self.limits.max_steps} tool calls is used up"
             )
         step_id = len(self.steps) + 1
-        tool_call_id = f"{self.session_id}#{step_id}"
-        started_at = datetime.now(UTC)
-        outcome = await self.crm.call_tool(
-            self.token, name, arguments, tool_call_id=tool_call_id[-128:]
-        )
+        return step_id, f"{self.session_id}#{step_id}"[-128:]
+
+    def _record_step(
+        self,
+        step_id: int,
+        tool_call_id: str,
+        name: str,
+        arguments: dict[str, Any],
+        outcome: ToolOutcome,
+        *,
+        actor: Audience,
+        started_at: datetime,
+    ) -> None:
         llm_latency, tokens = self._pending_llm or (0.0, TokenUsage())
         # A turn's model call is charged to its first tool call only.
         self._pending_llm = None
@@ -149,7 +153,7 @@ class EpisodeContext:
             StepTrace(
                 session_id=self.session_id,
                 step_id=step_id,
-                tool_call_id=tool_call_id[-128:],
+                tool_call_id=tool_call_id,
                 tool=name,
                 arguments=arguments,
                 status=outcome.status,
@@ -163,7 +167,41 @@ class EpisodeContext:
                 started_at=started_at,
             )
         )
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], *, actor: Audience = "student"
+    ) -> ToolOutcome:
+        """Calls a tool in this episode and records the step.
+
+        Raises EpisodeLimitReached when the step limit is already used up.
+        """
+        step_id, tool_call_id = self._next_step()
+        started_at = datetime.now(UTC)
+        outcome = await self.crm.call_tool(self.token, name, arguments, tool_call_id=tool_call_id)
+        self._record_step(
+            step_id, tool_call_id, name, arguments, outcome, actor=actor, started_at=started_at
+        )
         return outcome
+
+    def refuse_call(
+        self, name: str, reason: str, *, raw_arguments: str | None, actor: Audience = "student"
+    ) -> ToolOutcome:
+        """A tool call the model asked for that cannot be made as given (no tool named,
+        arguments that are not a JSON object): the answer an API would give (status 400,
+        `INVALID_REQUEST`, `reason`), recorded as a step (no CRM call, latency 0; the
+        step's error also keeps the raw arguments, cut at 2,000 characters) so the trace
+        shows every call the model made. It counts toward the step limit: raises
+        EpisodeLimitReached when that is already used up."""
+        step_id, tool_call_id = self._next_step()
+        error: dict[str, Any] = {"code": "INVALID_REQUEST", "field": "arguments", "message": reason}
+        answer = ToolOutcome(status=400, body={"error": error}, latency_ms=0.0)
+        if raw_arguments is not None:
+            error = {**error, "raw_arguments": raw_arguments[:2000]}
+        recorded = ToolOutcome(status=400, body={"error": error}, latency_ms=0.0)
+        self._record_step(
+            step_id, tool_call_id, name, {}, recorded, actor=actor, started_at=datetime.now(UTC)
+        )
+        return answer
 
 
 @dataclass

@@ -171,9 +171,10 @@ class LLMAgent:
                     )
                 elif refusal is not None:
                     # The model's call cannot be made: tell it, as an API would.
-                    content = tool_result_content(
-                        400, {"error": {"code": "INVALID_REQUEST", "message": refusal}}
+                    answer = ctx.refuse_call(
+                        call.name, refusal, raw_arguments=call.raw_arguments, actor=self.audience
                     )
+                    content = tool_result_content(answer.status, answer.body)
                 else:
                     outcome = await ctx.call_tool(call.name, call.arguments, actor=self.audience)
                     content = tool_result_content(outcome.status, outcome.body)
