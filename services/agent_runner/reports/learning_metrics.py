@@ -771,6 +771,27 @@ def learning_report(
 # ---------------------------------------------------------------------------- Markdown
 
 
+def entry_effects_table(effects: Sequence[EntryEffect]) -> list[str]:
+    """The Markdown table of playbook entries' effects on reward: id, level, episodes with
+    and without the entry, mean reward each way and their difference (3 decimals), text."""
+    return fmt.table(
+        ["entry", "level", "with", "without", "reward with", "reward without", "delta", "text"],
+        [
+            [
+                e.entry_id,
+                e.level or "-",
+                str(e.episodes_with),
+                str(e.episodes_without),
+                "-" if e.reward_with is None else f"{e.reward_with:.3f}",
+                "-" if e.reward_without is None else f"{e.reward_without:.3f}",
+                "-" if e.delta is None else f"{e.delta:+.3f}",
+                e.text or "-",
+            ]
+            for e in effects
+        ],
+    )
+
+
 def _learning_label(run: RunMetrics) -> str:
     if run.learning_mode in (None, "off"):
         return run.learning_mode or "-"
@@ -892,22 +913,7 @@ def render_markdown(report: LearningReport) -> str:
         if not run.top_entries:
             continue
         out += ["", f"## Playbook entries that moved reward: {run.name}", ""]
-        out += fmt.table(
-            ["entry", "level", "with", "without", "reward with", "reward without", "delta", "text"],
-            [
-                [
-                    e.entry_id,
-                    e.level or "-",
-                    str(e.episodes_with),
-                    str(e.episodes_without),
-                    "-" if e.reward_with is None else f"{e.reward_with:.3f}",
-                    "-" if e.reward_without is None else f"{e.reward_without:.3f}",
-                    "-" if e.delta is None else f"{e.delta:+.3f}",
-                    (e.text or "-").replace("\n", " "),
-                ]
-                for e in run.top_entries
-            ],
-        )
+        out += entry_effects_table(run.top_entries)
     notes = [f"{run.name}: {w}" for run in report.runs for w in run.warnings]
     if notes:
         out += ["", "## Warnings", "", *(f"- {note}" for note in notes)]

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent_runner.reports import formatting as fmt
-from agent_runner.reports.learning_metrics import RunData, RunMetrics, load_run
+from agent_runner.reports.learning_metrics import (
+    RunData,
+    RunMetrics,
+    entry_effects_table,
+    load_run,
+)
 from agent_runner.reports.plots import FIGURES, draw_figures, entries_run, learning_runs
 from agent_runner.reports.reading import ResultsError
 from agent_runner.reports.report_model import (
@@ -311,22 +316,7 @@ def _figure_tables(report: ComparativeReport, stem: str) -> list[str]:
         run = entries_run(report)
         if run is None:
             return ["No run retrieved a playbook entry."]
-        return fmt.table(
-            ["entry", "level", "with", "without", "reward with", "reward without", "delta", "text"],
-            [
-                [
-                    e.entry_id,
-                    e.level or "-",
-                    str(e.episodes_with),
-                    str(e.episodes_without),
-                    "-" if e.reward_with is None else f"{e.reward_with:.3f}",
-                    "-" if e.reward_without is None else f"{e.reward_without:.3f}",
-                    "-" if e.delta is None else f"{e.delta:+.3f}",
-                    e.text or "-",
-                ]
-                for e in run.top_entries
-            ],
-        )
+        return entry_effects_table(run.top_entries)
     if stem == "teacher_activity" and report.teacher:
         return fmt.table(
             ["run", "phase", "episodes", "guidance", "retries", "supervised"],
