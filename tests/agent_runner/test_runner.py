@@ -427,6 +427,7 @@ async def test_calls_that_cannot_be_made_are_steps_and_count_toward_the_step_lim
     assert session.outcome == "step_limit" and len(steps) == max_steps
     assert [(s.tool, s.status, s.ok) for s in steps] == [("", 400, False)] * max_steps
     assert all(s.error and s.error["code"] == "INVALID_REQUEST" for s in steps)
+    assert {s.error["field"] for s in steps if s.error} == {"name"}
     assert [s.step_id for s in steps] == list(range(1, max_steps + 1))
     # The model saw each refusal as its call's tool result.
     ok, body = parse_tool_result(looping.calls[1].messages[-1].content)
@@ -839,6 +840,7 @@ async def test_a_call_with_nan_arguments_is_the_models_mistake_and_the_episode_i
     ]
     assert steps[0].error is not None and steps[0].arguments == {}
     assert steps[0].error["code"] == "INVALID_REQUEST" and "NaN" in steps[0].error["raw_arguments"]
+    assert steps[0].error["field"] == "arguments"
     assert steps[0].latency_ms == 0 and steps[0].tokens.input_tokens > 0  # its turn's tokens
     told = openai_api.fake.received[1].body["messages"][-1]
     assert told["role"] == "tool" and "JSON object" in told["content"]

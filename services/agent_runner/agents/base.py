@@ -188,12 +188,16 @@ class EpisodeContext:
     ) -> ToolOutcome:
         """A tool call the model asked for that cannot be made as given (no tool named,
         arguments that are not a JSON object): the answer an API would give (status 400,
-        `INVALID_REQUEST`, `reason`), recorded as a step (no CRM call, latency 0; the
-        step's error also keeps the raw arguments, cut at 2,000 characters) so the trace
-        shows every call the model made. It counts toward the step limit: raises
-        EpisodeLimitReached when that is already used up."""
+        `INVALID_REQUEST`, the field at fault, `reason`), recorded as a step (no CRM
+        call, latency 0; the step's error also keeps the raw arguments, cut at 2,000
+        characters) so the trace shows every call the model made. It counts toward the
+        step limit: raises EpisodeLimitReached when that is already used up."""
         step_id, tool_call_id = self._next_step()
-        error: dict[str, Any] = {"code": "INVALID_REQUEST", "field": "arguments", "message": reason}
+        error: dict[str, Any] = {
+            "code": "INVALID_REQUEST",
+            "field": "arguments" if name else "name",
+            "message": reason,
+        }
         answer = ToolOutcome(status=400, body={"error": error}, latency_ms=0.0)
         if raw_arguments is not None:
             error = {**error, "raw_arguments": raw_arguments[:2000]}
