@@ -168,6 +168,28 @@ def turn(*calls: tuple[str, dict[str, Any]], text: str = "", tokens: int = 10) -
     )
 
 
+async def play_scripted(
+    run_services: RunServices,
+    provider: ScriptedProvider,
+    case_id: str = "CRM-00001",
+    **settings: Any,
+) -> tuple[SessionTrace, list[StepTrace]]:
+    """One episode of `case_id` by the scripted student (run config `settings` on top),
+    through the real services; its session and steps as the store holds them."""
+    config = run_config(
+        agent="student",
+        cases=[case_id],
+        providers={"student": {"provider": "scripted", "model": "scripted"}},
+        **settings,
+    )
+    run_id, _, store = await execute(run_services, config, None, scripted_agent(provider))
+    try:
+        [(session, steps)] = await store.traces(run_id)
+    finally:
+        await store.close()
+    return session, steps
+
+
 async def test_tool_loop_sends_results_and_refusals_back_and_records_steps(
     run_services: RunServices,
 ) -> None:
@@ -177,16 +199,7 @@ async def test_tool_loop_sends_results_and_refusals_back_and_records_steps(
         turn(("create_new_client", {"name": ""})),
         turn(text="Emberton Onboarding Package belongs to Emberton Pharma, not Quarry Software."),
     )
-    config = run_config(
-        agent="student",
-        cases=[case_id],
-        providers={"student": {"provider": "scripted", "model": "scripted"}},
-    )
-    run_id, _, store = await execute(run_services, config, None, scripted_agent(provider))
-    try:
-        [(session, steps)] = await store.traces(run_id)
-    finally:
-        await store.close()
+    session, steps = await play_scripted(run_services, provider, case_id)
     assert [s.tool for s in steps] == ["client_search", "create_new_client"]
     assert steps[0].ok and steps[0].result["items"]
     assert not steps[1].ok and steps[1].error is not None and steps[1].status == 422
@@ -366,34 +379,14 @@ async def test_step_limit_and_token_budget_end_the_episode(run_services: RunServ
     looping = ScriptedProvider(model="scripted").when(
         lambda _: True, turn(("client_search", {"criteria": {"name": "Quarry"}}))
     )
-    config = run_config(
-        agent="student",
-        cases=["CRM-00001"],
-        limits={"max_steps": 3},
-        providers={"student": {"provider": "scripted", "model": "scripted"}},
-    )
-    run_id, _, store = await execute(run_services, config, None, scripted_agent(looping))
-    try:
-        [(session, steps)] = await store.traces(run_id)
-    finally:
-        await store.close()
+    session, steps = await play_scripted(run_services, looping, limits={"max_steps": 3})
     assert session.outcome == "step_limit" and len(steps) == 3
     assert "step limit" in (session.error or "")
 
     greedy = ScriptedProvider(model="scripted").when(
         lambda _: True, turn(("client_search", {"criteria": {"name": "Quarry"}}), tokens=400)
     )
-    config = run_config(
-        agent="student",
-        cases=["CRM-00001"],
-        limits={"max_tokens": 1000},
-        providers={"student": {"provider": "scripted", "model": "scripted"}},
-    )
-    run_id, _, store = await execute(run_services, config, None, scripted_agent(greedy))
-    try:
-        [(session, steps)] = await store.traces(run_id)
-    finally:
-        await store.close()
+    session, steps = await play_scripted(run_services, greedy, limits={"max_tokens": 1000})
     assert session.outcome == "token_budget" and len(steps) == 1
     assert not session.passed
 
@@ -403,27 +396,9 @@ async def test_calls_that_cannot_be_made_are_steps_and_count_toward_the_step_lim
 ) -> None:
     """A model repeating a call that names no tool is answered 400 each time, every call
     is a step of the trace, and the step limit ends the loop."""
-    nameless = Completion(
-        message=Message.assistant("", [ToolCall(id="c0", name="", arguments={})]),
-        stop_reason="tool_calls",
-        usage=Usage(input_tokens=10, output_tokens=5),
-        cost_usd=0.001,
-        model="scripted",
-        provider="scripted",
-    )
-    looping = ScriptedProvider(model="scripted").when(lambda _: True, nameless)
+    looping = ScriptedProvider(model="scripted").when(lambda _: True, turn(("", {})))
     max_steps = 3
-    config = run_config(
-        agent="student",
-        cases=["CRM-00001"],
-        limits={"max_steps": max_steps},
-        providers={"student": {"provider": "scripted", "model": "scripted"}},
-    )
-    run_id, _, store = await execute(run_services, config, None, scripted_agent(looping))
-    try:
-        [(session, steps)] = await store.traces(run_id)
-    finally:
-        await store.close()
+    session, steps = await play_scripted(run_services, looping, limits={"max_steps": max_steps})
     assert session.outcome == "step_limit" and len(steps) == max_steps
     assert [(s.tool, s.status, s.ok) for s in steps] == [("", 400, False)] * max_steps
     assert all(s.error and s.error["code"] == "INVALID_REQUEST" for s in steps)
@@ -438,16 +413,7 @@ async def test_a_failed_model_call_is_an_agent_error_that_is_still_scored(
     run_services: RunServices,
 ) -> None:
     empty = ScriptedProvider(model="scripted")  # raises script_exhausted on the first call
-    config = run_config(
-        agent="student",
-        cases=["CRM-00001"],
-        providers={"student": {"provider": "scripted", "model": "scripted"}},
-    )
-    run_id, _, store = await execute(run_services, config, None, scripted_agent(empty))
-    try:
-        [(session, _)] = await store.traces(run_id)
-    finally:
-        await store.close()
+    session, _ = await play_scripted(run_services, empty)
     assert session.outcome == "agent_error" and "script_exhausted" in (session.error or "")
     assert session.reward is not None and not session.passed
 

@@ -475,17 +475,28 @@ def in_start_order(sessions: Sequence[SessionTrace]) -> list[SessionTrace]:
     return sorted(sessions, key=lambda s: s.started_at)
 
 
-def phases_of(
+def phase_windows(
     sessions: Sequence[SessionTrace], phase_size: int = DEFAULT_PHASE_SIZE
-) -> list[Phase]:
+) -> list[tuple[int, int, list[SessionTrace]]]:
     """The run's episodes in start order cut into windows of `phase_size` (the last may
-    be shorter). Raises ValueError when `phase_size` < 1."""
+    be shorter), as (1-based phase index, 0-based offset of its first episode, its
+    episodes). Raises ValueError when `phase_size` < 1."""
     if phase_size < 1:
         raise ValueError(f"a phase holds at least one episode (got {phase_size})")
     ordered = in_start_order(sessions)
+    return [
+        (index, start, ordered[start : start + phase_size])
+        for index, start in enumerate(range(0, len(ordered), phase_size), start=1)
+    ]
+
+
+def phases_of(
+    sessions: Sequence[SessionTrace], phase_size: int = DEFAULT_PHASE_SIZE
+) -> list[Phase]:
+    """Each window of `phase_windows`: its reliability, mean reward and tokens, cue hit
+    rate, lanes and guidance. Raises ValueError when `phase_size` < 1."""
     result = []
-    for index, start in enumerate(range(0, len(ordered), phase_size), start=1):
-        window = ordered[start : start + phase_size]
+    for index, start, window in phase_windows(sessions, phase_size):
         scored = scored_sessions(window)
         lanes, guidance, _ = lane_mix(window)
         cue = cue_hit_rate(window)

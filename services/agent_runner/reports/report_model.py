@@ -21,6 +21,7 @@ from agent_runner.reports.learning_metrics import (
     RunData,
     RunMetrics,
     compare,
+    phase_windows,
     run_metrics,
 )
 from agent_runner.reports.statistics import HARNESS_ERROR, lane_mix
@@ -185,21 +186,11 @@ def pick_baselines(
     return chosen
 
 
-def in_start_order(sessions: Sequence[SessionTrace]) -> list[SessionTrace]:
-    """Episodes in the order they started, as the learning metrics cut their phases."""
-    return sorted(sessions, key=lambda s: s.started_at)
-
-
 def teacher_by_phase(sessions: Sequence[SessionTrace], phase_size: int) -> list[TeacherPhase]:
     """The teacher's guidance, retries and supervised episodes per phase of `phase_size`
-    episodes (the windows of `learning_metrics.phases_of`). Raises ValueError when
-    `phase_size` < 1."""
-    if phase_size < 1:
-        raise ValueError(f"a phase holds at least one episode (got {phase_size})")
-    ordered = in_start_order(sessions)
+    episodes (`learning_metrics.phase_windows`). Raises ValueError when `phase_size` < 1."""
     phases = []
-    for index, start in enumerate(range(0, len(ordered), phase_size), start=1):
-        window = ordered[start : start + phase_size]
+    for index, _, window in phase_windows(sessions, phase_size):
         lanes, guidance, retries = lane_mix(window)
         phases.append(
             TeacherPhase(
