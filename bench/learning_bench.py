@@ -1057,6 +1057,39 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+def time_table(comparisons: list[dict[str, Any]], prefix: str, *, teacher: bool = False) -> str:
+    """Per level, the time measured inside the loop (keys `{prefix}_ms_*` and
+    `{prefix}_share`): mean, p50, p95, max, first wave, rest, share of episode wall time;
+    with `teacher`, the simulated teacher's own ms too."""
+    header = (
+        "conc",
+        "episodes",
+        f"{prefix} ms mean",
+        "p50",
+        "p95",
+        "max",
+        "first wave",
+        "rest",
+        "share of wall",
+        *(("teacher ms",) if teacher else ()),
+    )
+    rows: list[tuple[str, ...]] = [header]
+    for c in comparisons:
+        rows.append(
+            (
+                str(c["concurrency"]),
+                str(c["episodes"]),
+                *(
+                    f"{c[f'{prefix}_ms_{stat}']:.1f}"
+                    for stat in ("mean", "p50", "p95", "max", "first_wave", "rest")
+                ),
+                f"{c[f'{prefix}_share']:.2%}",
+                *((f"{c['teacher_ms_mean']:.2f}",) if teacher else ()),
+            )
+        )
+    return table(rows, right=range(len(header)))
+
+
 def print_off_vs(comparisons: list[dict[str, Any]], mode: str, one_time: dict[str, Any]) -> None:
     """The off run against the `mode` run (frozen or on) of each level: wall time, model
     calls, time outside the model, passes, CPU per service, full collections; then the
@@ -1171,37 +1204,11 @@ def report_frozen(
         f"learning loop cost, frozen mode (memory {memory_entries} entries, "
         f"k={args.k}, search {backend}; simulated LLM {args.latency_ms:.0f} ms per call)"
     )
-    header = (
-        "conc",
-        "episodes",
-        "hook ms mean",
-        "p50",
-        "p95",
-        "max",
-        "first wave",
-        "rest",
-        "share of wall",
-    )
-    rows: list[tuple[str, ...]] = [header]
-    for c in comparisons:
-        rows.append(
-            (
-                str(c["concurrency"]),
-                str(c["episodes"]),
-                f"{c['hook_ms_mean']:.1f}",
-                f"{c['hook_ms_p50']:.1f}",
-                f"{c['hook_ms_p95']:.1f}",
-                f"{c['hook_ms_max']:.1f}",
-                f"{c['hook_ms_first_wave']:.1f}",
-                f"{c['hook_ms_rest']:.1f}",
-                f"{c['hook_share']:.2%}",
-            )
-        )
     print(
         "Time inside the hooks per episode (measured directly; first wave: the first "
         "`conc` episodes, which load the arrays backend's search cache):"
     )
-    print(table(rows, right=range(len(header))))
+    print(time_table(comparisons, "hook"))
     print()
     print("Where it goes (ms per episode, mean):")
     parts = ("embed", "search", "patterns", "bookkeeping", "adoption", "other")
@@ -1352,40 +1359,12 @@ def report_on(
     for c in comparisons:
         mix = ", ".join(f"{lane} {n}" for lane, n in c["lanes"].items())
         print(f"  c={c['concurrency']:<3} {mix}  (memory {c['entries_at_start']} active entries)")
-    header = (
-        "conc",
-        "episodes",
-        "loop ms mean",
-        "p50",
-        "p95",
-        "max",
-        "first wave",
-        "rest",
-        "share of wall",
-        "teacher ms",
-    )
-    rows: list[tuple[str, ...]] = [header]
-    for c in comparisons:
-        rows.append(
-            (
-                str(c["concurrency"]),
-                str(c["episodes"]),
-                f"{c['loop_ms_mean']:.1f}",
-                f"{c['loop_ms_p50']:.1f}",
-                f"{c['loop_ms_p95']:.1f}",
-                f"{c['loop_ms_max']:.1f}",
-                f"{c['loop_ms_first_wave']:.1f}",
-                f"{c['loop_ms_rest']:.1f}",
-                f"{c['loop_share']:.2%}",
-                f"{c['teacher_ms_mean']:.2f}",
-            )
-        )
     print(
         "Time inside the loop per episode, the teacher's own time excluded (measured "
         "directly: hooks and supervision callbacks; teacher ms: the simulated teacher's "
         "five calls, mean per episode):"
     )
-    print(table(rows, right=range(len(header))))
+    print(time_table(comparisons, "loop", teacher=True))
     print()
     print("Where it goes (ms per episode, mean; synthesis includes embedding its cues):")
     rows = [("conc", *ON_PARTS, "synth embed")]
